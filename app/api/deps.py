@@ -1,0 +1,34 @@
+"""Dependencies the routes ask for, as Annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.services.chat import ChatService
+from app.services.models import ModelService
+from app.store import Store
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _models(request: Request) -> ModelService:
+    return request.app.state.models
+
+
+def _chat(request: Request) -> ChatService:
+    return request.app.state.chat
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[Store, Depends(_store)]
+ModelsDep = Annotated[ModelService, Depends(_models)]
+ChatDep = Annotated[ChatService, Depends(_chat)]

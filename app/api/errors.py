@@ -1,0 +1,82 @@
+"""The one place where errors become HTTP responses: {"error": {"code", "message", "type"}}.
+
+The shape matches OpenAI's, so standard clients show Tandem's message as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import TandemError
+from runtime.errors import ChatTemplateError, ContextOverflow, EngineClosed, ModelFileError, RuntimeFailure
+
+log = logging.getLogger("tandem")
+
+RUNTIME_STATUS = {
+    ContextOverflow: 400,
+    ChatTemplateError: 400,
+    ModelFileError: 409,
+    EngineClosed: 503,
+}
+
+
+def error_body(code: str, message: str, status: int) -> dict:
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    return {"error": {"code": code, "message": message, "type": kind}}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message, status), status_code=status)
+
+
+def runtime_status(err: RuntimeFailure) -> int:
+    for cls in type(err).__mro__:
+        if cls in RUNTIME_STATUS:
+            return RUNTIME_STATUS[cls]
+    return 500
+
+
+def describe_validation(err: RequestValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        if e.get("type") == "json_invalid":
+            return "The request body is not valid JSON. Send a JSON object with Content-Type: application/json."
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TandemError)
+    async def _tandem(request: Request, err: TandemError):
+        return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(RuntimeFailure)
+    async def _runtime(request: Request, err: RuntimeFailure):
+        status = runtime_status(err)
+        if status >= 500:
+            log.error("engine failure on %s: %s", request.url.path, err)
+        return error_response(status, err.code, str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError):
+        return error_response(422, "invalid_request", describe_validation(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):
+        message = err.detail if isinstance(err.detail, str) else "Request failed"
+        if err.status_code == 404 and message == "Not Found":
+            message = f"No such endpoint: {request.method} {request.url.path}."
+        if err.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}."
+        return error_response(err.status_code, "http_error", message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, "internal_error", "Tandem hit an unexpected error; the details are in its log.")

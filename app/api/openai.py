@@ -1,0 +1,172 @@
+"""OpenAI-compatible endpoints over the same engine, so standard clients work unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from app.api.deps import ModelsDep, SettingsDep, StoreDep
+from app.api.errors import error_body, runtime_status
+from app.api.sse import SSE_HEADERS, sse
+from runtime.engine import Failed, Finished, SamplingParams, Started, Token
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart] | None = None
+
+    def plain(self) -> dict:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(p.text for p in content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content or ""}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+
+    def sampling(self, default_temperature: float, default_max: int) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return SamplingParams(
+            temperature=default_temperature if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            max_tokens=self.max_completion_tokens or self.max_tokens or default_max,
+            stop=tuple(stop),
+            seed=self.seed,
+        )
+
+
+@router.get("/models")
+def list_models(store: StoreDep) -> dict:
+    return {
+        "object": "list",
+        "data": [
+            {"id": m["id"], "object": "model", "created": _epoch(m["added_at"]), "owned_by": "tandem"}
+            for m in store.list_models()
+        ],
+    }
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, models: ModelsDep, settings: SettingsDep):
+    loaded = await asyncio.to_thread(models.engine_for, body.model)
+    sampling = body.sampling(settings.temperature, settings.max_tokens)
+    stream = loaded.session.submit([m.plain() for m in body.messages], sampling, loop=asyncio.get_running_loop())
+    first = await stream.next_event()
+    if isinstance(first, Failed):
+        raise first.error
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    assert isinstance(first, (Started, Finished))
+
+    if not body.stream:
+        text, finished = [], first if isinstance(first, Finished) else None
+        try:
+            async for event in stream:
+                if isinstance(event, Token):
+                    text.append(event.text)
+                elif isinstance(event, Finished):
+                    finished = event
+                elif isinstance(event, Failed):
+                    raise event.error
+        finally:
+            if finished is None:
+                stream.cancel()
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": loaded.id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": finished.text},
+                    "finish_reason": _finish(finished.finish_reason),
+                }
+            ],
+            "usage": _usage(finished),
+            "tandem": finished.stats.as_dict(),
+        }
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        return {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": loaded.id,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    async def events():
+        done = False
+        try:
+            yield sse(chunk({"role": "assistant", "content": ""}))
+            async for event in stream:
+                if isinstance(event, Token):
+                    yield sse(chunk({"content": event.text}))
+                elif isinstance(event, Finished):
+                    done = True
+                    yield sse({**chunk({}, _finish(event.finish_reason)), "tandem": event.stats.as_dict()})
+                    if include_usage:
+                        yield sse({**chunk({}), "choices": [], "usage": _usage(event)})
+                elif isinstance(event, Failed):
+                    done = True
+                    yield sse(error_body(event.error.code, str(event.error), runtime_status(event.error)))
+            yield sse("[DONE]")
+        finally:
+            if not done:
+                stream.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(finished: Finished) -> dict:
+    s = finished.stats
+    return {
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "total_tokens": s.prompt_tokens + s.completion_tokens,
+    }
+
+
+def _epoch(iso: str | None) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(iso).timestamp())
+    except (TypeError, ValueError):
+        return 0

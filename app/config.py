@@ -1,0 +1,44 @@
+"""Settings, read from TANDEM_* environment variables (and arguments on the command line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.hardware import physical_cores
+
+DEFAULT_PORT = 8742
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("tandem", appauthor=False)))
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    # A GGUF path to serve instead of the built-in model.
+    model: Path | None = None
+    n_ctx: int = Field(4096, ge=16)
+    n_threads: int = Field(default_factory=physical_cores, ge=1)
+    n_gpu_layers: int = Field(0, ge=-1)
+    max_tokens: int = Field(1024, ge=1)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    # Extra Host header values to accept (e.g. a LAN name when serving beyond loopback).
+    allowed_hosts: list[str] = []
+
+    @field_validator("data_dir", "model", mode="after")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "tandem.db"
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS

@@ -1,0 +1,131 @@
+"""The local HTTP server: FastAPI app, its start-up and shutdown, and running it on a socket."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app import __version__
+from app.api import conversations, errors, openai, system
+from app.config import Settings
+from app.errors import TandemError
+from app.paths import ui_dir
+from app.security import HostGuard
+from app.services import Services
+
+log = logging.getLogger("tandem")
+
+
+class PortInUse(TandemError):
+    status = 409
+    code = "port_in_use"
+
+
+def create_app(services: Services) -> FastAPI:
+    """The ASGI app over opened services; they are closed when the server shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(title="Tandem", version=__version__, lifespan=lifespan)
+    settings = services.settings
+    app.state.settings, app.state.store = settings, services.store
+    app.state.models, app.state.chat = services.models, services.chat
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(conversations.router)
+    app.include_router(openai.router)
+    app.mount("/", StaticFiles(directory=ui_dir(), html=True), name="ui")
+    allowed = set(settings.allowed_hosts) if settings.loopback else None
+    app.add_middleware(HostGuard, allowed_hosts=allowed)
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket, or PortInUse with what to do about it. Port 0 picks a free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"Port {port} on {host} is already in use: Tandem may already be running at "
+                f"http://{url_host(host)}:{port}/ . Open that, or start with --port 0 to use any free port."
+            ) from err
+        raise PortInUse(f"Cannot listen on {host}:{port} ({err.strerror}). Pick another --host or --port.") from err
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+class ServerThread:
+    """uvicorn serving the app from a background thread (desktop window, tests, benchmarks)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.sock = bind_socket(settings.host, settings.port)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{url_host(settings.host)}:{self.port}"
+        try:
+            app = create_app(Services.open(settings))
+        except BaseException:
+            self.sock.close()
+            raise
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # the main thread owns signals
+        self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException as err:  # start-up failure (e.g. the model would not load)
+            self.error = err
+
+    def start(self, timeout: float = 60.0) -> "ServerThread":
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive() or timeout <= 0:
+                self.stop()
+                raise TandemError(f"The server did not start: {self.error or 'see the log above'}")
+            self._thread.join(0.05)
+            timeout -= 0.05
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(30)
+        self.sock.close()
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C arrives here as KeyboardInterrupt)."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

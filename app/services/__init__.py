@@ -1,0 +1,36 @@
+"""The services behind the routes, opened before the server starts so that a start-up failure
+(an unreadable model, a locked database) reaches the person as one clear message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.services.chat import ChatService
+from app.services.models import ModelService
+from app.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    models: ModelService
+    chat: ChatService
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Services":
+        store = Store(settings.db_path)
+        models = ModelService(settings, store)
+        try:
+            default = models.register_startup_models()
+            models.engine_for(default["id"])
+        except BaseException:
+            models.close()
+            store.close()
+            raise
+        return cls(settings, store, models, ChatService(store, models))
+
+    def close(self) -> None:
+        self.models.close()
+        self.store.close()

@@ -1,0 +1,3 @@
+from app.store.store import Store
+
+__all__ = ["Store"]

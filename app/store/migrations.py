@@ -1,0 +1,90 @@
+"""Schema migrations: named functions applied once, in order, and recorded in a table.
+
+Never edit a migration that has shipped; add a new one at the end of MIGRATIONS.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlite_utils import Database
+
+MIGRATIONS_TABLE = "_migrations"
+
+
+def m001_conversations(db: Database) -> None:
+    db["conversations"].create(
+        {"id": str, "title": str, "created_at": str, "updated_at": str}, pk="id"
+    )
+    db["messages"].create(
+        {"id": int, "conversation_id": str, "role": str, "content": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+    )
+    db["messages"].create_index(["conversation_id", "id"])
+
+
+def m002_reply_stats(db: Database) -> None:
+    messages = db["messages"]
+    messages.add_column("status", str, not_null_default="complete")
+    messages.add_column("finish_reason", str)
+    messages.add_column("model_id", str)
+    messages.add_column("prompt_tokens", int)
+    messages.add_column("completion_tokens", int)
+    messages.add_column("ttft_s", float)
+    messages.add_column("decode_tps", float)
+    db["conversations"].add_column("model_id", str)
+
+
+def m003_models(db: Database) -> None:
+    db["models"].create(
+        {
+            "id": str,
+            "name": str,
+            "path": str,
+            "source": str,
+            "size_bytes": int,
+            "is_default": int,
+            "added_at": str,
+        },
+        pk="id",
+        not_null={"name", "path", "source"},
+        defaults={"is_default": 0},
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [
+    m001_conversations,
+    m002_reply_stats,
+    m003_models,
+]
+
+
+def applied(db: Database) -> list[str]:
+    if not db[MIGRATIONS_TABLE].exists():
+        return []
+    return [r["name"] for r in db[MIGRATIONS_TABLE].rows_where(order_by="rowid")]
+
+
+def migrate(db: Database, upto: str | None = None) -> list[str]:
+    """Apply every migration not yet recorded (each in its own transaction). Returns their names.
+
+    `upto` stops after the named migration: tests use it to build an older schema.
+    """
+    if not db[MIGRATIONS_TABLE].exists():
+        db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
+    done = set(applied(db))
+    ran = []
+    for migration in MIGRATIONS:
+        name = migration.__name__
+        if name not in done:
+            with db.atomic():
+                migration(db)
+                db[MIGRATIONS_TABLE].insert(
+                    {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()}
+                )
+            ran.append(name)
+        if name == upto:
+            break
+    return ran

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Set up Tandem from a checkout and run it or its tests.
+#   ./dev.sh run    install what is missing, then start Tandem (desktop window, or a browser URL)
+#   ./dev.sh test   install what is missing (test tools, Chromium), then run every test
+# System packages are installed with apt-get when run as root; otherwise the command to run is shown.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${TANDEM_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# Building llama-cpp-python needs a C++ toolchain; Python needs venv.
+APT_BUILD="python3 python3-venv python3-dev build-essential git"
+# The desktop window (pywebview on Qt WebEngine) needs these shared libraries.
+APT_DESKTOP="libnss3 libgbm1 libxcomposite1 libxdamage1 libxrandr2 libxtst6 libdbus-1-3 libfontconfig1
+  libxkbcommon0 libxkbcommon-x11-0 libasound2 libxkbfile1 libgl1 libegl1 libxcb-cursor0 libxcb-icccm4
+  libxcb-keysyms1 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0
+  libxcb-xkb1 libxcb-dri3-0"
+# Browser tests drive Debian's Chromium; the desktop test can also run on a virtual screen.
+APT_TEST="chromium xvfb xauth"
+
+apt_install() {
+  command -v dpkg-query >/dev/null || return 0
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "dev.sh: installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "dev.sh: missing system packages; install them with:"
+    echo "  sudo apt-get install -y ${missing[*]}"
+  fi
+}
+
+setup() {
+  # shellcheck disable=SC2086
+  apt_install $APT_BUILD $APT_DESKTOP "$@"
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "dev.sh: creating the virtual environment in $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.tandem-installed"
+  local want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "dev.sh: installing Tandem and its dependencies (the first time compiles llama.cpp: several minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+case "${1:-run}" in
+  run)
+    setup
+    shift || true
+    exec "$VENV/bin/tandem" "$@"
+    ;;
+  test)
+    # shellcheck disable=SC2086
+    setup $APT_TEST
+    shift || true
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh run [tandem options] | ./dev.sh test [pytest options]" >&2
+    exit 2
+    ;;
+esac

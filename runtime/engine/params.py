@@ -1,0 +1,58 @@
+"""Parameters for loading a model and for sampling a reply: explicit, frozen, validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.hardware import physical_cores
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """How to load one GGUF file. Nothing is left to the library's defaults."""
+
+    path: Path
+    n_ctx: int = 4096
+    n_threads: int = field(default_factory=physical_cores)
+    n_threads_batch: int = field(default_factory=physical_cores)
+    n_gpu_layers: int = 0
+    n_batch: int = 512
+    n_ubatch: int = 512
+    flash_attn: bool = False
+    use_mmap: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.n_ctx < 16:
+            raise ValueError(f"n_ctx must be at least 16, got {self.n_ctx}")
+        for name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers must be -1 (all) or more, got {self.n_gpu_layers}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each token. temperature 0 is greedy: the same prompt gives the same text."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ValueError(f"temperature must be between 0 and 5, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))

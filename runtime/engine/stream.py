@@ -1,0 +1,127 @@
+"""Events a generation produces, and the per-request stream that carries them to the caller.
+
+The worker thread emits; the caller iterates (blocking, or async on an event loop). Every
+request ends with exactly one terminal event: Finished or Failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterator, Union
+
+from runtime.errors import RuntimeFailure
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens reused from the KV cache of the previous request
+    queue_s: float  # waiting for the worker (another request was running)
+    ttft_s: float | None  # submission to first token, None when no token came
+    decode_tps: float | None  # tokens/s after the first token, None with fewer than 2 tokens
+    total_s: float
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "queue_s": round(self.queue_s, 4),
+            "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 4),
+            "decode_tps": None if self.decode_tps is None else round(self.decode_tps, 2),
+            "total_s": round(self.total_s, 4),
+        }
+
+
+@dataclass(frozen=True)
+class Started:
+    """The prompt fits and generation begins."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """finish_reason: "stop" (end of turn or stop string), "length" (max_tokens or the context
+    is full) or "cancelled" (the caller stopped it; text holds what was produced)."""
+
+    text: str
+    finish_reason: str
+    stats: ReplyStats
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: RuntimeFailure
+
+
+Event = Union[Started, Token, Finished, Failed]
+
+
+class ReplyStream:
+    """One request's events. Iterate it (sync or async); cancel() stops generation within a token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self._loop = loop
+        self._cancel = threading.Event()
+        self._sync_q: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._async_q: asyncio.Queue[Event] | None = asyncio.Queue() if loop else None
+        self.done = False
+
+    # --- worker side
+    def emit(self, event: Event) -> None:
+        if self._async_q is None:
+            self._sync_q.put(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async_q.put_nowait, event)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            self._cancel.set()
+
+    # --- caller side
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def __iter__(self) -> Iterator[Event]:
+        if self._async_q is not None:
+            raise TypeError("this stream was opened for an event loop: use 'async for'")
+        while not self.done:
+            event = self._sync_q.get()
+            self.done = isinstance(event, (Finished, Failed))
+            yield event
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        if self._async_q is None:
+            raise TypeError("this stream was opened without an event loop: use 'for'")
+        while not self.done:
+            event = await self._async_q.get()
+            self.done = isinstance(event, (Finished, Failed))
+            yield event
+
+    async def next_event(self) -> Event:
+        """The next event (async streams only), for callers that must see the first one early."""
+        event = await self._async_q.get()
+        self.done = isinstance(event, (Finished, Failed))
+        return event
+
+    def result(self) -> Finished:
+        """Block until the end; return Finished or raise the failure (sync streams only)."""
+        for event in self:
+            if isinstance(event, Finished):
+                return event
+            if isinstance(event, Failed):
+                raise event.error
+        raise AssertionError("stream ended without a terminal event")

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real built-in model, a real engine, a real server on a free port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.server import ServerThread
+from runtime.embedded import default_model_path
+from runtime.engine import EngineSession, LoadParams
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def engine(model_path):
+    session = EngineSession.open(LoadParams(model_path, n_ctx=2048))
+    yield session
+    session.close()
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    return Settings(data_dir=data_dir, port=0, temperature=0.0, max_tokens=256, **overrides)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerThread(make_settings(tmp_path_factory.mktemp("data"))) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def read_sse(response: httpx.Response):
+    """(event, data) pairs from a streaming response, as they arrive."""
+    event, data = "message", []
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and data:
+            payload = "\n".join(data)
+            yield event, (payload if payload == "[DONE]" else json.loads(payload))
+            event, data = "message", []

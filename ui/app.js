@@ -1,0 +1,260 @@
+import { api, streamReply, ApiError } from "./api.js";
+import { renderMarkdown } from "./markdown.js";
+
+const $ = (id) => document.getElementById(id);
+const state = { conversations: [], current: null, streaming: false };
+
+function showError(message) {
+  const banner = $("error-banner");
+  banner.textContent = message;
+  banner.hidden = !message;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// ---- conversation list
+function renderList() {
+  const nav = $("conversation-list");
+  nav.replaceChildren();
+  for (const c of state.conversations) {
+    const item = el("div", "conversation" + (c.id === state.current?.id ? " active" : ""));
+    item.dataset.id = c.id;
+    const title = el("button", "title", c.title);
+    title.type = "button";
+    title.title = c.title;
+    title.addEventListener("click", () => openConversation(c.id));
+    const rename = el("button", "icon rename", "✎");
+    rename.type = "button";
+    rename.title = "Rename";
+    rename.setAttribute("aria-label", `Rename ${c.title}`);
+    rename.addEventListener("click", () => startRename(item, c));
+    const del = el("button", "icon delete", "×");
+    del.type = "button";
+    del.title = "Delete";
+    del.setAttribute("aria-label", `Delete ${c.title}`);
+    del.addEventListener("click", () => deleteConversation(c));
+    item.append(title, rename, del);
+    nav.append(item);
+  }
+}
+
+function startRename(item, c) {
+  const input = el("input", "rename-input");
+  input.value = c.title;
+  input.maxLength = 200;
+  item.replaceChildren(input);
+  input.focus();
+  input.select();
+  let done = false;
+  const finish = async (save) => {
+    if (done) return;
+    done = true;
+    if (save && input.value.trim() && input.value !== c.title) {
+      try {
+        const updated = await api("PATCH", `/api/conversations/${c.id}`, { title: input.value });
+        if (state.current?.id === c.id) $("chat-title").textContent = updated.title;
+      } catch (err) {
+        showError(err.message);
+      }
+    }
+    await loadList();
+  };
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") finish(true);
+    if (e.key === "Escape") finish(false);
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+async function deleteConversation(c) {
+  if (!confirm(`Delete "${c.title}"? This cannot be undone.`)) return;
+  try {
+    await api("DELETE", `/api/conversations/${c.id}`);
+    if (state.current?.id === c.id) showConversation(null);
+    await loadList();
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function loadList() {
+  state.conversations = await api("GET", "/api/conversations");
+  renderList();
+}
+
+// ---- messages
+function statsLine(m) {
+  const parts = [];
+  if (m.decode_tps) parts.push(`${m.decode_tps.toFixed(1)} tok/s`);
+  if (m.ttft_s != null) parts.push(`first token ${m.ttft_s < 1 ? Math.round(m.ttft_s * 1000) + " ms" : m.ttft_s.toFixed(2) + " s"}`);
+  if (m.completion_tokens != null) parts.push(`${m.completion_tokens} tokens`);
+  if (m.finish_reason === "length") parts.push("cut at the length limit");
+  return parts.join(" · ");
+}
+
+function messageNode(m) {
+  const node = el("article", `message ${m.role}`);
+  node.dataset.id = m.id ?? "";
+  const body = el("div", "body");
+  if (m.role === "assistant") body.append(renderMarkdown(m.content));
+  else body.textContent = m.content;
+  node.append(body);
+  if (m.role === "assistant") {
+    const meta = el("div", "meta");
+    if (m.status === "stopped") meta.append(el("span", "badge stopped", "stopped"));
+    if (m.status === "error") meta.append(el("span", "badge error", "failed"));
+    meta.append(el("span", "stats", statsLine(m)));
+    node.append(meta);
+  }
+  return node;
+}
+
+function showConversation(conv) {
+  state.current = conv;
+  $("chat-title").textContent = conv ? conv.title : "New chat";
+  const box = $("messages");
+  box.replaceChildren();
+  if (!conv || !conv.messages.length) {
+    const empty = el("div");
+    empty.id = "empty-state";
+    empty.append(el("h2", "", "Chat with a model running on this computer"), el("p", "", "Nothing you write leaves this machine."));
+    box.append(empty);
+  } else {
+    for (const m of conv.messages) box.append(messageNode(m));
+  }
+  renderList();
+  box.scrollTop = box.scrollHeight;
+}
+
+async function openConversation(id) {
+  if (state.streaming) return;
+  try {
+    showError("");
+    showConversation(await api("GET", `/api/conversations/${id}`));
+  } catch (err) {
+    showError(err.message);
+    await loadList();
+  }
+}
+
+function setStreaming(on) {
+  state.streaming = on;
+  $("send").hidden = on;
+  $("stop").hidden = !on;
+  $("prompt").disabled = on;
+}
+
+async function send(content) {
+  showError("");
+  if (!state.current) {
+    const conv = await api("POST", "/api/conversations", {});
+    state.current = { ...conv, messages: [] };
+  }
+  const conv = state.current;
+  const box = $("messages");
+  $("empty-state")?.remove();
+  const userNode = messageNode({ role: "user", content });
+  box.append(userNode);
+  const reply = messageNode({ role: "assistant", content: "" });
+  reply.classList.add("streaming");
+  box.append(reply);
+  box.scrollTop = box.scrollHeight;
+  const body = reply.querySelector(".body");
+  let text = "";
+  let frame = 0;
+  setStreaming(true);
+  try {
+    await streamReply(conv.id, content, (event, data) => {
+      if (event === "start") {
+        userNode.dataset.id = data.user_message.id;
+        loadList();
+      } else if (event === "token") {
+        text += data.text;
+        if (!frame) frame = requestAnimationFrame(() => {
+          frame = 0;
+          body.replaceChildren(renderMarkdown(text));
+          box.scrollTop = box.scrollHeight;
+        });
+      } else if (event === "done" || event === "error") {
+        cancelAnimationFrame(frame);
+        frame = 0;
+        reply.replaceWith(messageNode(data.message));
+        if (event === "error") showError(data.error.message);
+      }
+    });
+    await loadList();
+  } catch (err) {
+    userNode.remove();
+    reply.remove();
+    $("prompt").value = content;  // nothing is lost: the message goes back into the box
+    showError(err instanceof ApiError ? err.message : String(err));
+  } finally {
+    setStreaming(false);
+    box.scrollTop = box.scrollHeight;
+    $("prompt").focus();
+  }
+}
+
+async function stop() {
+  if (!state.current) return;
+  try {
+    await api("POST", `/api/conversations/${state.current.id}/stop`);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function loadHealth() {
+  try {
+    const health = await api("GET", "/api/health");
+    $("model-name").textContent = health.model ? health.model.name : "No model loaded";
+    $("model-dot").classList.toggle("ok", !!health.model);
+    $("model-status").title = health.model
+      ? `${health.model.name}\ncontext ${health.model.n_ctx} tokens · ${health.model.n_threads} threads · ${health.model.n_gpu_layers} GPU layers`
+      : "";
+  } catch (err) {
+    $("model-name").textContent = "Server not answering";
+  }
+}
+
+function autoGrow() {
+  const t = $("prompt");
+  t.style.height = "auto";
+  t.style.height = Math.min(t.scrollHeight, 220) + "px";
+}
+
+function init() {
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const content = $("prompt").value;
+    if (!content.trim() || state.streaming) return;
+    $("prompt").value = "";
+    autoGrow();
+    send(content);
+  });
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("prompt").addEventListener("input", autoGrow);
+  $("stop").addEventListener("click", stop);
+  $("new-chat").addEventListener("click", () => {
+    if (state.streaming) return;
+    showError("");
+    showConversation(null);
+    $("prompt").focus();
+  });
+  loadHealth();
+  loadList().catch((err) => showError(err.message));
+  $("prompt").focus();
+  document.body.dataset.ready = "true";
+}
+
+init();
