@@ -95,34 +95,39 @@ class ServerThread:
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # the main thread owns signals
         self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
+        # Waiting on an Event, not Thread.join: a join interrupted by Ctrl-C can leave the thread
+        # reporting itself dead (CPython issue 21822), and shutdown would then be skipped.
+        self._exited = threading.Event()
         self.error: BaseException | None = None
 
     def _run(self) -> None:
         try:
             self.server.run(sockets=[self.sock])
-        except BaseException as err:  # start-up failure (e.g. the model would not load)
+        except BaseException as err:
             self.error = err
+        finally:
+            self._exited.set()
 
     def start(self, timeout: float = 60.0) -> "ServerThread":
         self._thread.start()
         while not self.server.started:
-            if not self._thread.is_alive() or timeout <= 0:
+            if self._exited.wait(0.05) or timeout <= 0:
                 self.stop()
                 raise TandemError(f"The server did not start: {self.error or 'see the log above'}")
-            self._thread.join(0.05)
             timeout -= 0.05
         return self
 
     def stop(self) -> None:
+        """Shut down: requests end, the model is freed and the database closed."""
         self.server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(30)
+        if self._thread.ident is not None:
+            self._exited.wait(30)
         self.sock.close()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C arrives here as KeyboardInterrupt)."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)
+        while not self._exited.wait(0.5):
+            pass
 
     def __enter__(self) -> "ServerThread":
         return self.start()

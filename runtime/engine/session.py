@@ -179,7 +179,9 @@ class EngineSession:
             stream.emit(Finished("", "cancelled", _stats(job, t_start, 0, 0, None, None, None)))
             return
         prompt = self._formatter.render(job.messages)
-        n_prompt, n_ctx = len(prompt.tokens), llama.n_ctx()
+        # llama.cpp may pad the context (64 -> 256), but llama-cpp-python's token buffer keeps
+        # the size asked for: the smaller of the two is the real limit.
+        n_prompt, n_ctx = len(prompt.tokens), min(llama.n_ctx(), len(llama.input_ids))
         if n_prompt >= n_ctx:
             raise ContextOverflow(n_prompt, n_ctx)
         cached = _common_prefix(llama._input_ids[: llama.n_tokens], prompt.tokens)
