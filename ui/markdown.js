@@ -97,7 +97,8 @@ function codeBlock(code, lang) {
 }
 
 // Inline spans: `code`, **bold**, *italic* / _italic_, [text](url). Everything else is text.
-const INLINE = /(`+)([^`]+?)\1|\*\*([^*]+?)\*\*|__([^_]+?)__|\*([^*\s][^*]*?)\*|_([^_\s][^_]*?)_|\[([^\]]+)\]\(([^)\s]+)\)/g;
+// Underscores inside words (snake_case, __dunder__ names) are not emphasis.
+const INLINE = /(`+)([^`]+?)\1|\*\*([^*]+?)\*\*|(?<!\w)__([^_]+?)__(?!\w)|\*([^*\s][^*]*?)\*|(?<!\w)_([^_\s][^_]*?)_(?!\w)|\[([^\]]+)\]\(([^)\s]+)\)/g;
 
 export function inline(text) {
   const frag = document.createDocumentFragment();

@@ -1,0 +1,105 @@
+"""The chat page in headless Chromium: chat, stop, rename, delete, safe rendering."""
+
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from app.store import Store
+
+pytestmark = pytest.mark.e2e
+
+
+def send(page, text):
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def test_chat_streams_a_reply_with_its_speed(page):
+    expect(page.locator("#model-name")).to_have_text("SmolLM2 135M Instruct (Q4_1)")
+    send(page, "What is the capital of France?")
+    expect(page.locator(".message.user .body").last).to_have_text("What is the capital of France?")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator(".stats")).to_contain_text("tokens", timeout=30_000)
+    expect(reply.locator(".body")).not_to_be_empty()
+    expect(reply).not_to_have_class(re.compile("streaming"))
+    expect(reply.locator(".stats")).to_contain_text(re.compile(r"first token \d+"))
+    # the conversation appears in the list, titled by its first message
+    expect(page.locator("#conversation-list .conversation.active .title")).to_have_text("What is the capital of France?")
+    expect(page.locator("#send")).to_be_visible()
+
+
+def test_stop_button_keeps_the_partial_reply(page, server):
+    send(page, "Count from 1 to 500, one number per line.")
+    stop = page.locator("#stop")
+    expect(stop).to_be_visible()
+    page.wait_for_function("document.querySelector('.message.assistant.streaming .body')?.textContent.length > 10")
+    stop.click()
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator(".badge.stopped")).to_be_visible(timeout=15_000)
+    expect(page.locator("#send")).to_be_visible()
+    shown = reply.locator(".body").inner_text()
+    conv_id = page.locator("#conversation-list .conversation.active").get_attribute("data-id")
+    stored = httpx.get(f"{server.url}/api/conversations/{conv_id}").json()["messages"][-1]
+    assert stored["status"] == "stopped"
+    # what the page shows (rendered markdown) is all in the stored partial reply
+    assert stored["content"]
+    assert all(line.strip() in stored["content"] for line in shown.splitlines())
+    assert "500" not in stored["content"]
+
+
+def test_rename_and_delete(page):
+    send(page, "Hello there")
+    expect(page.locator(".message.assistant .stats").last).to_contain_text("tokens", timeout=30_000)
+    item = page.locator("#conversation-list .conversation.active")
+    item.hover()
+    item.locator(".rename").click()
+    page.fill(".rename-input", "Greetings")
+    page.press(".rename-input", "Enter")
+    expect(page.locator("#conversation-list .conversation.active .title")).to_have_text("Greetings")
+    expect(page.locator("#chat-title")).to_have_text("Greetings")
+
+    page.once("dialog", lambda d: d.accept())
+    item = page.locator("#conversation-list .conversation.active")
+    item.hover()
+    item.locator(".delete").click()
+    expect(page.locator("#conversation-list .conversation", has_text="Greetings")).to_have_count(0)
+    expect(page.locator("#empty-state")).to_be_visible()
+
+
+def test_model_output_is_rendered_as_text_never_as_html(page, server):
+    store = Store(server.settings.db_path)  # a second connection to the same SQLite file
+    conv = store.create_conversation("Hostile reply")
+    hostile = (
+        "Here is **bold** and `code`.\n\n"
+        "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script>\n\n"
+        "[click](javascript:window.__pwned=3) [docs](https://example.org)\n\n"
+        "```html\n<b>not bold</b>\n```"
+    )
+    store.add_message(conv["id"], "user", "show me")
+    store.add_message(conv["id"], "assistant", hostile)
+    store.close()
+    page.reload()
+    page.locator("#conversation-list .conversation", has_text="Hostile reply").locator(".title").click()
+    body = page.locator(".message.assistant .body").last
+    expect(body.locator("strong")).to_have_text("bold")
+    expect(body.locator("p code")).to_have_text("code")
+    expect(body.locator(".code-block code")).to_have_text("<b>not bold</b>")
+    assert body.locator("img, script, b").count() == 0
+    assert body.locator("a").count() == 1
+    assert body.locator("a").get_attribute("href") == "https://example.org"
+    assert body.locator("a").get_attribute("rel") == "noopener noreferrer nofollow"
+    expect(body).to_contain_text('<img src=x onerror="window.__pwned=1">')
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_error_is_shown_and_the_message_is_given_back(page, server):
+    # a conversation deleted behind the page's back: the server answers 404 with a message
+    send(page, "First message")
+    expect(page.locator(".message.assistant .stats").last).to_contain_text("tokens", timeout=30_000)
+    conv_id = page.locator("#conversation-list .conversation.active").get_attribute("data-id")
+    httpx.delete(f"{server.url}/api/conversations/{conv_id}")
+    send(page, "Second message")
+    expect(page.locator("#error-banner")).to_contain_text("No conversation with id")
+    expect(page.locator("#prompt")).to_have_value("Second message")
