@@ -36,7 +36,7 @@ class ChatService:
     def __init__(self, store: Store, models: ModelService):
         self.store = store
         self.models = models
-        self._active: dict[str, Reply] = {}
+        self._active: dict[str, Reply | None] = {}
 
     def history(self, conversation_id: str) -> list[dict]:
         return [
@@ -52,15 +52,23 @@ class ChatService:
             raise Conflict(
                 "A reply is still being written in this conversation. Stop it or wait for it to finish."
             )
-        messages = self.history(conversation_id) + [{"role": "user", "content": content}]
-        model = await asyncio.to_thread(self.models.engine_for, conversation.get("model_id"))
-        stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop())
-        first = await stream.next_event()
-        if isinstance(first, Failed):
-            raise first.error
-        if not isinstance(first, Started):  # cancelled before it began (engine shutting down)
-            raise RuntimeFailure("The engine stopped before replying; send the message again.")
-        user_message = self.store.add_message(conversation_id, "user", content)
+        self._active[conversation_id] = None  # reserved: a second request now gets Conflict
+        stream = None
+        try:
+            messages = self.history(conversation_id) + [{"role": "user", "content": content}]
+            model = await asyncio.to_thread(self.models.engine_for, conversation.get("model_id"))
+            stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop())
+            first = await stream.next_event()
+            if isinstance(first, Failed):
+                raise first.error
+            if not isinstance(first, Started):  # cancelled before it began (engine shutting down)
+                raise RuntimeFailure("The engine stopped before replying; send the message again.")
+            user_message = self.store.add_message(conversation_id, "user", content)
+        except BaseException:  # refused, failed, or the client left before the reply began
+            self._active.pop(conversation_id, None)
+            if stream is not None:
+                stream.cancel()
+            raise
         reply = Reply(conversation_id, model, stream, first.prompt_tokens, user_message)
         self._active[conversation_id] = reply
         return reply
