@@ -13,6 +13,12 @@ class ModelFileError(RuntimeFailure):
     code = "model_file_error"
 
 
+class InvalidModelFile(ModelFileError):
+    """The file is not a valid GGUF model: wrong magic or version, damaged header, truncated."""
+
+    code = "invalid_model_file"
+
+
 class ModelLoadError(RuntimeFailure):
     """llama.cpp refused to load the model with the requested parameters."""
 
