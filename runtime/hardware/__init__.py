@@ -18,3 +18,9 @@ def physical_cores() -> int:
     except Exception:  # psutil missing or unable to read the topology
         cores = None
     return max(1, cores or os.cpu_count() or 1)
+
+
+from runtime.hardware.probe import build_profile, collect_raw, probe  # noqa: E402
+from runtime.hardware.profile import CpuInfo, GpuInfo, HardwareProfile, MemoryInfo  # noqa: E402
+
+__all__ = ["CpuInfo", "GpuInfo", "HardwareProfile", "MemoryInfo", "build_profile", "collect_raw", "physical_cores", "probe"]

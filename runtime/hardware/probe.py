@@ -1,0 +1,243 @@
+"""The hardware probe: collect raw readings per source (the only impure part), then build the
+HardwareProfile from them with pure functions. A source that fails adds a line to `problems`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+from runtime.hardware.cpu import build_cpu, parse_sysctl
+from runtime.hardware.gpu import apple_gpu, gpus_from_drm, gpus_from_nvml
+from runtime.hardware.profile import DiskInfo, EngineBuild, HardwareProfile, MemoryInfo, PowerInfo
+
+REINSTALL = 'CMAKE_ARGS="{flags}" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
+BUILD_FLAGS = {"nvidia": "-DGGML_CUDA=on", "amd": "-DGGML_HIP=on", "intel": "-DGGML_VULKAN=on", "apple": "-DGGML_METAL=on"}
+
+
+# --- collection: one function per source, each returning JSON-able raw values
+def collect_cpuinfo() -> str | None:
+    p = Path("/proc/cpuinfo")
+    return p.read_text(errors="replace") if p.exists() else None
+
+
+def collect_cpu_cache() -> dict | None:
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    if not base.exists():
+        return None
+    out = {}
+    for index in sorted(base.glob("index*")):
+        out[index.name] = {
+            f: (index / f).read_text().strip() for f in ("level", "type", "size") if (index / f).exists()
+        }
+    return out
+
+
+def collect_sysctl() -> str | None:
+    if sys.platform != "darwin":
+        return None
+    import subprocess
+
+    keys = ["machdep.cpu.brand_string", "hw.memsize", "hw.physicalcpu", "hw.logicalcpu", "hw.l1dcachesize",
+            "hw.l2cachesize", "hw.l3cachesize", "hw.optional.neon", "hw.optional.arm.FEAT_DotProd",
+            "hw.optional.arm.FEAT_I8MM", "hw.optional.arm.FEAT_FP16", "hw.optional.arm.FEAT_SME"]
+    r = subprocess.run(["sysctl", *keys], capture_output=True, text=True, timeout=5)
+    return r.stdout
+
+
+def collect_memory() -> dict:
+    import psutil
+
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    return {"total": vm.total, "available": vm.available, "swap_total": sw.total, "swap_free": sw.free}
+
+
+def collect_cpu_count() -> dict:
+    import psutil
+
+    return {"physical": psutil.cpu_count(logical=False), "logical": psutil.cpu_count(logical=True)}
+
+
+def collect_nvml() -> dict | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None  # no NVIDIA driver: no NVIDIA GPU to use
+    try:
+        def maybe(fn, *args):
+            try:
+                return fn(*args)
+            except pynvml.NVMLError:
+                return None
+
+        driver = maybe(pynvml.nvmlSystemGetDriverVersion)
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            procs = None
+            compute = maybe(pynvml.nvmlDeviceGetComputeRunningProcesses, h)
+            graphics = maybe(pynvml.nvmlDeviceGetGraphicsRunningProcesses, h)
+            if compute is not None or graphics is not None:
+                procs = [{"pid": p.pid, "used": p.usedGpuMemory} for p in (compute or []) + (graphics or [])]
+            util = maybe(pynvml.nvmlDeviceGetUtilizationRates, h)
+            name = pynvml.nvmlDeviceGetName(h)
+            devices.append({
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "memory_total": mem.total, "memory_free": mem.free, "memory_used": mem.used,
+                "processes": procs,
+                "cc": maybe(pynvml.nvmlDeviceGetCudaComputeCapability, h),
+                "pcie_gen_max": maybe(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h),
+                "pcie_width_max": maybe(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h),
+                "power_limit_mw": maybe(pynvml.nvmlDeviceGetPowerManagementLimit, h),
+                "power_usage_mw": maybe(pynvml.nvmlDeviceGetPowerUsage, h),
+                "bus_width": maybe(pynvml.nvmlDeviceGetMemoryBusWidth, h),
+                "mem_clock_max_mhz": maybe(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
+                "utilization": util.gpu if util is not None else None,
+            })
+        return {"driver": driver.decode() if isinstance(driver, bytes) else driver, "own_pid": os.getpid(), "devices": devices}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+DRM_FILES = ("vendor", "device", "product_name", "mem_info_vram_total", "mem_info_vram_used", "gpu_busy_percent",
+             "max_link_speed", "max_link_width")
+
+
+def collect_drm() -> dict | None:
+    base = Path("/sys/class/drm")
+    if not base.exists():
+        return None
+    cards = {}
+    for card in base.glob("card[0-9]*"):
+        if "-" in card.name:  # connectors (card0-HDMI-A-1), not devices
+            continue
+        dev = card / "device"
+        cards[card.name] = {f: (dev / f).read_text(errors="replace").strip() for f in DRM_FILES if (dev / f).is_file()}
+    return cards
+
+
+def collect_llama() -> dict:
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    return {
+        "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "system_info": info.decode(errors="replace") if isinstance(info, bytes) else str(info),
+    }
+
+
+def collect_power() -> dict | None:
+    import psutil
+
+    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+    if battery is None:
+        return {"battery": False}
+    return {"battery": True, "percent": battery.percent, "plugged": battery.power_plugged}
+
+
+def collect_raw(data_dir: Path | None = None) -> dict:
+    """Every raw reading of this machine. Failures are recorded under "errors", never raised."""
+    raw: dict = {
+        "platform": sys.platform,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "node": platform.node(),
+        "errors": {},
+    }
+    sources: dict[str, Callable] = {
+        "cpuinfo": collect_cpuinfo, "cpu_cache": collect_cpu_cache, "sysctl": collect_sysctl,
+        "cpu_count": collect_cpu_count, "memory": collect_memory, "nvml": collect_nvml, "drm": collect_drm,
+        "llama": collect_llama, "power": collect_power,
+    }
+    for name, fn in sources.items():
+        try:
+            raw[name] = fn()
+        except Exception as err:  # a probe never breaks the profile
+            raw[name] = None
+            raw["errors"][name] = f"{type(err).__name__}: {err}"
+    if data_dir is not None:
+        try:
+            models = Path(data_dir) / "models"
+            where = models if models.exists() else Path(data_dir) if Path(data_dir).exists() else Path.home()
+            usage = shutil.disk_usage(where)
+            raw["disk"] = {"path": str(where), "free": usage.free, "total": usage.total}
+        except OSError as err:
+            raw["errors"]["disk"] = str(err)
+    return raw
+
+
+# --- building: pure, from raw readings (also from fixtures of machines we do not have)
+def build_profile(raw: dict, bandwidth_gbps: float | None = None) -> HardwareProfile:
+    problems = [f"{name}: {why}" for name, why in sorted((raw.get("errors") or {}).items())]
+    cpu = build_cpu(raw)
+    mem = raw.get("memory") or {}
+    memory = MemoryInfo(
+        total_bytes=mem.get("total"),
+        available_bytes=mem.get("available"),
+        swap_total_bytes=mem.get("swap_total"),
+        swap_free_bytes=mem.get("swap_free"),
+        read_bandwidth_gbps=bandwidth_gbps if bandwidth_gbps is not None else raw.get("bandwidth_gbps"),
+    )
+    gpus = []
+    if raw.get("nvml"):
+        gpus += gpus_from_nvml(raw["nvml"])
+    drm = raw.get("drm") or {}
+    if drm:
+        gpus += gpus_from_drm(drm)
+        if not raw.get("nvml") and any((f.get("vendor") or "").lower() == "0x10de" for f in drm.values()):
+            problems.append("nvml: an NVIDIA GPU is present but NVML did not answer; install or update the NVIDIA driver")
+    if raw.get("sysctl"):
+        apple = apple_gpu(parse_sysctl(raw["sysctl"]))
+        if apple:
+            gpus.append(apple)
+    gpus = [g.__class__(**{**g.__dict__, "index": i}) for i, g in enumerate(gpus)]
+    engine = build_engine(raw.get("llama"), gpus)
+    p = raw.get("power") or {}
+    power = PowerInfo(
+        on_battery=None if not p else (p.get("battery") and not p.get("plugged")) or False,
+        battery_percent=p.get("percent"),
+    )
+    d = raw.get("disk") or {}
+    disk = DiskInfo(path=d.get("path"), free_bytes=d.get("free"), total_bytes=d.get("total"))
+    return HardwareProfile(
+        platform=raw.get("platform", "unknown"), cpu=cpu, memory=memory, gpus=tuple(gpus),
+        engine=engine, power=power, disk=disk, problems=tuple(problems),
+    )
+
+
+def build_engine(llama: dict | None, gpus: list) -> EngineBuild:
+    if not llama:
+        return EngineBuild()
+    supports = llama.get("supports_gpu_offload")
+    advice = None
+    usable = [g for g in gpus if g.vendor in BUILD_FLAGS]
+    if usable and supports is False:
+        g = usable[0]
+        advice = (
+            f"This llama-cpp-python build cannot use the {g.name}: it runs on the CPU only. "
+            f"Reinstall it with GPU support: {REINSTALL.format(flags=BUILD_FLAGS[g.vendor])}"
+        )
+    return EngineBuild(supports_gpu_offload=supports, system_info=llama.get("system_info"), advice=advice)
+
+
+def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasure: bool = False) -> HardwareProfile:
+    """This machine's profile. The bandwidth is measured once per machine and cached in data_dir."""
+    raw = collect_raw(data_dir)
+    gbps = None
+    if measure_bandwidth:
+        from runtime.hardware.bandwidth import cached_bandwidth
+
+        try:
+            threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1
+            gbps = cached_bandwidth(data_dir, raw, threads, remeasure=remeasure)
+        except Exception as err:
+            raw["errors"]["bandwidth"] = f"{type(err).__name__}: {err}"
+    return build_profile(raw, gbps)
