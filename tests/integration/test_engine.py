@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from runtime.engine import EngineSession, Failed, Finished, LoadParams, SamplingParams, Started, Token
-from runtime.errors import ContextOverflow, EngineClosed, ModelFileError, ModelLoadError
+from runtime.errors import ContextOverflow, EngineClosed, InvalidModelFile, ModelFileError, ModelLoadError
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 HAIKU = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -130,8 +130,17 @@ def test_missing_model_file(tmp_path):
         EngineSession.open(LoadParams(tmp_path / "missing.gguf"))
 
 
-def test_truncated_model_file_is_refused_by_llama_cpp_cleanly(tmp_path, model_path):
+def test_truncated_model_file_is_refused_before_llama_cpp(tmp_path, model_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(model_path.read_bytes()[: 2_000_000])
-    with pytest.raises(ModelLoadError, match="could not load cut.gguf"):
+    with pytest.raises(InvalidModelFile, match="cut.gguf is truncated"):
         EngineSession.open(LoadParams(cut, n_ctx=256))
+
+
+def test_a_file_llama_cpp_refuses_is_a_clear_load_error(tmp_path):
+    from tests.unit.test_gguf import gguf_bytes
+
+    odd = tmp_path / "odd.gguf"  # a valid GGUF container, but no model llama.cpp knows
+    odd.write_bytes(gguf_bytes([("w", (32,), 0, 0)], data=b"\0" * 128))
+    with pytest.raises(ModelLoadError, match="could not load odd.gguf"):
+        EngineSession.open(LoadParams(odd, n_ctx=256))
