@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -33,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="measure decode speed: engine, library, HTTP API")
     bench.add_argument("--tokens", type=int, default=256, help="tokens to generate per run")
     bench.add_argument("--runs", type=int, default=3, help="runs per path (best and median are shown)")
+    hw = sub.add_parser("hardware", parents=[common], help="what this machine has: CPU, memory, GPUs, engine build")
+    hw.add_argument("--json", action="store_true", help="print the profile as JSON")
+    hw.add_argument("--raw", action="store_true", help="print the raw readings (for bug reports and test fixtures)")
+    hw.add_argument("--remeasure", action="store_true", help="measure the memory bandwidth again")
+    inspect = sub.add_parser("inspect", parents=[common], help="what a model file holds and needs")
+    inspect.add_argument("target", help="a .gguf path or the id of an installed model")
+    inspect.add_argument("--json", action="store_true", help="print as JSON")
     return parser
 
 
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             from app.bench import run_bench
 
             return run_bench(settings, tokens=args.tokens, runs=args.runs)
+        if args.command == "hardware":
+            return run_hardware(settings, as_json=args.json, raw=args.raw, remeasure=args.remeasure)
+        if args.command == "inspect":
+            return run_inspect(settings, args.target, as_json=args.json)
         if args.command == "serve":
             return run_server(settings)
         return run_app(settings, browser=args.browser)
@@ -116,3 +128,44 @@ def run_app(settings: Settings, browser: bool = False) -> int:
         return 0
     finally:
         server.stop()
+
+
+def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) -> int:
+    from app.report import hardware_text
+    from runtime.hardware import collect_raw, probe
+
+    if raw:
+        print(json.dumps(collect_raw(settings.data_dir), indent=1))
+        return 0
+    profile = probe(settings.data_dir, remeasure=remeasure)
+    print(profile.to_json(indent=1) if as_json else hardware_text(profile))
+    return 0
+
+
+def run_inspect(settings: Settings, target: str, as_json: bool) -> int:
+    from app.report import model_text
+    from runtime.model_info import inspect_model
+
+    path = Path(target).expanduser()
+    if not path.exists() and "/" not in target and not target.endswith(".gguf"):
+        path = installed_model_path(settings, target)
+    info = inspect_model(path)
+    print(info.to_json(indent=1) if as_json else model_text(info))
+    return 0
+
+
+def installed_model_path(settings: Settings, model_id: str) -> Path:
+    from app.errors import NotFound
+    from runtime import embedded
+
+    if model_id == embedded.MODEL_ID:
+        return embedded.default_model_path()
+    if settings.db_path.exists():
+        from app.store import Store
+
+        store = Store(settings.db_path)
+        try:
+            return Path(store.get_model(model_id)["path"])
+        finally:
+            store.close()
+    raise NotFound(f"No model file or installed model named {model_id!r}. Give the path of a .gguf file.")

@@ -42,6 +42,7 @@ def create_app(services: Services) -> FastAPI:
     settings = services.settings
     app.state.settings, app.state.store = settings, services.store
     app.state.models, app.state.chat = services.models, services.chat
+    app.state.services = services
     errors.install(app)
     app.include_router(system.router)
     app.include_router(conversations.router)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, Request
 
 from app import __version__
 from app.api.deps import ModelsDep, StoreDep
+from runtime.model_info import inspect_model
 
 router = APIRouter(prefix="/api", tags=["system"])
 
@@ -24,3 +28,16 @@ def health(models: ModelsDep) -> dict:
 def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
     loaded_id = models.loaded.id if models.loaded is not None else None
     return [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] == loaded_id} for m in store.list_models()]
+
+
+@router.get("/hardware")
+async def hardware(request: Request, refresh: bool = False) -> dict:
+    profile = await asyncio.to_thread(request.app.state.services.hardware, refresh)
+    return profile.to_dict()
+
+
+@router.get("/models/{model_id}/info")
+async def model_info(model_id: str, store: StoreDep) -> dict:
+    model = store.get_model(model_id)
+    info = await asyncio.to_thread(inspect_model, Path(model["path"]))
+    return {"id": model["id"], "name": model["name"], **info.to_dict()}

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from app.config import Settings
 from app.services.chat import ChatService
@@ -17,6 +18,17 @@ class Services:
     store: Store
     models: ModelService
     chat: ChatService
+    _hardware: object = field(default=None, repr=False)
+    _hardware_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def hardware(self, refresh: bool = False):
+        """This machine's HardwareProfile, probed once (bandwidth cached in the data directory)."""
+        from runtime.hardware import probe
+
+        with self._hardware_lock:
+            if self._hardware is None or refresh:
+                self._hardware = probe(self.settings.data_dir)
+            return self._hardware
 
     @classmethod
     def open(cls, settings: Settings) -> "Services":

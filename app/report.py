@@ -1,0 +1,91 @@
+"""Plain-text reports for the command line: the hardware profile and a model's inspection."""
+
+from __future__ import annotations
+
+from runtime.hardware import HardwareProfile
+from runtime.model_info import ModelInfo
+
+
+def size(n: int | None) -> str:
+    """Bytes in the largest binary unit that keeps the number at 1 or more: 32 KiB, 98.4 MiB, 12.0 GiB."""
+    if n is None:
+        return "?"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} B"
+
+
+def hardware_text(p: HardwareProfile) -> str:
+    c, m = p.cpu, p.memory
+    lines = [
+        f"CPU       {c.brand or 'unknown'} ({c.arch or '?'}): {c.physical_cores or '?'} physical cores, "
+        f"{c.logical_cores or '?'} logical",
+        f"          features: {', '.join(c.features) or 'none detected'}",
+        f"          cache: L1d {size(c.l1d_bytes)}, L2 {size(c.l2_bytes)}, L3 {size(c.l3_bytes)}",
+        f"Memory    {size(m.total_bytes)} total, {size(m.available_bytes)} available, swap {size(m.swap_total_bytes)}",
+        f"          read bandwidth: {m.read_bandwidth_gbps if m.read_bandwidth_gbps is not None else '?'} GB/s "
+        f"(measured once on this machine; `tandem hardware --remeasure` measures again)",
+    ]
+    if not p.gpus:
+        lines.append("GPU       none found")
+    for g in p.gpus:
+        kind = "unified memory, shared with the CPU" if g.unified else "dedicated"
+        lines.append(f"GPU {g.index}     {g.name} ({g.vendor}, {kind})")
+        if g.memory_total_bytes is not None:
+            lines.append(
+                f"          memory: {size(g.memory_total_bytes)} total, {size(g.memory_free_bytes)} free, "
+                f"{size(g.memory_used_by_others_bytes)} used by other programs"
+            )
+        details = []
+        if g.compute_capability:
+            details.append(f"compute {g.compute_capability}")
+        if g.pcie_gen:
+            details.append(f"PCIe {g.pcie_gen}.0 x{g.pcie_width} ({g.pcie_gbps} GB/s)")
+        if g.power_limit_w:
+            details.append(f"power {g.power_draw_w} of {g.power_limit_w} W")
+        if g.driver:
+            details.append(f"driver {g.driver}")
+        if details:
+            lines.append("          " + ", ".join(details))
+    e = p.engine
+    offload = {True: "yes", False: "no (CPU-only build)", None: "unknown"}[e.supports_gpu_offload]
+    lines.append(f"Engine    llama-cpp-python GPU offload: {offload}")
+    if e.advice:
+        lines.append(f"          ! {e.advice}")
+    if p.power.on_battery is not None:
+        lines.append(f"Power     {'on battery' if p.power.on_battery else 'on mains'}"
+                     + (f" ({p.power.battery_percent:.0f}%)" if p.power.battery_percent is not None else ""))
+    if p.disk.free_bytes is not None:
+        lines.append(f"Disk      {size(p.disk.free_bytes)} free in {p.disk.path}")
+    for problem in p.problems:
+        lines.append(f"Not read  {problem}")
+    return "\n".join(lines)
+
+
+def model_text(info: ModelInfo) -> str:
+    kv = sorted(set(info.n_head_kv))
+    swa = sum(info.swa_layers)
+    lines = [
+        f"Model       {info.name or '?'} ({info.architecture}, {info.file_type or info.dominant_type})",
+        f"File        {info.path or 'remote'}: {size(info.file_size)}, weights {size(info.weight_bytes)}, "
+        f"{info.n_params / 1e9:.2f} B parameters",
+        f"Layers      {info.n_layer}, embedding {info.n_embd}, feed-forward {info.n_ff}",
+        f"Attention   {info.n_head} heads, {'/'.join(map(str, kv))} KV heads, head dim {info.head_dim_k}/{info.head_dim_v}",
+        f"Context     trained for {info.n_ctx_train} tokens; rope base {info.rope_freq_base}"
+        + (f", scaling {info.rope_scaling} x{info.rope_scaling_factor}" if info.rope_scaling else ""),
+    ]
+    if info.sliding_window:
+        lines.append(f"Window      {swa} of {info.n_layer} layers attend to the last {info.sliding_window} tokens only")
+    if info.n_expert:
+        lines.append(f"Experts     {info.n_expert_used} of {info.n_expert} per token")
+    lines.append(f"Vocabulary  {info.vocab_size} tokens ({info.tokenizer}); chat template: "
+                 f"{'yes' if info.has_chat_template else 'no'}")
+    types = ", ".join(f"{t} {size(b)}" for t, b in info.tensor_types.items())
+    lines.append(f"Tensors     {types}")
+    per_layer = sorted(set(info.layer_bytes))
+    layer = size(per_layer[0]) if len(per_layer) == 1 else f"{size(per_layer[0])} to {size(per_layer[-1])}"
+    lines.append(f"Per layer   {layer}; output {size(info.output_bytes)}"
+                 f"{' (tied to the embedding)' if info.output_tied else ''}; token embedding {size(info.token_embd_bytes)}")
+    return "\n".join(lines)
