@@ -132,12 +132,15 @@ def run_app(settings: Settings, browser: bool = False) -> int:
 
 def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) -> int:
     from app.report import hardware_text
-    from runtime.hardware import collect_raw, probe
+    from runtime.hardware import collect_raw, load_profile, probe
 
     if raw:
         print(json.dumps(collect_raw(settings.data_dir), indent=1))
         return 0
-    profile = probe(settings.data_dir, remeasure=remeasure)
+    if settings.hardware_profile is not None:
+        profile = load_profile(settings.hardware_profile)
+    else:
+        profile = probe(settings.data_dir, remeasure=remeasure)
     print(profile.to_json(indent=1) if as_json else hardware_text(profile))
     return 0
 

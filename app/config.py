@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(0, ge=-1)
     max_tokens: int = Field(1024, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
+    # A hardware profile (or raw capture) to use instead of probing this machine: plan for another one.
+    hardware_profile: Path | None = None
     # Extra Host header values to accept (e.g. a LAN name when serving beyond loopback).
     allowed_hosts: list[str] = []
 

@@ -1,8 +1,9 @@
 import { api, streamReply, ApiError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
+import { renderHardware } from "./hardware.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { conversations: [], current: null, streaming: false };
+const state = { conversations: [], current: null, streaming: false, model: null };
 
 function showError(message) {
   const banner = $("error-banner");
@@ -114,7 +115,33 @@ function messageNode(m) {
   return node;
 }
 
+function showChat() {
+  $("hardware-view").hidden = true;
+  $("messages").hidden = false;
+  $("composer").hidden = false;
+  $("show-hardware").classList.remove("active");
+}
+
+async function showHardware() {
+  if (state.streaming) return;
+  state.current = null;
+  renderList();
+  $("chat-title").textContent = "Hardware";
+  $("messages").hidden = true;
+  $("composer").hidden = true;
+  $("show-hardware").classList.add("active");
+  const view = $("hardware-view");
+  view.hidden = false;
+  try {
+    showError("");
+    await renderHardware(view, state.model?.id);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
 function showConversation(conv) {
+  showChat();
   state.current = conv;
   $("chat-title").textContent = conv ? conv.title : "New chat";
   const box = $("messages");
@@ -212,6 +239,7 @@ async function stop() {
 async function loadHealth() {
   try {
     const health = await api("GET", "/api/health");
+    state.model = health.model;
     $("model-name").textContent = health.model ? health.model.name : "No model loaded";
     $("model-dot").classList.toggle("ok", !!health.model);
     $("model-status").title = health.model
@@ -245,6 +273,7 @@ function init() {
   });
   $("prompt").addEventListener("input", autoGrow);
   $("stop").addEventListener("click", stop);
+  $("show-hardware").addEventListener("click", showHardware);
   $("new-chat").addEventListener("click", () => {
     if (state.streaming) return;
     showError("");

@@ -23,11 +23,14 @@ class Services:
 
     def hardware(self, refresh: bool = False):
         """This machine's HardwareProfile, probed once (bandwidth cached in the data directory)."""
-        from runtime.hardware import probe
+        from runtime.hardware import load_profile, probe
 
         with self._hardware_lock:
             if self._hardware is None or refresh:
-                self._hardware = probe(self.settings.data_dir)
+                if self.settings.hardware_profile is not None:
+                    self._hardware = load_profile(self.settings.hardware_profile)
+                else:
+                    self._hardware = probe(self.settings.data_dir)
             return self._hardware
 
     @classmethod

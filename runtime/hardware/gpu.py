@@ -87,7 +87,9 @@ def gpus_from_drm(cards: dict[str, dict[str, str]], skip_vendors: tuple[str, ...
         total, used = _int(files.get("mem_info_vram_total")), _int(files.get("mem_info_vram_used"))
         unified = vendor == "intel" or (vendor == "amd" and (total or 0) < APU_VRAM_LIMIT)
         gen, width = _link(files.get("max_link_speed")), _int(files.get("max_link_width"))
-        name = (files.get("product_name") or "").strip() or f"{vendor.upper()} GPU {files.get('device', '').strip()}".strip()
+        device = (files.get("device") or "").strip()
+        label = "Intel integrated graphics" if vendor == "intel" else f"{vendor.upper()} GPU"
+        name = (files.get("product_name") or "").strip() or (f"{label} ({device})" if device else label)
         gpus.append(
             GpuInfo(
                 index=len(gpus),

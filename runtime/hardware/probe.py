@@ -241,3 +241,11 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
         except Exception as err:
             raw["errors"]["bandwidth"] = f"{type(err).__name__}: {err}"
     return build_profile(raw, gbps)
+
+
+def load_profile(path: Path) -> HardwareProfile:
+    """A profile saved as JSON (`tandem hardware --json`) or a raw capture (`--raw`)."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    return HardwareProfile.from_dict(data) if "gpus" in data else build_profile(data)

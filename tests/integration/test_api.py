@@ -189,3 +189,17 @@ def test_ui_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and "<title>Tandem</title>" in r.text
     assert client.get("/app.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_hardware_of_this_machine(client):
+    hw = client.get("/api/hardware").json()
+    assert hw["cpu"]["physical_cores"] >= 1
+    assert hw["memory"]["total_bytes"] > 0
+    assert hw["memory"]["read_bandwidth_gbps"] > 0
+    assert hw["engine"]["supports_gpu_offload"] in (True, False)
+
+
+def test_model_info(client):
+    info = client.get("/api/models/smollm2-135m-instruct-q4_1/info").json()
+    assert info["architecture"] == "llama" and info["n_layer"] == 30 and info["weight_bytes"] > 0
+    assert client.get("/api/models/nope/info").status_code == 404

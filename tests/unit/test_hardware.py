@@ -51,6 +51,7 @@ def test_laptop_cpu_only_8gb_with_integrated_graphics_not_counted_as_memory():
     p = load("cpu-only-8gb-laptop")
     [g] = p.gpus
     assert (g.vendor, g.unified, g.memory_total_bytes) == ("intel", True, None)
+    assert g.name == "Intel integrated graphics (0x5917)"
     assert p.dedicated_vram_bytes == 0
     assert p.memory.total_bytes == 8 * GiB
     assert (p.cpu.physical_cores, p.cpu.logical_cores) == (4, 8)
