@@ -1,3 +1,4 @@
+import { el } from "./dom.js";
 import { api, streamReply, ApiError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { renderHardware } from "./hardware.js";
@@ -11,12 +12,6 @@ function showError(message) {
   banner.hidden = !message;
 }
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // ---- conversation list
 function renderList() {

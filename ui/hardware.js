@@ -1,12 +1,7 @@
 // The Hardware page: CPU, memory and bandwidth, each GPU with a VRAM bar, the engine build.
+import { el } from "./dom.js";
 import { api } from "./api.js";
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = text;
-  return node;
-}
 
 export function size(n) {
   if (n === null || n === undefined) return "?";
