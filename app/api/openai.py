@@ -95,6 +95,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
                     text.append(event.text)
                 elif isinstance(event, Finished):
                     finished = event
+                    models.record(loaded, event.stats, "api")
                 elif isinstance(event, Failed):
                     raise event.error
         finally:
@@ -136,6 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
                     yield sse(chunk({"content": event.text}))
                 elif isinstance(event, Finished):
                     done = True
+                    models.record(loaded, event.stats, "api")
                     yield sse({**chunk({}, _finish(event.finish_reason)), "tandem": event.stats.as_dict()})
                     if include_usage:
                         yield sse({**chunk({}), "choices": [], "usage": _usage(event)})

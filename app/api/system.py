@@ -32,7 +32,7 @@ def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
 
 @router.get("/hardware")
 async def hardware(request: Request, refresh: bool = False) -> dict:
-    profile = await asyncio.to_thread(request.app.state.services.hardware, refresh)
+    profile = await asyncio.to_thread(request.app.state.services.hardware.profile, refresh)
     return profile.to_dict()
 
 
@@ -41,3 +41,14 @@ async def model_info(model_id: str, store: StoreDep) -> dict:
     model = store.get_model(model_id)
     info = await asyncio.to_thread(inspect_model, Path(model["path"]))
     return {"id": model["id"], "name": model["name"], **info.to_dict()}
+
+
+@router.get("/models/{model_id}/plan")
+async def model_plan(model_id: str, models: ModelsDep, store: StoreDep, n_ctx: int | None = None) -> dict:
+    """The plan the model runs with (when loaded and no context is asked), or a fresh plan."""
+    model = store.get_model(model_id)
+    loaded = models.loaded
+    if loaded is not None and loaded.id == model_id and n_ctx is None:
+        return {"loaded": True, **loaded.plan.to_dict()}
+    plan = await asyncio.to_thread(models.plan_for, model, n_ctx)
+    return {"loaded": False, **plan.to_dict()}

@@ -83,6 +83,7 @@ class ChatService:
         return True
 
     def save_finished(self, reply: Reply, event: Finished) -> dict:
+        self.models.record(reply.model, event.stats, "chat")
         return self._save(reply, event.text, STATUS_FOR_FINISH[event.finish_reason], event.finish_reason, event.stats)
 
     def save_failed(self, reply: Reply, event: Failed) -> dict:

@@ -6,17 +6,27 @@ reinstalled); a model asked for by name is loaded on demand, replacing the curre
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from app.config import Settings
 from app.errors import NotFound
 from app.store import Store
 from runtime import embedded
-from runtime.engine import EngineSession, LoadParams
+from runtime.engine import EngineSession, LoadParams, ReplyStats
+from runtime.errors import ModelLoadError
 from runtime.gguf import check_model_file
+from runtime.hardware import HardwareProfile
+from runtime.model_info import inspect_model
+from runtime.planner import Calibration, Plan, candidates, plan_model, verify
+from runtime.planner.search import pick_gpu, plan_from_candidate
+
+log = logging.getLogger("tandem")
+MIN_TOKENS_TO_RECORD = 16
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,8 @@ class LoadedModel:
     id: str
     name: str
     session: EngineSession
+    plan: Plan
+    machine_id: str | None = None
 
     def describe(self) -> dict:
         p = self.session.params
@@ -35,6 +47,7 @@ class LoadedModel:
             "n_threads": p.n_threads,
             "n_gpu_layers": p.n_gpu_layers,
             "load_s": None if self.session.load_s is None else round(self.session.load_s, 3),
+            "predicted_tps": self.plan.decode_tps,
         }
 
 
@@ -46,9 +59,10 @@ def model_id_for(path: Path) -> str:
 
 
 class ModelService:
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, hardware: Callable[[], HardwareProfile]):
         self.settings = settings
         self.store = store
+        self.hardware = hardware
         self._lock = threading.Lock()
         self.loaded: LoadedModel | None = None
 
@@ -91,24 +105,67 @@ class ModelService:
         known = ", ".join(m["id"] for m in models)
         raise NotFound(f"Model {name!r} is not installed. Available: {known}.")
 
+    def plan_for(self, model: dict, n_ctx: int | None = None) -> Plan:
+        """The planner's choice for a registered model on this machine, checked by a dry run."""
+        info = inspect_model(Path(model["path"]))
+        hw = self.hardware()
+        calibration = Calibration.from_records(self.store.measurements(hw.machine_id))
+        asked = n_ctx if n_ctx is not None else (self.settings.n_ctx or None)
+        plan = plan_model(info, hw, asked, calibration=calibration, model_key=model["id"],
+                          threads=self.settings.n_threads)
+        if self.settings.n_gpu_layers is not None and self.settings.n_gpu_layers != plan.n_gpu_layers:
+            plan = replace(plan, n_gpu_layers=self.settings.n_gpu_layers,
+                           reasons=plan.reasons + (f"n_gpu_layers {self.settings.n_gpu_layers} set by you (TANDEM_N_GPU_LAYERS).",))
+        return verify(plan)
+
+    def fallbacks(self, model: dict, plan: Plan) -> list[Plan]:
+        """Plans with fewer GPU layers, for when the chosen one fails to load."""
+        info = inspect_model(Path(model["path"]))
+        hw = self.hardware()
+        gpu, reason = pick_gpu(hw)
+        found = candidates(info, hw, plan.n_ctx, threads=plan.n_threads, cal=plan.calibration, gpu=gpu)
+        lower = [c for c in found if c["ngl"] < plan.n_gpu_layers]
+        return [plan_from_candidate(info, hw, gpu, reason, c, plan.n_threads) for c in lower[:3]]
+
     def engine_for(self, name: str | None = None) -> LoadedModel:
-        """The loaded model for `name`, loading it first (and unloading another) when needed."""
+        """The loaded model for `name`, planning and loading it first (and unloading another) when needed."""
         model = self.resolve(name)
         with self._lock:
             if self.loaded is not None and self.loaded.id == model["id"] and not self.loaded.session.closed:
                 return self.loaded
-            params = LoadParams(
-                path=Path(model["path"]),
-                n_ctx=self.settings.n_ctx,
-                n_threads=self.settings.n_threads,
-                n_threads_batch=self.settings.n_threads,
-                n_gpu_layers=self.settings.n_gpu_layers,
-            )
-            session = EngineSession.open(params)
-            previous, self.loaded = self.loaded, LoadedModel(model["id"], model["name"], session)
+            plan = self.plan_for(model)
+            session, plan = self._open(model, plan)
+            loaded = LoadedModel(model["id"], model["name"], session, plan, self.hardware().machine_id)
+            previous, self.loaded = self.loaded, loaded
         if previous is not None:
             previous.session.close()
-        return self.loaded
+        return loaded
+
+    def _open(self, model: dict, plan: Plan) -> tuple[EngineSession, Plan]:
+        tried = []
+        for attempt in [plan] + (self.fallbacks(model, plan) if plan.n_gpu_layers else []):
+            try:
+                session = EngineSession.open(LoadParams(path=Path(model["path"]), **attempt.load_kwargs()))
+            except ModelLoadError as err:
+                tried.append(f"{attempt.n_gpu_layers} GPU layers ({err})")
+                log.warning("loading %s with %d GPU layers failed; trying fewer", model["id"], attempt.n_gpu_layers)
+                continue
+            if tried:
+                attempt = replace(attempt, fallback_from="; ".join(tried),
+                                  reasons=attempt.reasons + (f"Loaded with fewer GPU layers after: {'; '.join(tried)}.",))
+            return session, attempt
+        raise ModelLoadError(f"{model['name']} could not be loaded: {'; '.join(tried)}")
+
+    def record(self, loaded: LoadedModel, stats: ReplyStats, source: str) -> None:
+        """Keep the measured decode speed of a real reply for the planner's calibration."""
+        if not stats.decode_tps or stats.completion_tokens < MIN_TOKENS_TO_RECORD:
+            return
+        plan = loaded.plan
+        self.store.add_measurement(
+            machine_id=loaded.machine_id, model_id=loaded.id, n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers,
+            n_threads=plan.n_threads, type_k=plan.type_k, completion_tokens=stats.completion_tokens,
+            predicted_tps=plan.decode_tps / (plan.calibration or 1.0), measured_tps=stats.decode_tps, source=source,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -54,10 +54,24 @@ def m003_models(db: Database) -> None:
     )
 
 
+def m004_measurements(db: Database) -> None:
+    """Measured speed of real generations, for the planner's per-machine calibration."""
+    db["measurements"].create(
+        {
+            "id": int, "created_at": str, "machine_id": str, "model_id": str, "n_ctx": int,
+            "n_gpu_layers": int, "n_threads": int, "type_k": str, "completion_tokens": int,
+            "predicted_tps": float, "measured_tps": float, "source": str,
+        },
+        pk="id",
+    )
+    db["measurements"].create_index(["machine_id", "model_id"])
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
     m003_models,
+    m004_measurements,
 ]
 
 

@@ -114,6 +114,16 @@ class Store:
             self.db["conversations"].update(conversation_id, changes)
             return self.db["messages"].get(row["id"])
 
+    # --- speed measurements (planner calibration)
+    def add_measurement(self, **row) -> None:
+        with self._lock, self.db.atomic():
+            self.db["measurements"].insert({"created_at": now_iso(), **row})
+
+    def measurements(self, machine_id: str | None, limit: int = 500) -> list[dict]:
+        with self._lock:
+            return list(self.db["measurements"].rows_where(
+                "machine_id = ?", [machine_id], order_by="id desc", limit=limit))[::-1]
+
     # --- models
     def upsert_model(self, model: dict) -> dict:
         with self._lock, self.db.atomic():

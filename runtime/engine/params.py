@@ -7,6 +7,8 @@ from pathlib import Path
 
 from runtime.hardware import physical_cores
 
+KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # name -> ggml type id (llama_cpp.GGML_TYPE_*)
+
 
 @dataclass(frozen=True)
 class LoadParams:
@@ -20,6 +22,11 @@ class LoadParams:
     n_batch: int = 512
     n_ubatch: int = 512
     flash_attn: bool = False
+    type_k: str = "f16"  # KV cache types: f16, q8_0, q4_0 (a quantized V needs flash attention)
+    type_v: str = "f16"
+    offload_kqv: bool = True
+    swa_full: bool = True
+    main_gpu: int = 0
     use_mmap: bool = True
 
     def __post_init__(self) -> None:
@@ -29,6 +36,11 @@ class LoadParams:
         for name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("type_k", "type_v"):
+            if getattr(self, name) not in KV_TYPES:
+                raise ValueError(f"{name} must be one of {', '.join(KV_TYPES)}, got {getattr(self, name)!r}")
+        if self.type_v != "f16" and not self.flash_attn:
+            raise ValueError("a quantized V cache needs flash_attn=True")
         if self.n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be -1 (all) or more, got {self.n_gpu_layers}")
 

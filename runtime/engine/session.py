@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from runtime.engine.chat_format import ChatFormatter
-from runtime.engine.params import LoadParams, SamplingParams
+from runtime.engine.params import KV_TYPES, LoadParams, SamplingParams
 from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
 from runtime.engine.text import StopMatcher, Utf8Stream
 from runtime.errors import ContextOverflow, EngineClosed, ModelLoadError, RuntimeFailure
@@ -146,6 +146,11 @@ class EngineSession:
                 n_batch=p.n_batch,
                 n_ubatch=p.n_ubatch,
                 flash_attn=p.flash_attn,
+                type_k=KV_TYPES[p.type_k],
+                type_v=KV_TYPES[p.type_v],
+                offload_kqv=p.offload_kqv,
+                swa_full=p.swa_full,
+                main_gpu=p.main_gpu,
                 use_mmap=p.use_mmap,
                 verbose=False,
             )

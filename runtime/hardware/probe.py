@@ -207,9 +207,11 @@ def build_profile(raw: dict, bandwidth_gbps: float | None = None) -> HardwarePro
     )
     d = raw.get("disk") or {}
     disk = DiskInfo(path=d.get("path"), free_bytes=d.get("free"), total_bytes=d.get("total"))
+    from runtime.hardware.bandwidth import machine_key
+
     return HardwareProfile(
         platform=raw.get("platform", "unknown"), cpu=cpu, memory=memory, gpus=tuple(gpus),
-        engine=engine, power=power, disk=disk, problems=tuple(problems),
+        engine=engine, power=power, disk=disk, problems=tuple(problems), machine_id=machine_key(raw),
     )
 
 

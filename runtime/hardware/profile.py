@@ -78,6 +78,7 @@ class HardwareProfile:
     power: PowerInfo = PowerInfo()
     disk: DiskInfo = DiskInfo()
     problems: tuple[str, ...] = field(default=())  # what could not be read, and why
+    machine_id: str | None = None  # stable per machine: keys the bandwidth cache and speed calibration
 
     @property
     def dedicated_vram_bytes(self) -> int:
@@ -101,6 +102,7 @@ class HardwareProfile:
             power=_build(PowerInfo, d.get("power", {})),
             disk=_build(DiskInfo, d.get("disk", {})),
             problems=tuple(d.get("problems", ())),
+            machine_id=d.get("machine_id"),
         )
 
     @classmethod

@@ -1,0 +1,133 @@
+"""Analytic memory model: where every byte of a plan goes, per device, from the GGUF table alone.
+
+Exact for weights (layer granularity) and the KV cache (per layer, per cache type, sliding-window
+layers counted as such); the compute buffer is an approximation that the dry run then replaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.model_info import ModelInfo
+
+MIB = 1 << 20
+# bytes per element of each KV cache type (ggml block size / elements per block)
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+GGML_TYPE_ID = {"f16": 1, "q8_0": 8, "q4_0": 2}  # llama_cpp.GGML_TYPE_*
+CTX_PAD = 256  # llama.cpp rounds the context up to a multiple of this
+GPU_RUNTIME_OVERHEAD = {"nvidia": 550 * MIB}  # CUDA context and libraries (runtime-facts: ~524 MiB)
+DEFAULT_GPU_OVERHEAD = 300 * MIB
+
+
+def pad_ctx(n_ctx: int) -> int:
+    return -(-n_ctx // CTX_PAD) * CTX_PAD
+
+
+def kv_cells(info: ModelInfo, layer: int, n_ctx: int, n_ubatch: int, swa_full: bool) -> int:
+    """Cells the cache keeps for one layer: the whole context, or window + ubatch for a SWA layer."""
+    n = pad_ctx(n_ctx)
+    if info.swa_layers[layer] and info.sliding_window and not swa_full:
+        return min(n, pad_ctx(info.sliding_window + n_ubatch))
+    return n
+
+
+def kv_bytes_per_cell(info: ModelInfo, layer: int, type_k: str, type_v: str) -> float:
+    heads = info.n_head_kv[layer]
+    return heads * (info.head_dim_k * KV_TYPE_BYTES[type_k] + info.head_dim_v * KV_TYPE_BYTES[type_v])
+
+
+def kv_bytes(info: ModelInfo, layers, n_ctx: int, type_k: str, type_v: str, n_ubatch: int = 512,
+             swa_full: bool = True) -> int:
+    """Bytes of the KV cache for the given layers at this context."""
+    return round(sum(kv_cells(info, i, n_ctx, n_ubatch, swa_full) * kv_bytes_per_cell(info, i, type_k, type_v)
+                     for i in layers))
+
+
+def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """Approximate size of llama.cpp's compute buffer for one device doing the whole graph.
+
+    Logits for a ubatch (4 * n_ubatch * n_vocab) dominate small models; without flash attention
+    the attention scores of one layer (4 * n_ubatch * n_ctx * n_head) take over at long contexts.
+    Fitted to llama.cpp's dry-run reports (tests keep it honest).
+    """
+    n = pad_ctx(n_ctx)
+    vocab = info.vocab_size or 32000
+    logits = 4 * n_ubatch * vocab
+    activations = 4 * n_ubatch * 3 * info.n_embd
+    if flash_attn:
+        return logits + activations + 2 * n_ubatch * n
+    return max(logits, 4 * n_ubatch * n * info.n_head) + activations + 4 * n_ubatch * n
+
+
+def gpu_layers(info: ModelInfo, n_gpu_layers: int) -> tuple[list[int], bool]:
+    """(repeating layers on the GPU, whether the output layer is there) for n_gpu_layers = N.
+
+    llama.cpp offloads the output first: N = 1 is the output alone, N = k adds the last k - 1
+    repeating layers (layer i is on the GPU when i >= n_layer + 1 - N).
+    """
+    n = max(0, min(n_gpu_layers, info.n_layer + 1))
+    first = info.n_layer + 1 - n
+    return [i for i in range(info.n_layer) if i >= first], n >= 1
+
+
+def output_weight_bytes(info: ModelInfo) -> int:
+    """The output projection read every token: output.weight, or the token embedding when tied."""
+    return info.output_bytes + (info.token_embd_bytes if info.output_tied else 0)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    device: str  # "CPU" or "GPU0" ...
+    weights: int
+    kv: int
+    compute: int
+    overhead: int
+    margin: int
+    capacity: int | None  # free memory on the device; None when unknown
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.compute + self.overhead
+
+    @property
+    def fits(self) -> bool:
+        return self.capacity is None or self.total + self.margin <= self.capacity
+
+    def as_dict(self) -> dict:
+        return {"device": self.device, "weights": self.weights, "kv": self.kv, "compute": self.compute,
+                "overhead": self.overhead, "margin": self.margin, "total": self.total,
+                "capacity": self.capacity, "fits": self.fits}
+
+
+def memory_map(info: ModelInfo, *, n_gpu_layers: int, n_ctx: int, type_k: str, type_v: str, n_ubatch: int,
+               flash_attn: bool, offload_kqv: bool, swa_full: bool, cpu_capacity: int | None,
+               cpu_margin: int, gpu=None, gpu_margin: int = 0) -> tuple[DeviceMemory, ...]:
+    """Per-device memory of one candidate plan (CPU first, then the GPU when layers go there)."""
+    on_gpu, output_on_gpu = gpu_layers(info, n_gpu_layers if gpu is not None else 0)
+    on_cpu = [i for i in range(info.n_layer) if i not in set(on_gpu)]
+    out_w = output_weight_bytes(info)
+    cpu_weights = sum(info.layer_bytes[i] for i in on_cpu) + info.token_embd_bytes + info.other_bytes
+    if not output_on_gpu:
+        cpu_weights += info.output_bytes
+    kv_gpu_layers = on_gpu if offload_kqv else []
+    kv_cpu_layers = [i for i in range(info.n_layer) if i not in set(kv_gpu_layers)]
+    compute = compute_bytes(info, n_ctx, n_ubatch, flash_attn)
+    output_buffer = 4 * (info.vocab_size or 0)
+    if output_on_gpu:  # logits are computed on the GPU; the host keeps a staging share
+        cpu_compute = 4 * n_ubatch * 3 * info.n_embd + output_buffer
+        gpu_compute = compute
+    else:
+        cpu_compute, gpu_compute = compute + output_buffer, 0
+    cpu = DeviceMemory(
+        "CPU", cpu_weights, kv_bytes(info, kv_cpu_layers, n_ctx, type_k, type_v, n_ubatch, swa_full),
+        cpu_compute, 0, cpu_margin, cpu_capacity,
+    )
+    if gpu is None or n_gpu_layers == 0:
+        return (cpu,)
+    gpu_weights = sum(info.layer_bytes[i] for i in on_gpu) + (out_w if output_on_gpu else 0)
+    dev = DeviceMemory(
+        f"GPU{gpu.index}", gpu_weights,
+        kv_bytes(info, kv_gpu_layers, n_ctx, type_k, type_v, n_ubatch, swa_full), gpu_compute,
+        GPU_RUNTIME_OVERHEAD.get(gpu.vendor, DEFAULT_GPU_OVERHEAD), gpu_margin, gpu.memory_free_bytes,
+    )
+    return (cpu, dev)

@@ -1,0 +1,133 @@
+"""Speed model: decode is memory-bound, prefill compute-bound; constants calibrated per machine.
+
+time per token = sum over devices of (bytes read per token / effective bandwidth)
+                 + per-layer kernel overhead on each device + a hand-off when split + a base cost.
+Effective host bandwidth = measured read bandwidth x a per-quant-type kernel efficiency x a thread
+factor (fewer threads than physical cores read less). GPU bandwidth comes from a table of cards,
+or from NVML's memory bus width and clock.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+
+from runtime.hardware.profile import GpuInfo, HardwareProfile
+from runtime.model_info import ModelInfo
+
+# Fraction of the measured host read bandwidth that llama.cpp's CPU kernels reach per weight type
+# (Q4_0 is repacked into interleaved blocks on AVX2/AVX-512 and NEON and runs closest to the roofline).
+CPU_TYPE_EFFICIENCY = {"Q4_0": 0.95, "Q8_0": 0.75, "F16": 0.7, "F32": 0.7, "Q4_K": 0.7, "Q5_K": 0.65,
+                       "Q6_K": 0.65, "Q5_0": 0.6, "Q4_1": 0.32, "Q5_1": 0.35, "BF16": 0.6}
+DEFAULT_CPU_EFFICIENCY = 0.6
+THREAD_EXPONENT = 0.75  # bandwidth ~ (threads / physical cores) ** 0.75 (H200 host: 4/8/16 threads)
+CPU_LAYER_S = 18e-6  # graph and barrier cost per layer per token on the CPU
+BASE_S = 0.1e-3  # per token: sampling, Python, graph build
+GPU_EFFICIENCY = 0.7
+GPU_LAYER_S = 67e-6  # kernel launches per layer per token (H200: 3.4 ms for 33 layers of 7B Q4_0)
+HANDOFF_S = 0.1e-3  # activations crossing between CPU and GPU once per token
+CPU_FLOPS_PER_CORE = 43e9  # prefill, quantized matmuls (SmolLM2 pp512 on this machine)
+GPU_FLOPS_PER_GBPS = 22e9  # prefill FLOP/s per GB/s of memory bandwidth (H200: 7,750 tok/s on 7B)
+
+# Memory bandwidth in GB/s by card name, for when NVML does not give bus width and clock.
+GPU_BANDWIDTH_GBPS = {
+    "H200": 4800, "H100 SXM": 3350, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039, "A100": 1555,
+    "L40S": 864, "L4": 300, "T4": 320, "RTX 4090": 1008, "RTX 4080": 717, "RTX 4070 Ti": 504,
+    "RTX 4070": 504, "RTX 4060 Ti": 288, "RTX 4060": 272, "RTX 3090": 936, "RTX 3080": 760,
+    "RTX 3070": 448, "RTX 3060 Ti": 448, "RTX 3060": 360, "RTX 3050 Laptop": 192, "RTX 3050": 224,
+    "RTX 2080 Ti": 616, "RTX 2070": 448, "RTX 2060": 336, "GTX 1660": 192, "GTX 1080 Ti": 484,
+    "RX 7900 XTX": 960, "RX 7900 XT": 800, "RX 6800 XT": 512, "RX 6700 XT": 384, "RX 7600": 288,
+    "Apple M1": 68, "Apple M2": 100, "Apple M3": 100, "Apple M1 Pro": 200, "Apple M2 Pro": 200,
+    "Apple M1 Max": 400, "Apple M2 Max": 400, "Apple M3 Max": 400, "Apple M2 Ultra": 800,
+}
+
+
+def gpu_bandwidth_gbps(gpu: GpuInfo) -> float | None:
+    if gpu.memory_bus_width and gpu.memory_clock_mhz:
+        return round(gpu.memory_bus_width / 8 * gpu.memory_clock_mhz * 2 / 1000, 1)
+    name = re.sub(r"^(NVIDIA|AMD Radeon|GeForce)\s+", "", gpu.name.replace("NVIDIA GeForce", "").strip())
+    for key in sorted(GPU_BANDWIDTH_GBPS, key=len, reverse=True):
+        if key.lower() in name.lower() or key.lower() in gpu.name.lower():
+            return float(GPU_BANDWIDTH_GBPS[key])
+    return None
+
+
+def cpu_efficiency(info: ModelInfo) -> float:
+    """Bandwidth efficiency of the CPU kernels, weighted by bytes of each tensor type."""
+    total = sum(info.tensor_types.values()) or 1
+    return sum(b * CPU_TYPE_EFFICIENCY.get(t, DEFAULT_CPU_EFFICIENCY) for t, b in info.tensor_types.items()) / total
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured/predicted ratios on this machine: per model, and the machine's median for others."""
+
+    per_model: dict = field(default_factory=dict)  # model key -> ratio
+    machine: float | None = None
+    samples: int = 0
+
+    def factor(self, model_key: str | None) -> float:
+        if model_key and model_key in self.per_model:
+            return self.per_model[model_key]
+        return self.machine or 1.0
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> "Calibration":
+        """records: {"model_key", "predicted_tps", "measured_tps"}, newest last; the last 20 per model count."""
+        by_model: dict[str, list[float]] = {}
+        for r in records:
+            if r.get("predicted_tps") and r.get("measured_tps"):
+                by_model.setdefault(r["model_key"], []).append(r["measured_tps"] / r["predicted_tps"])
+        per_model = {k: statistics.median(v[-20:]) for k, v in by_model.items()}
+        machine = statistics.median(per_model.values()) if per_model else None
+        return cls(per_model, machine, sum(len(v) for v in by_model.values()))
+
+
+@dataclass(frozen=True)
+class SpeedEstimate:
+    decode_tps: float
+    prefill_tps: float
+    seconds_gpu: float
+    seconds_cpu: float
+    bytes_gpu: int
+    bytes_cpu: int
+    calibration: float
+
+
+def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu: GpuInfo | None, threads: int,
+             kv_read_gpu: int, kv_read_cpu: int, calibration: float = 1.0) -> SpeedEstimate:
+    """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token)."""
+    from runtime.planner.memory import gpu_layers, output_weight_bytes
+
+    on_gpu, output_on_gpu = gpu_layers(info, n_gpu_layers if gpu is not None else 0)
+    n_cpu_layers = info.n_layer - len(on_gpu)
+    out_w = output_weight_bytes(info)
+    bytes_gpu = sum(info.layer_bytes[i] for i in on_gpu) + (out_w if output_on_gpu else 0)
+    bytes_cpu = sum(info.layer_bytes) - sum(info.layer_bytes[i] for i in on_gpu) + (0 if output_on_gpu else out_w)
+
+    cores = hw.cpu.physical_cores or threads
+    host_bw = (hw.memory.read_bandwidth_gbps or 20.0) * 1e9
+    thread_factor = min(1.0, threads / cores) ** THREAD_EXPONENT
+    cpu_bw = host_bw * cpu_efficiency(info) * thread_factor
+    seconds_cpu = (bytes_cpu + kv_read_cpu) / cpu_bw + n_cpu_layers * CPU_LAYER_S
+    seconds_gpu = 0.0
+    gpu_flops = 0.0
+    if on_gpu or output_on_gpu:
+        gbw = (gpu_bandwidth_gbps(gpu) or 200.0) * 1e9
+        seconds_gpu = (bytes_gpu + kv_read_gpu) / (gbw * GPU_EFFICIENCY) + (len(on_gpu) + 1) * GPU_LAYER_S
+        gpu_flops = gbw * GPU_FLOPS_PER_GBPS / 1e9
+        if n_cpu_layers:
+            seconds_gpu += HANDOFF_S
+    decode = 1.0 / (seconds_cpu + seconds_gpu + BASE_S) * calibration
+
+    params_total = max(1, info.n_params)
+    gpu_share = bytes_gpu / max(1, bytes_gpu + bytes_cpu)
+    cpu_flops = CPU_FLOPS_PER_CORE * min(threads, cores)
+    prefill_s = 2 * params_total * (1 - gpu_share) / cpu_flops
+    if gpu_flops:
+        prefill_s += 2 * params_total * gpu_share / gpu_flops
+    return SpeedEstimate(
+        decode_tps=decode, prefill_tps=1.0 / prefill_s, seconds_gpu=seconds_gpu, seconds_cpu=seconds_cpu,
+        bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=calibration,
+    )
