@@ -74,11 +74,11 @@ class Calibration:
 
     @classmethod
     def from_records(cls, records: list[dict]) -> "Calibration":
-        """records: {"model_key", "predicted_tps", "measured_tps"}, newest last; the last 20 per model count."""
+        """records: {"model_id", "predicted_tps", "measured_tps"} (rows of the measurements table), oldest first."""
         by_model: dict[str, list[float]] = {}
         for r in records:
             if r.get("predicted_tps") and r.get("measured_tps"):
-                by_model.setdefault(r["model_key"], []).append(r["measured_tps"] / r["predicted_tps"])
+                by_model.setdefault(r["model_id"], []).append(r["measured_tps"] / r["predicted_tps"])
         per_model = {k: statistics.median(v[-20:]) for k, v in by_model.items()}
         machine = statistics.median(per_model.values()) if per_model else None
         return cls(per_model, machine, sum(len(v) for v in by_model.values()))

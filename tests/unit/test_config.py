@@ -5,7 +5,6 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.services.models import model_id_for
-from runtime.hardware import physical_cores
 
 
 def test_environment_overrides(monkeypatch, tmp_path):
@@ -15,7 +14,9 @@ def test_environment_overrides(monkeypatch, tmp_path):
     assert s.db_path == tmp_path / "d" / "tandem.db"
     assert s.port == 0
     assert s.host == "127.0.0.1" and s.loopback
-    assert s.n_threads == physical_cores()
+    assert s.n_threads is None and s.n_gpu_layers is None  # left to the planner
+    monkeypatch.setenv("TANDEM_N_THREADS", "3")
+    assert Settings().n_threads == 3
 
 
 def test_bad_port_is_refused(monkeypatch):

@@ -127,8 +127,8 @@ def test_kv_bytes_are_exact(shapes):
 
 
 def test_calibration_corrects_per_model_then_per_machine():
-    records = [{"model_key": "a", "predicted_tps": 100, "measured_tps": 80}] * 3 + [
-        {"model_key": "b", "predicted_tps": 50, "measured_tps": 60}]
+    records = [{"model_id": "a", "predicted_tps": 100, "measured_tps": 80}] * 3 + [
+        {"model_id": "b", "predicted_tps": 50, "measured_tps": 60}]
     cal = Calibration.from_records(records)
     assert cal.factor("a") == 0.8 and cal.factor("b") == 1.2
     assert cal.factor("unseen") == 1.0  # median of 0.8 and 1.2
