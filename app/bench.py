@@ -48,92 +48,98 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     model = Path(model) if model else (settings.model or embedded.default_model_path())
     if paths:
         return run_paths(settings, model, tokens, runs)
+    from app.services.models import model_id_for
     from app.store import Store
-    from runtime.engine import EngineSession, LoadParams, SamplingParams, Token
+    from runtime.engine import EngineSession, LoadParams, SamplingParams
     from runtime.hardware import load_profile, probe
     from runtime.model_info import inspect_model
     from runtime.planner import Calibration, candidates, plan_model
     from runtime.planner.dryrun import LogCapture
-    from runtime.planner.search import pick_gpu, plan_from_candidate
+    from runtime.planner.search import pick_gpu, plan_from_candidate, predict_decode
 
     info = inspect_model(model)
     hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
     store = Store(settings.db_path)
-    model_key = model.stem.lower()
-    calibration = Calibration.from_records([r for r in store.measurements(hw.machine_id) if r["model_id"] == model_key])
-    asked = settings.n_ctx or None
-    plan = plan_model(info, hw, asked, calibration=calibration, model_key=model_key)
-    raw_plan = plan_model(info, hw, asked)  # the uncalibrated model, for the prediction error
+    model_key = model_id_for(model)
+    calibration = Calibration.from_records(store.measurements(hw.machine_id))
+    plan = plan_model(info, hw, settings.n_ctx or None, calibration=calibration, model_key=model_key)
     gpu, reason = pick_gpu(hw)
     cores = hw.cpu.physical_cores or 1
-    rows = [("plan", raw_plan, plan)]
+    rows = [("plan", plan)]
     for threads in sorted({1, max(1, cores // 2), cores}):
         for c in candidates(info, hw, plan.n_ctx, threads=threads, gpu=gpu):
-            if c["ubatch"] != plan.n_ubatch:
-                continue
-            p = plan_from_candidate(info, hw, gpu, reason, c, threads)
-            rows.append((f"kv {p.type_k}, ngl {p.n_gpu_layers}, {threads} thr", p, replace(p, decode_tps=round(p.decode_tps * calibration.factor(model_key), 2))))
+            if c["ubatch"] == plan.n_ubatch:
+                p = plan_from_candidate(info, hw, gpu, reason, c, threads)
+                rows.append((f"kv {p.type_k}, ngl {p.n_gpu_layers}, {threads} thr", p))
     default_threads = max(1, (os.cpu_count() or 2) // 2)
-    defaults = replace(raw_plan, n_ctx=512, n_threads=default_threads, n_threads_batch=default_threads,
-                       flash_attn=False, type_k="f16", type_v="f16", n_gpu_layers=0)
-    rows.append(("library defaults", defaults, defaults))
+    defaults = replace(plan, n_ctx=512, n_threads=default_threads, n_threads_batch=default_threads,
+                       flash_attn=False, type_k="f16", type_v="f16", n_gpu_layers=0, gpu_index=None)
+    rows.append(("library defaults", defaults))
 
     bw = hw.memory.read_bandwidth_gbps
-    roofline = bw * 1e9 / (info.weight_bytes - info.token_embd_bytes + (info.token_embd_bytes if info.output_tied else 0)) if bw else None
-    print(f"model {model.name} ({info.weight_bytes / GIB:.2f} GiB), {hw.cpu.brand}, {cores} cores, "
-          f"read bandwidth {bw} GB/s; {tokens} tokens x {runs} runs per row, greedy")
+    from runtime.planner.memory import output_weight_bytes
+
+    per_token = sum(info.layer_bytes) + output_weight_bytes(info)
+    roofline = bw * 1e9 / per_token if bw else None
+    factor = calibration.factor(model_key)
+    print(f"model {model.name} ({info.weight_bytes / GIB:.2f} GiB), {hw.cpu.brand}, {cores} cores, read bandwidth "
+          f"{bw} GB/s ({hw.memory.read_bandwidth_1t_gbps} with one thread); {tokens} tokens x {runs} runs per row, "
+          "greedy, rows round-robin")
     print(f"plan: n_ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, KV {plan.type_k}, {plan.n_threads} threads, "
-          f"ubatch {plan.n_ubatch}; calibration from {calibration.samples} earlier measurements")
+          f"ubatch {plan.n_ubatch}; calibration x{factor:.3f} from {calibration.samples} earlier measurements")
+
+    # Rows run one at a time (idle llama.cpp thread pools of other loaded sessions would steal the
+    # cores), round-robin over `runs` rounds so that the machine's drift hits every row alike.
+    reported: list[dict] = [{} for _ in rows]
+    measured: list[list[tuple[float, int]]] = [[] for _ in rows]
     sampling = SamplingParams(temperature=0.0, max_tokens=tokens)
-    results = []
-    for label, raw, shown in rows:
-        params = LoadParams(model, **{k: v for k, v in raw.load_kwargs().items()})
-        with LogCapture() as log:
-            session = EngineSession.open(params)
-        reported = log.report()
-        try:
-            session.complete([{"role": "user", "content": PROMPT}], SamplingParams(temperature=0, max_tokens=8))
-            speeds = []
-            for _ in range(runs):
-                stream = session.submit([{"role": "user", "content": PROMPT}], sampling)
-                _, tps = _measure(ev.text for ev in stream if isinstance(ev, Token))
-                if tps:
-                    speeds.append(tps)
-        finally:
-            session.close()
-        measured = statistics.median(speeds) if speeds else None
-        weights = sum(m.weights for m in raw.memory)
-        actual_mem = weights + reported["kv_bytes"] + sum(reported["compute_bytes"].values()) + reported["output_bytes"]
-        predicted_mem = sum(m.total for m in raw.memory) if label != "library defaults" else None
-        results.append((label, raw, shown, measured, predicted_mem, actual_mem))
-        if measured and label != "library defaults":
-            store.add_measurement(machine_id=hw.machine_id, model_id=model_key, n_ctx=raw.n_ctx,
-                                  n_gpu_layers=raw.n_gpu_layers, n_threads=raw.n_threads, type_k=raw.type_k,
-                                  completion_tokens=tokens, predicted_tps=raw.decode_tps, measured_tps=measured,
-                                  source="bench")
+    for _ in range(runs):
+        for i, (label, p) in enumerate(rows):
+            with LogCapture() as log:
+                session = EngineSession.open(LoadParams(model, **p.load_kwargs()))
+            reported[i] = log.report()
+            try:
+                session.complete([{"role": "user", "content": PROMPT}], SamplingParams(temperature=0, max_tokens=8))
+                done = session.complete([{"role": "user", "content": PROMPT}], sampling)
+            finally:
+                session.close()
+            if done.stats.decode_tps:
+                measured[i].append((done.stats.decode_tps, done.stats.prompt_tokens + done.stats.completion_tokens // 2))
+
+    table = []
+    for (label, p), rep, values in zip(rows, reported, measured):
+        tps = statistics.median(v for v, _ in values) if values else None
+        fill = round(statistics.median(f for _, f in values)) if values else 1
+        raw = predict_decode(info, hw, p, fill)
+        weights = sum(m.weights for m in p.memory)
+        llama_mem = weights + rep["kv_bytes"] + sum(rep["compute_bytes"].values()) + rep["output_bytes"]
+        is_default = label == "library defaults"
+        table.append((label, raw, raw * factor, tps, None if is_default else sum(m.total for m in p.memory), llama_mem))
+        if tps and not is_default:
+            store.add_measurement(machine_id=hw.machine_id, model_id=model_key, n_ctx=p.n_ctx,
+                                  n_gpu_layers=p.n_gpu_layers, n_threads=p.n_threads, type_k=p.type_k,
+                                  completion_tokens=tokens, predicted_tps=raw, measured_tps=tps, source="bench")
     store.close()
 
-    best = max((r[3] for r in results[1:-1] if r[3]), default=None)
-    print(f"{'row':<28}{'pred tok/s':>11}{'calib.':>9}{'measured':>10}{'err':>7}{'err cal':>8}"
+    def pct(a, b):
+        return f"{(a - b) / b:+.0%}" if a and b else "-"
+
+    print(f"{'row':<26}{'predicted':>10}{'calibr.':>9}{'measured':>10}{'err':>6}{'err cal':>8}"
           f"{'pred MiB':>10}{'llama MiB':>10}{'mem err':>8}{'roofline':>9}")
-    for label, raw, shown, measured, pmem, amem in results:
-        err = f"{(raw.decode_tps - measured) / measured:+.0%}" if measured and label != "library defaults" else "-"
-        errc = f"{(shown.decode_tps - measured) / measured:+.0%}" if measured and label != "library defaults" else "-"
-        pm = f"{pmem / 2**20:.0f}" if pmem else "-"
-        me = f"{(pmem - amem) / amem:+.1%}" if pmem else "-"
-        roof = f"{measured / roofline:.0%}" if roofline and measured else "-"
-        pred = f"{raw.decode_tps:.1f}" if label != "library defaults" else "-"
-        calp = f"{shown.decode_tps:.1f}" if label != "library defaults" else "-"
-        meas = f"{measured:.1f}" if measured else "-"
-        print(f"{label:<28}{pred:>11}{calp:>9}{meas:>10}{err:>7}{errc:>8}{pm:>10}{amem / 2**20:>10.0f}{me:>8}{roof:>9}")
-    plan_measured = results[0][3]
-    default_measured = results[-1][3]
-    if plan_measured and best:
-        print(f"plan / sweep best: {plan_measured / best:.2f}")
-    if plan_measured and default_measured:
-        print(f"plan / library defaults: {plan_measured / default_measured:.2f}")
+    for label, raw, cal, tps, pmem, lmem in table:
+        d = label == "library defaults"
+        print(f"{label:<26}{'-' if d else f'{raw:.1f}':>10}{'-' if d else f'{cal:.1f}':>9}"
+              f"{f'{tps:.1f}' if tps else '-':>10}{'-' if d else pct(raw, tps):>6}{'-' if d else pct(cal, tps):>8}"
+              f"{f'{pmem / 2**20:.0f}' if pmem else '-':>10}{lmem / 2**20:>10.0f}"
+              f"{f'{(pmem - lmem) / lmem:+.1%}' if pmem else '-':>8}{f'{tps / roofline:.0%}' if tps and roofline else '-':>9}")
+    plan_tps, default_tps = table[0][3], table[-1][3]
+    best = max((r[3] for r in table[1:-1] if r[3]), default=None)
+    if plan_tps and best:
+        print(f"plan / best of the sweep: {plan_tps / best:.2f}")
+    if plan_tps and default_tps:
+        print(f"plan / library defaults: {plan_tps / default_tps:.2f}")
     if roofline:
-        print(f"roofline: {roofline:.0f} tok/s ({bw} GB/s over the bytes read per token)")
+        print(f"roofline: {roofline:.0f} tokens/s ({bw} GB/s / {per_token / 2**20:.1f} MiB of weights read per token)")
     return 0
 
 

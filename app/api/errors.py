@@ -14,11 +14,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import TandemError
 from runtime.errors import ChatTemplateError, ContextOverflow, EngineClosed, ModelFileError, RuntimeFailure
+from runtime.planner import PlanError
 
 log = logging.getLogger("tandem")
 
 RUNTIME_STATUS = {
     ContextOverflow: 400,
+    PlanError: 400,
     ChatTemplateError: 400,
     ModelFileError: 409,
     EngineClosed: 503,

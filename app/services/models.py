@@ -21,9 +21,9 @@ from runtime.engine import EngineSession, LoadParams, ReplyStats
 from runtime.errors import ModelLoadError
 from runtime.gguf import check_model_file
 from runtime.hardware import HardwareProfile
-from runtime.model_info import inspect_model
+from runtime.model_info import ModelInfo, inspect_model
 from runtime.planner import Calibration, Plan, candidates, plan_model, verify
-from runtime.planner.search import pick_gpu, plan_from_candidate
+from runtime.planner.search import pick_gpu, plan_from_candidate, predict_decode
 
 log = logging.getLogger("tandem")
 MIN_TOKENS_TO_RECORD = 16
@@ -35,7 +35,8 @@ class LoadedModel:
     name: str
     session: EngineSession
     plan: Plan
-    machine_id: str | None = None
+    info: ModelInfo
+    hardware: HardwareProfile
 
     def describe(self) -> dict:
         p = self.session.params
@@ -135,7 +136,8 @@ class ModelService:
                 return self.loaded
             plan = self.plan_for(model)
             session, plan = self._open(model, plan)
-            loaded = LoadedModel(model["id"], model["name"], session, plan, self.hardware().machine_id)
+            info = inspect_model(Path(model["path"]))
+            loaded = LoadedModel(model["id"], model["name"], session, plan, info, self.hardware())
             previous, self.loaded = self.loaded, loaded
         if previous is not None:
             previous.session.close()
@@ -161,10 +163,13 @@ class ModelService:
         if not stats.decode_tps or stats.completion_tokens < MIN_TOKENS_TO_RECORD:
             return
         plan = loaded.plan
+        fill = stats.prompt_tokens + stats.completion_tokens // 2  # the context's mean fill while decoding
         self.store.add_measurement(
-            machine_id=loaded.machine_id, model_id=loaded.id, n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers,
-            n_threads=plan.n_threads, type_k=plan.type_k, completion_tokens=stats.completion_tokens,
-            predicted_tps=plan.decode_tps / (plan.calibration or 1.0), measured_tps=stats.decode_tps, source=source,
+            machine_id=loaded.hardware.machine_id, model_id=loaded.id, n_ctx=plan.n_ctx,
+            n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads, type_k=plan.type_k,
+            completion_tokens=stats.completion_tokens,
+            predicted_tps=predict_decode(loaded.info, loaded.hardware, plan, fill),
+            measured_tps=stats.decode_tps, source=source,
         )
 
     def close(self) -> None:

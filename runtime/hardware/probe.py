@@ -175,7 +175,7 @@ def collect_raw(data_dir: Path | None = None) -> dict:
 
 
 # --- building: pure, from raw readings (also from fixtures of machines we do not have)
-def build_profile(raw: dict, bandwidth_gbps: float | None = None) -> HardwareProfile:
+def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None) -> HardwareProfile:
     problems = [f"{name}: {why}" for name, why in sorted((raw.get("errors") or {}).items())]
     cpu = build_cpu(raw)
     mem = raw.get("memory") or {}
@@ -184,7 +184,8 @@ def build_profile(raw: dict, bandwidth_gbps: float | None = None) -> HardwarePro
         available_bytes=mem.get("available"),
         swap_total_bytes=mem.get("swap_total"),
         swap_free_bytes=mem.get("swap_free"),
-        read_bandwidth_gbps=bandwidth_gbps if bandwidth_gbps is not None else raw.get("bandwidth_gbps"),
+        read_bandwidth_gbps=bandwidth_gbps[0] if bandwidth_gbps else raw.get("bandwidth_gbps"),
+        read_bandwidth_1t_gbps=bandwidth_gbps[1] if bandwidth_gbps else raw.get("bandwidth_1t_gbps"),
     )
     gpus = []
     if raw.get("nvml"):

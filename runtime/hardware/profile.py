@@ -25,6 +25,7 @@ class MemoryInfo:
     swap_total_bytes: int | None = None
     swap_free_bytes: int | None = None
     read_bandwidth_gbps: float | None = None  # measured, all physical cores reading
+    read_bandwidth_1t_gbps: float | None = None  # measured, one thread reading
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,9 @@ def pick_gpu(hw: HardwareProfile) -> tuple[GpuInfo | None, str | None]:
 
 
 SPEED_FILL = 2048
-# Reading a quantized KV cache saves bandwidth but costs dequantization: measured on a GPU it is
-# ~10% slower than f16 (runtime-facts), so it is counted as f16 bytes plus 10%, chosen for memory only.
+# A quantized KV cache decodes slower than f16, not faster: on the GPU ~10% (runtime-facts), on this
+# CPU 3-10% at short fills (`tandem bench`): dequantization, not bandwidth, limits it. It counts as
+# f16 bytes plus 10%, so the planner chooses it for memory only (a longer context, more GPU layers).
 KV_READ_COST = {"f16": 1.0, "q8_0": 1.1, "q4_0": 1.1}
 
 
@@ -68,15 +69,24 @@ def _evaluate(info, hw, gpu, *, n_ctx, ngl, kv, ubatch, threads, cal):
     )
     if not all(m.fits for m in mem):
         return None
+    speed = _speed(info, hw, gpu, ngl, kv, threads, _fill(n_ctx), cal)
+    return {"n_ctx": n_ctx, "ngl": ngl, "kv": kv, "ubatch": ubatch, "memory": mem, "speed": speed,
+            "score": speed.decode_tps * KV_QUALITY[kv]}
+
+
+def _speed(info, hw, gpu, ngl, kv, threads, fill, cal):
     on_gpu, _ = gpu_layers(info, ngl if gpu else 0)
-    fill = _fill(n_ctx)
     cost = KV_READ_COST[kv]
     kv_gpu = round(kv_bytes(info, on_gpu, fill, "f16", "f16") * cost)
     kv_cpu = round(kv_bytes(info, [i for i in range(info.n_layer) if i not in set(on_gpu)], fill, "f16", "f16") * cost)
-    speed = estimate(info, hw, n_gpu_layers=ngl, gpu=gpu, threads=threads, kv_read_gpu=kv_gpu,
-                     kv_read_cpu=kv_cpu, calibration=cal)
-    return {"n_ctx": n_ctx, "ngl": ngl, "kv": kv, "ubatch": ubatch, "memory": mem, "speed": speed,
-            "score": speed.decode_tps * KV_QUALITY[kv]}
+    return estimate(info, hw, n_gpu_layers=ngl, gpu=gpu, threads=threads, kv_read_gpu=kv_gpu,
+                    kv_read_cpu=kv_cpu, calibration=cal)
+
+
+def predict_decode(info: ModelInfo, hw: HardwareProfile, plan: Plan, fill: int) -> float:
+    """Uncalibrated decode tokens/s of a plan with `fill` tokens in the context (for calibration)."""
+    gpu = next((g for g in hw.gpus if g.index == plan.gpu_index), None) if plan.n_gpu_layers else None
+    return _speed(info, hw, gpu, plan.n_gpu_layers, plan.type_k, plan.n_threads, max(1, fill), 1.0).decode_tps
 
 
 def candidates(info: ModelInfo, hw: HardwareProfile, n_ctx: int, *, threads: int, cal: float = 1.0,

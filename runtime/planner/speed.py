@@ -21,7 +21,7 @@ from runtime.model_info import ModelInfo
 CPU_TYPE_EFFICIENCY = {"Q4_0": 0.95, "Q8_0": 0.75, "F16": 0.7, "F32": 0.7, "Q4_K": 0.7, "Q5_K": 0.65,
                        "Q6_K": 0.65, "Q5_0": 0.6, "Q4_1": 0.32, "Q5_1": 0.35, "BF16": 0.6}
 DEFAULT_CPU_EFFICIENCY = 0.6
-THREAD_EXPONENT = 0.75  # bandwidth ~ (threads / physical cores) ** 0.75 (H200 host: 4/8/16 threads)
+THREAD_EXPONENT = 0.75  # without a one-thread measurement: bandwidth ~ (threads / cores) ** 0.75
 CPU_LAYER_S = 18e-6  # graph and barrier cost per layer per token on the CPU
 BASE_S = 0.1e-3  # per token: sampling, Python, graph build
 GPU_EFFICIENCY = 0.7
@@ -95,6 +95,18 @@ class SpeedEstimate:
     calibration: float
 
 
+def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
+    """Bytes/s that `threads` readers get: interpolated between the one-thread and all-cores measurements."""
+    cores = hw.cpu.physical_cores or threads
+    full = (hw.memory.read_bandwidth_gbps or 20.0) * 1e9
+    if threads >= cores or cores <= 1:
+        return full
+    one = hw.memory.read_bandwidth_1t_gbps
+    if one:
+        return one * 1e9 + (full - one * 1e9) * (threads - 1) / (cores - 1)
+    return full * (threads / cores) ** THREAD_EXPONENT
+
+
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu: GpuInfo | None, threads: int,
              kv_read_gpu: int, kv_read_cpu: int, calibration: float = 1.0) -> SpeedEstimate:
     """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token)."""
@@ -106,10 +118,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu: Gp
     bytes_gpu = sum(info.layer_bytes[i] for i in on_gpu) + (out_w if output_on_gpu else 0)
     bytes_cpu = sum(info.layer_bytes) - sum(info.layer_bytes[i] for i in on_gpu) + (0 if output_on_gpu else out_w)
 
-    cores = hw.cpu.physical_cores or threads
-    host_bw = (hw.memory.read_bandwidth_gbps or 20.0) * 1e9
-    thread_factor = min(1.0, threads / cores) ** THREAD_EXPONENT
-    cpu_bw = host_bw * cpu_efficiency(info) * thread_factor
+    cpu_bw = host_bandwidth(hw, threads) * cpu_efficiency(info)
     seconds_cpu = (bytes_cpu + kv_read_cpu) / cpu_bw + n_cpu_layers * CPU_LAYER_S
     seconds_gpu = 0.0
     gpu_flops = 0.0
@@ -123,7 +132,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu: Gp
 
     params_total = max(1, info.n_params)
     gpu_share = bytes_gpu / max(1, bytes_gpu + bytes_cpu)
-    cpu_flops = CPU_FLOPS_PER_CORE * min(threads, cores)
+    cpu_flops = CPU_FLOPS_PER_CORE * min(threads, hw.cpu.physical_cores or threads)
     prefill_s = 2 * params_total * (1 - gpu_share) / cpu_flops
     if gpu_flops:
         prefill_s += 2 * params_total * gpu_share / gpu_flops

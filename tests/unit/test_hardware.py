@@ -132,12 +132,12 @@ def test_sizes_and_links():
 
 def test_bandwidth_is_measured_once_and_cached(tmp_path):
     raw = {"node": "x", "processor": "p", "cpu_count": {"physical": 1}, "memory": {"total": 8 * GiB}}
-    first = cached_bandwidth(tmp_path, raw, threads=1)
-    assert first > 0.1
+    all_cores, one = cached_bandwidth(tmp_path, raw, threads=2)
+    assert all_cores > 0.1 and one > 0.1
     cache = json.loads((tmp_path / "hardware-cache.json").read_text())
     [entry] = cache.values()
     entry["read_bandwidth_gbps"] = 123.0  # proves the second call reads the cache
     (tmp_path / "hardware-cache.json").write_text(json.dumps({k: entry for k in cache}))
-    assert cached_bandwidth(tmp_path, raw, threads=1) == 123.0
+    assert cached_bandwidth(tmp_path, raw, threads=2) == (123.0, one)
     (tmp_path / "hardware-cache.json").write_text("{damaged")
-    assert cached_bandwidth(tmp_path, raw, threads=1) > 0.1
+    assert cached_bandwidth(tmp_path, raw, threads=2)[0] > 0.1
