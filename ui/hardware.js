@@ -42,10 +42,44 @@ function vramBar(g) {
   return wrap;
 }
 
+const PARTS = [["weights", "Weights"], ["kv", "KV cache"], ["compute", "Compute"], ["overhead", "Runtime"], ["margin", "Margin"]];
+
+function memoryMap(plan) {
+  const box = el("div", "hw-card plan");
+  box.append(el("h3", "", `How the model runs: ${plan.decode_tps.toFixed(1)} tokens/s predicted`));
+  const m = plan.measured;
+  if (m && m.count) {
+    box.append(el("p", "measured", `Measured here: ${m.median_measured_tps.toFixed(1)} tokens/s (median of the last ${m.count} replies; predicted for them ${m.median_predicted_tps.toFixed(1)} before calibration)`));
+  }
+  for (const dev of plan.memory) {
+    const row = el("div", "device");
+    row.dataset.device = dev.device;
+    const cap = dev.capacity || dev.total + dev.margin;
+    const bar = el("div", "bar");
+    for (const [key, label] of PARTS) {
+      if (!dev[key]) continue;
+      const part = el("span", `part ${key}`);
+      part.style.width = `${(100 * dev[key]) / cap}%`;
+      part.title = `${label}: ${size(dev[key])}`;
+      bar.append(part);
+    }
+    const legend = PARTS.filter(([k]) => dev[k]).map(([k, label]) => `${label} ${size(dev[k])}`).join(" · ");
+    row.append(el("div", "device-name", dev.device), bar,
+      el("div", "legend", `${legend} · free ${size(Math.max(0, cap - dev.total - dev.margin))} of ${size(cap)}`));
+    box.append(row);
+  }
+  const ul = el("ul", "reasons");
+  for (const r of plan.reasons) ul.append(el("li", "", r));
+  box.append(ul);
+  return box;
+}
+
 export async function renderHardware(view, loadedModelId) {
-  const [hw, info] = await Promise.all([
+  const id = loadedModelId ? encodeURIComponent(loadedModelId) : null;
+  const [hw, info, plan] = await Promise.all([
     api("GET", "/api/hardware"),
-    loadedModelId ? api("GET", `/api/models/${encodeURIComponent(loadedModelId)}/info`).catch(() => null) : null,
+    id ? api("GET", `/api/models/${id}/info`).catch(() => null) : null,
+    id ? api("GET", `/api/models/${id}/plan`).catch(() => null) : null,
   ]);
   view.replaceChildren();
   view.append(el("h2", "", "This machine"));
@@ -96,5 +130,6 @@ export async function renderHardware(view, loadedModelId) {
     ]));
   }
   view.append(grid);
+  if (plan) view.append(memoryMap(plan));
   for (const p of hw.problems) view.append(el("p", "muted", `Not read: ${p}`));
 }

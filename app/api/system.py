@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -49,6 +50,14 @@ async def model_plan(model_id: str, models: ModelsDep, store: StoreDep, n_ctx: i
     model = store.get_model(model_id)
     loaded = models.loaded
     if loaded is not None and loaded.id == model_id and n_ctx is None:
-        return {"loaded": True, **loaded.plan.to_dict()}
-    plan = await asyncio.to_thread(models.plan_for, model, n_ctx)
-    return {"loaded": False, **plan.to_dict()}
+        plan, is_loaded = loaded.plan, True
+    else:
+        plan, is_loaded = await asyncio.to_thread(models.plan_for, model, n_ctx), False
+    machine = models.hardware().machine_id
+    recent = [m for m in store.measurements(machine) if m["model_id"] == model_id][-20:]
+    measured = {
+        "count": len(recent),
+        "median_measured_tps": statistics.median(m["measured_tps"] for m in recent) if recent else None,
+        "median_predicted_tps": statistics.median(m["predicted_tps"] for m in recent) if recent else None,
+    }
+    return {"loaded": is_loaded, "measured": measured, **plan.to_dict()}

@@ -18,6 +18,10 @@ def test_hardware_page_on_this_machine(page):
     expect(view.locator(".hw-card h3", has_text="CPU")).to_be_visible()
     expect(view).to_contain_text("GB/s (measured)")
     expect(view).to_contain_text("Model: Smollm2")
+    plan = view.locator(".hw-card.plan")
+    expect(plan.locator("h3")).to_contain_text("tokens/s predicted")
+    expect(plan.locator(".device[data-device=CPU] .part.weights")).to_have_count(1)
+    expect(plan.locator(".reasons")).to_contain_text("threads: one per physical core")
     expect(page.locator("#composer")).to_be_hidden()
     page.click("#new-chat")  # back to chatting
     expect(page.locator("#composer")).to_be_visible()
@@ -38,4 +42,7 @@ def test_gpu_bar_and_build_warning(browser, tmp_path):
         expect(gpu.locator(".legend")).to_have_text("0 B used by other programs · 5.7 GiB free of 6 GiB")
         width = gpu.locator(".vram .free").evaluate("e => e.style.width")
         assert width.startswith("95.")
+        # that build cannot offload: the plan keeps every layer on the CPU and says why
+        expect(view.locator(".hw-card.plan .reasons")).to_contain_text("cannot offload")
+        expect(view.locator(".hw-card.plan .device")).to_have_count(1)
         context.close()
