@@ -55,7 +55,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     from runtime.model_info import inspect_model
     from runtime.planner import Calibration, candidates, plan_model
     from runtime.planner.dryrun import LogCapture
-    from runtime.planner.search import pick_gpu, plan_from_candidate, predict_decode
+    from runtime.planner.search import gpu_sets, plan_from_candidate, predict_decode
 
     info = inspect_model(model)
     hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
@@ -63,14 +63,15 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     model_key = model_id_for(model)
     calibration = Calibration.from_records(store.measurements(hw.machine_id))
     plan = plan_model(info, hw, settings.n_ctx or None, calibration=calibration, model_key=model_key)
-    gpu, reason = pick_gpu(hw)
+    sets, reason = gpu_sets(hw)
     cores = hw.cpu.physical_cores or 1
     rows = [("plan", plan)]
     for threads in sorted({1, max(1, cores // 2), cores}):
-        for c in candidates(info, hw, plan.n_ctx, threads=threads, gpu=gpu):
-            if c["ubatch"] == plan.n_ubatch:
-                p = plan_from_candidate(info, hw, gpu, reason, c, threads)
-                rows.append((f"kv {p.type_k}, ngl {p.n_gpu_layers}, {threads} thr", p))
+        for gset in sets or [None]:
+            for c in candidates(info, hw, plan.n_ctx, threads=threads, gpu=gset):
+                if c["ubatch"] == plan.n_ubatch:
+                    p = plan_from_candidate(info, hw, reason, c, threads)
+                    rows.append((f"kv {p.type_k}, ngl {p.n_gpu_layers}, {threads} thr", p))
     default_threads = max(1, (os.cpu_count() or 2) // 2)
     defaults = replace(plan, n_ctx=512, n_threads=default_threads, n_threads_batch=default_threads,
                        flash_attn=False, type_k="f16", type_v="f16", n_gpu_layers=0, gpu_index=None)

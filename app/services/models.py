@@ -23,7 +23,7 @@ from runtime.gguf import check_model_file
 from runtime.hardware import HardwareProfile
 from runtime.model_info import ModelInfo, inspect_model
 from runtime.planner import Calibration, Plan, candidates, plan_model, verify
-from runtime.planner.search import pick_gpu, plan_from_candidate, predict_decode
+from runtime.planner.search import plan_from_candidate, plan_gpus, predict_decode
 
 log = logging.getLogger("tandem")
 MIN_TOKENS_TO_RECORD = 16
@@ -123,10 +123,9 @@ class ModelService:
         """Plans with fewer GPU layers, for when the chosen one fails to load."""
         info = inspect_model(Path(model["path"]))
         hw = self.hardware()
-        gpu, reason = pick_gpu(hw)
-        found = candidates(info, hw, plan.n_ctx, threads=plan.n_threads, cal=plan.calibration, gpu=gpu)
+        found = candidates(info, hw, plan.n_ctx, threads=plan.n_threads, cal=plan.calibration, gpu=plan_gpus(hw, plan))
         lower = [c for c in found if c["ngl"] < plan.n_gpu_layers]
-        return [plan_from_candidate(info, hw, gpu, reason, c, plan.n_threads) for c in lower[:3]]
+        return [plan_from_candidate(info, hw, None, c, plan.n_threads) for c in lower[:3]]
 
     def engine_for(self, name: str | None = None) -> LoadedModel:
         """The loaded model for `name`, planning and loading it first (and unloading another) when needed."""

@@ -27,6 +27,7 @@ class LoadParams:
     offload_kqv: bool = True
     swa_full: bool = True
     main_gpu: int = 0
+    tensor_split: tuple[float, ...] | None = None  # share of the offloaded layers per GPU, in device order
     use_mmap: bool = True
 
     def __post_init__(self) -> None:

@@ -151,6 +151,7 @@ class EngineSession:
                 offload_kqv=p.offload_kqv,
                 swa_full=p.swa_full,
                 main_gpu=p.main_gpu,
+                tensor_split=list(p.tensor_split) if p.tensor_split else None,
                 use_mmap=p.use_mmap,
                 verbose=False,
             )

@@ -59,15 +59,50 @@ def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) 
     return max(logits, 4 * n_ubatch * n * info.n_head) + activations + 4 * n_ubatch * n
 
 
-def gpu_layers(info: ModelInfo, n_gpu_layers: int) -> tuple[list[int], bool]:
-    """(repeating layers on the GPU, whether the output layer is there) for n_gpu_layers = N.
+@dataclass(frozen=True)
+class GpuSet:
+    """The GPUs a plan offloads to, with llama.cpp's layer split proportions (same order)."""
 
-    llama.cpp offloads the output first: N = 1 is the output alone, N = k adds the last k - 1
-    repeating layers (layer i is on the GPU when i >= n_layer + 1 - N).
+    gpus: tuple
+    split: tuple[float, ...]
+
+    @classmethod
+    def of(cls, gpu) -> "GpuSet | None":
+        if gpu is None or isinstance(gpu, GpuSet):
+            return gpu
+        return cls((gpu,), (1.0,))
+
+    @property
+    def main(self):
+        """The GPU holding the output layer: the last one in the split."""
+        return self.gpus[-1]
+
+
+def assign_layers(info: ModelInfo, n_gpu_layers: int, split: tuple[float, ...]) -> tuple[list[int | None], int | None]:
+    """Device (index into the split) of each repeating layer, None for the CPU, and of the output.
+
+    Mirrors llama.cpp: the last act = min(N, n_layer + 1) layers are offloaded (the output counts
+    as one), spread over the GPUs in order by the cumulative split proportions.
     """
-    n = max(0, min(n_gpu_layers, info.n_layer + 1))
-    first = info.n_layer + 1 - n
-    return [i for i in range(info.n_layer) if i >= first], n >= 1
+    act = max(0, min(n_gpu_layers, info.n_layer + 1))
+    total = sum(split) or 1.0
+    cumulative, acc = [], 0.0
+    for part in split:
+        acc += part / total
+        cumulative.append(acc)
+
+    def device(x: float) -> int:
+        return next((i for i, c in enumerate(cumulative) if c > x), len(cumulative) - 1)
+
+    start = info.n_layer + 1 - act
+    layers = [None if i < start else device((i - start) / act) for i in range(info.n_layer)]
+    return layers, (device((act - 1) / act) if act else None)
+
+
+def gpu_layers(info: ModelInfo, n_gpu_layers: int) -> tuple[list[int], bool]:
+    """(repeating layers on the GPU, whether the output layer is there) for one GPU and N layers."""
+    layers, output = assign_layers(info, n_gpu_layers, (1.0,))
+    return [i for i, d in enumerate(layers) if d is not None], output is not None
 
 
 def output_weight_bytes(info: ModelInfo) -> int:
@@ -101,33 +136,44 @@ class DeviceMemory:
 
 def memory_map(info: ModelInfo, *, n_gpu_layers: int, n_ctx: int, type_k: str, type_v: str, n_ubatch: int,
                flash_attn: bool, offload_kqv: bool, swa_full: bool, cpu_capacity: int | None,
-               cpu_margin: int, gpu=None, gpu_margin: int = 0) -> tuple[DeviceMemory, ...]:
-    """Per-device memory of one candidate plan (CPU first, then the GPU when layers go there)."""
-    on_gpu, output_on_gpu = gpu_layers(info, n_gpu_layers if gpu is not None else 0)
-    on_cpu = [i for i in range(info.n_layer) if i not in set(on_gpu)]
+               cpu_margin: int, gpu=None, gpu_margin=None) -> tuple[DeviceMemory, ...]:
+    """Per-device memory of one candidate plan: the CPU first, then each GPU that gets layers.
+
+    gpu: a GpuInfo or a GpuSet; gpu_margin: a function of a GpuInfo giving its safety margin.
+    """
+    gset = GpuSet.of(gpu)
+    n = n_gpu_layers if gset is not None else 0
+    layer_dev, output_dev = assign_layers(info, n, gset.split if gset else (1.0,))
     out_w = output_weight_bytes(info)
+    on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
     cpu_weights = sum(info.layer_bytes[i] for i in on_cpu) + info.token_embd_bytes + info.other_bytes
-    if not output_on_gpu:
+    if output_dev is None:
         cpu_weights += info.output_bytes
-    kv_gpu_layers = on_gpu if offload_kqv else []
-    kv_cpu_layers = [i for i in range(info.n_layer) if i not in set(kv_gpu_layers)]
+    kv_cpu_layers = on_cpu if offload_kqv else list(range(info.n_layer))
     compute = compute_bytes(info, n_ctx, n_ubatch, flash_attn)
     output_buffer = 4 * (info.vocab_size or 0)
-    if output_on_gpu:  # logits are computed on the GPU; the host keeps a staging share
+    if output_dev is not None:  # logits are computed on the GPU; the host keeps a staging share
         cpu_compute = 4 * n_ubatch * 3 * info.n_embd + output_buffer
-        gpu_compute = compute
     else:
-        cpu_compute, gpu_compute = compute + output_buffer, 0
-    cpu = DeviceMemory(
+        cpu_compute = compute + output_buffer
+    devices = [DeviceMemory(
         "CPU", cpu_weights, kv_bytes(info, kv_cpu_layers, n_ctx, type_k, type_v, n_ubatch, swa_full),
         cpu_compute, 0, cpu_margin, cpu_capacity,
-    )
-    if gpu is None or n_gpu_layers == 0:
-        return (cpu,)
-    gpu_weights = sum(info.layer_bytes[i] for i in on_gpu) + (out_w if output_on_gpu else 0)
-    dev = DeviceMemory(
-        f"GPU{gpu.index}", gpu_weights,
-        kv_bytes(info, kv_gpu_layers, n_ctx, type_k, type_v, n_ubatch, swa_full), gpu_compute,
-        GPU_RUNTIME_OVERHEAD.get(gpu.vendor, DEFAULT_GPU_OVERHEAD), gpu_margin, gpu.memory_free_bytes,
-    )
-    return (cpu, dev)
+    )]
+    if gset is None or n == 0:
+        return tuple(devices)
+    for k, g in enumerate(gset.gpus):
+        mine = [i for i, d in enumerate(layer_dev) if d == k]
+        has_output = output_dev == k
+        if not mine and not has_output:
+            continue
+        weights = sum(info.layer_bytes[i] for i in mine) + (out_w if has_output else 0)
+        kv = kv_bytes(info, mine, n_ctx, type_k, type_v, n_ubatch, swa_full) if offload_kqv else 0
+        # every GPU holds activations for its layers; the one with the output also the logits
+        dev_compute = compute if has_output else 4 * n_ubatch * 3 * info.n_embd + 2 * n_ubatch * pad_ctx(n_ctx)
+        devices.append(DeviceMemory(
+            f"GPU{g.index}", weights, kv, dev_compute,
+            GPU_RUNTIME_OVERHEAD.get(g.vendor, DEFAULT_GPU_OVERHEAD), gpu_margin(g) if gpu_margin else 0,
+            g.memory_free_bytes,
+        ))
+    return tuple(devices)

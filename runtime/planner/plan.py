@@ -42,6 +42,7 @@ class Plan:
             "flash_attn": self.flash_attn, "type_k": self.type_k, "type_v": self.type_v,
             "offload_kqv": self.offload_kqv, "swa_full": self.swa_full,
             "main_gpu": self.gpu_index or 0,
+            "tensor_split": self.tensor_split,
         }
 
     def to_dict(self) -> dict:

@@ -8,7 +8,10 @@ from pathlib import Path
 from runtime.errors import RuntimeFailure
 from runtime.hardware.profile import GpuInfo, HardwareProfile
 from runtime.model_info import ModelInfo
-from runtime.planner.memory import GGML_TYPE_ID, MIB, gpu_layers, kv_bytes, memory_map, pad_ctx
+from runtime.planner.memory import (
+    DEFAULT_GPU_OVERHEAD, GGML_TYPE_ID, GPU_RUNTIME_OVERHEAD, MIB, GpuSet, assign_layers, kv_bytes, memory_map,
+    pad_ctx,
+)
 from runtime.planner.plan import Plan
 from runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gbps
 
@@ -48,6 +51,22 @@ def pick_gpu(hw: HardwareProfile) -> tuple[GpuInfo | None, str | None]:
     return max(usable, key=lambda g: g.memory_free_bytes), None
 
 
+def gpu_sets(hw: HardwareProfile) -> tuple[list[GpuSet], str | None]:
+    """Ways to offload: the GPU with the most free memory alone, and (with several GPUs of one
+    vendor) all of them, layers split in proportion to their usable free memory."""
+    best, reason = pick_gpu(hw)
+    if best is None:
+        return [], reason
+    sets = [GpuSet.of(best)]
+    same = [g for g in hw.gpus if g.vendor == best.vendor and not g.unified and g.memory_free_bytes]
+    if len(same) > 1:
+        usable = [max(1, g.memory_free_bytes - GPU_RUNTIME_OVERHEAD.get(g.vendor, DEFAULT_GPU_OVERHEAD) - gpu_margin(g))
+                  for g in same]
+        total = sum(usable)
+        sets.append(GpuSet(tuple(same), tuple(round(u / total, 4) for u in usable)))
+    return sets, None
+
+
 SPEED_FILL = 2048
 # A quantized KV cache decodes slower than f16, not faster: on the GPU ~10% (runtime-facts), on this
 # CPU 3-10% at short fills (`tandem bench`): dequantization, not bandwidth, limits it. It counts as
@@ -65,17 +84,19 @@ def _evaluate(info, hw, gpu, *, n_ctx, ngl, kv, ubatch, threads, cal):
     mem = memory_map(
         info, n_gpu_layers=ngl, n_ctx=n_ctx, type_k=kv, type_v=kv, n_ubatch=ubatch, flash_attn=True,
         offload_kqv=offload_kqv, swa_full=True, cpu_capacity=hw.memory.available_bytes,
-        cpu_margin=cpu_margin(hw), gpu=gpu, gpu_margin=gpu_margin(gpu) if gpu else 0,
+        cpu_margin=cpu_margin(hw), gpu=gpu, gpu_margin=gpu_margin,
     )
     if not all(m.fits for m in mem):
         return None
     speed = _speed(info, hw, gpu, ngl, kv, threads, _fill(n_ctx), cal)
     return {"n_ctx": n_ctx, "ngl": ngl, "kv": kv, "ubatch": ubatch, "memory": mem, "speed": speed,
-            "score": speed.decode_tps * KV_QUALITY[kv]}
+            "score": speed.decode_tps * KV_QUALITY[kv], "gpus": gpu}
 
 
 def _speed(info, hw, gpu, ngl, kv, threads, fill, cal):
-    on_gpu, _ = gpu_layers(info, ngl if gpu else 0)
+    gset = GpuSet.of(gpu)
+    layer_dev, _ = assign_layers(info, ngl if gset else 0, gset.split if gset else (1.0,))
+    on_gpu = [i for i, d in enumerate(layer_dev) if d is not None]
     cost = KV_READ_COST[kv]
     kv_gpu = round(kv_bytes(info, on_gpu, fill, "f16", "f16") * cost)
     kv_cpu = round(kv_bytes(info, [i for i in range(info.n_layer) if i not in set(on_gpu)], fill, "f16", "f16") * cost)
@@ -85,13 +106,24 @@ def _speed(info, hw, gpu, ngl, kv, threads, fill, cal):
 
 def predict_decode(info: ModelInfo, hw: HardwareProfile, plan: Plan, fill: int) -> float:
     """Uncalibrated decode tokens/s of a plan with `fill` tokens in the context (for calibration)."""
-    gpu = next((g for g in hw.gpus if g.index == plan.gpu_index), None) if plan.n_gpu_layers else None
-    return _speed(info, hw, gpu, plan.n_gpu_layers, plan.type_k, plan.n_threads, max(1, fill), 1.0).decode_tps
+    return _speed(info, hw, plan_gpus(hw, plan), plan.n_gpu_layers, plan.type_k, plan.n_threads, max(1, fill), 1.0).decode_tps
+
+
+def plan_gpus(hw: HardwareProfile, plan: Plan) -> GpuSet | None:
+    """The GpuSet a plan offloads to, rebuilt from its gpu_index and tensor_split."""
+    if not plan.n_gpu_layers or plan.gpu_index is None:
+        return None
+    if plan.tensor_split:
+        used = [(g, plan.tensor_split[g.index]) for g in hw.gpus
+                if g.index < len(plan.tensor_split) and plan.tensor_split[g.index] > 0]
+        return GpuSet(tuple(g for g, _ in used), tuple(p for _, p in used))
+    return GpuSet.of(next(g for g in hw.gpus if g.index == plan.gpu_index))
 
 
 def candidates(info: ModelInfo, hw: HardwareProfile, n_ctx: int, *, threads: int, cal: float = 1.0,
                gpu: GpuInfo | None = None) -> list[dict]:
     """Every placement of this model at this context that fits, fastest (by score) first."""
+    gpu = GpuSet.of(gpu)
     max_ngl = info.n_layer + 1 if gpu is not None else 0
     found = []
     for ngl in range(max_ngl, -1, -1):
@@ -104,24 +136,24 @@ def candidates(info: ModelInfo, hw: HardwareProfile, n_ctx: int, *, threads: int
     return found
 
 
-def largest_fitting_ctx(info, hw, gpu, threads, below: int) -> int | None:
+def largest_fitting_ctx(info, hw, sets, threads, below: int) -> int | None:
     """The longest context under `below` (a multiple of 256) that fits with any placement."""
     lo, hi = 0, max(0, (below - 1) // 256)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _any_fit(info, hw, gpu, mid * 256, threads):
+        if _any_fit(info, hw, sets, mid * 256, threads):
             lo = mid
         else:
             hi = mid - 1
     return lo * 256 or None
 
 
-def _any_fit(info, hw, gpu, n_ctx, threads) -> bool:
+def _any_fit(info, hw, sets, n_ctx, threads) -> bool:
     # the cheapest placement for memory: everything on the GPU if possible, else on the CPU, q4_0, small ubatch
-    options = [0] if gpu is None else [0, info.n_layer + 1] + list(range(1, info.n_layer + 1))
+    options = [(None, 0)] + [(g, ngl) for g in sets for ngl in range(1, info.n_layer + 2)]
     return any(
-        _evaluate(info, hw, gpu, n_ctx=n_ctx, ngl=ngl, kv="q4_0", ubatch=256, threads=threads, cal=1.0)
-        for ngl in options
+        _evaluate(info, hw, g, n_ctx=n_ctx, ngl=ngl, kv="q4_0", ubatch=256, threads=threads, cal=1.0)
+        for g, ngl in options
     )
 
 
@@ -134,71 +166,79 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
     """
     cal = (calibration or Calibration()).factor(model_key)
     threads = threads or hw.cpu.physical_cores or 1
-    gpu, no_gpu_reason = pick_gpu(hw)
+    sets, no_gpu_reason = gpu_sets(hw)
+
+    def search(ctx: int) -> list[dict]:
+        found = [c for g in (sets or [None]) for c in candidates(info, hw, ctx, threads=threads, cal=cal, gpu=g)]
+        found.sort(key=lambda c: (-round(c["score"], 6), -c["ubatch"], len(c["memory"])))
+        return found
+
     if n_ctx is not None:
         if n_ctx < 16:
             raise PlanError(f"A context of {n_ctx} tokens is too small; ask for at least 256.")
-        found = candidates(info, hw, n_ctx, threads=threads, cal=cal, gpu=gpu)
+        found = search(n_ctx)
         if not found:
-            largest = largest_fitting_ctx(info, hw, gpu, threads, below=n_ctx)
+            largest = largest_fitting_ctx(info, hw, sets, threads, below=n_ctx)
             if largest is None:
-                raise PlanError(_too_big(info, hw, gpu))
+                raise PlanError(_too_big(info, hw, sets))
             raise PlanError(
                 f"A {n_ctx}-token context does not fit in this machine's free memory with "
                 f"{info.name or 'this model'}; the largest that fits is {largest} tokens. "
                 f"Ask for {largest} or less, or close other programs to free memory.", largest)
         chosen, pool = found[0], found
     else:
-        base = candidates(info, hw, min(4096, info.n_ctx_train or 4096), threads=threads, cal=cal, gpu=gpu)
+        base = search(min(4096, info.n_ctx_train or 4096))
         if not base:
-            largest = largest_fitting_ctx(info, hw, gpu, threads, below=4096)
+            largest = largest_fitting_ctx(info, hw, sets, threads, below=4096)
             if largest is None:
-                raise PlanError(_too_big(info, hw, gpu))
-            base = candidates(info, hw, largest, threads=threads, cal=cal, gpu=gpu)
+                raise PlanError(_too_big(info, hw, sets))
+            base = search(largest)
         best_speed = base[0]["score"]
         chosen, pool = base[0], base
         ctx = chosen["n_ctx"]
         limit = min(info.n_ctx_train or AUTO_MAX_CTX, AUTO_MAX_CTX)
         while ctx * 2 <= limit:  # grow the context while it costs no speed
-            more = candidates(info, hw, ctx * 2, threads=threads, cal=cal, gpu=gpu)
+            more = search(ctx * 2)
             if not more or more[0]["score"] < best_speed * 0.98:
                 break
             ctx, chosen, pool = ctx * 2, more[0], more
-    return _make_plan(info, hw, gpu, no_gpu_reason, chosen, threads, len(pool), calibration, model_key)
+    return _make_plan(info, hw, no_gpu_reason, chosen, threads, len(pool), calibration, model_key)
 
 
-def plan_from_candidate(info, hw, gpu, no_gpu_reason, c, threads, n_alternatives=0, calibration=None,
+def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, calibration=None,
                         model_key=None) -> Plan:
-    return _make_plan(info, hw, gpu, no_gpu_reason, c, threads, n_alternatives, calibration, model_key)
+    return _make_plan(info, hw, no_gpu_reason, c, threads, n_alternatives, calibration, model_key)
 
 
-def _too_big(info, hw, gpu) -> str:
+def _too_big(info, hw, sets) -> str:
     need = info.weight_bytes
-    have = (hw.memory.available_bytes or 0) + (gpu.memory_free_bytes if gpu else 0)
+    have = (hw.memory.available_bytes or 0) + (max((sum(g.memory_free_bytes for g in s.gpus) for s in sets), default=0))
     return (f"{info.name or 'This model'} needs {need / GIB:.1f} GiB for its weights alone, but this machine has "
             f"{have / GIB:.1f} GiB free. Pick a smaller model or a smaller quantization (e.g. Q4_K_M).")
 
 
-def _make_plan(info, hw, gpu, no_gpu_reason, c, threads, n_alternatives, calibration, model_key) -> Plan:
+def _make_plan(info, hw, no_gpu_reason, c, threads, n_alternatives, calibration, model_key) -> Plan:
     speed, mem, ngl, kv = c["speed"], c["memory"], c["ngl"], c["kv"]
+    gset: GpuSet | None = c.get("gpus") if ngl else None
     reasons = []
-    units = info.n_layer + 1
-    if gpu is None:
+    if c.get("gpus") is None:
         reasons.append(f"All {info.n_layer} layers on the CPU: {no_gpu_reason}.")
+    elif not ngl:
+        reasons.append(f"All layers on the CPU: not even the output layer fits in the GPU's free memory.")
     else:
-        g = next(m for m in mem if m.device != "CPU") if ngl else None
-        free = gpu.memory_free_bytes or 0
-        where = f"{gpu.name} ({gpu_bandwidth_gbps(gpu) or '?'} GB/s)"
-        if ngl == units:
-            reasons.append(f"All {info.n_layer} layers and the output on the {where}: {g.total / GIB:.1f} of {free / GIB:.1f} GiB free.")
-        elif ngl:
-            reasons.append(f"{ngl - 1} of {info.n_layer} layers and the output on the {where}: "
-                           f"{g.total / GIB:.1f} of {free / GIB:.1f} GiB free; the rest on the CPU.")
-        else:
-            reasons.append(f"All layers on the CPU: not even the output layer fits in the {gpu.name}'s free memory.")
-        others = [x for x in hw.gpus if x is not gpu and not x.unified]
-        if others:
-            reasons.append(f"{len(others)} other GPU(s) not used: splitting a model across GPUs is not planned yet.")
+        what = (f"All {info.n_layer} layers and the output" if ngl == info.n_layer + 1
+                else f"{ngl - 1} of {info.n_layer} layers and the output")
+        rest = "" if ngl == info.n_layer + 1 else "; the rest on the CPU"
+        parts = []
+        for m in mem[1:]:
+            g = next(x for x in gset.gpus if f"GPU{x.index}" == m.device)
+            parts.append(f"{g.name} ({gpu_bandwidth_gbps(g) or '?'} GB/s) {m.total / GIB:.1f} of "
+                         f"{(g.memory_free_bytes or 0) / GIB:.1f} GiB free")
+        split = " split by free memory" if len(parts) > 1 else ""
+        reasons.append(f"{what} on the GPU{'s' if len(parts) > 1 else ''}{split}: {'; '.join(parts)}{rest}.")
+        unused = [x for x in hw.gpus if x not in gset.gpus and not x.unified]
+        if unused:
+            reasons.append(f"Not used: {', '.join(x.name for x in unused)} (faster without the hand-off).")
     kv_total = sum(m.kv for m in mem)
     if kv == "f16":
         reasons.append(f"Context {c['n_ctx']} tokens, KV cache f16 ({kv_total / MIB:.0f} MiB).")
@@ -217,9 +257,13 @@ def _make_plan(info, hw, gpu, no_gpu_reason, c, threads, n_alternatives, calibra
     for m in mem:
         cap = f"{m.capacity / GIB:.1f} GiB free" if m.capacity is not None else "free memory unknown"
         reasons.append(f"{m.device}: {m.total / GIB:.2f} GiB planned + {m.margin / GIB:.2f} GiB margin of {cap}.")
+    tensor_split = None
+    if gset is not None and len(hw.gpus) > 1:  # name every device, or llama.cpp splits over all of them
+        by_index = dict(zip((g.index for g in gset.gpus), gset.split))
+        tensor_split = tuple(by_index.get(g.index, 0.0) for g in sorted(hw.gpus, key=lambda g: g.index))
     return Plan(
-        model_path=str(info.path), n_ctx=c["n_ctx"], n_gpu_layers=ngl if gpu else 0,
-        gpu_index=gpu.index if gpu and ngl else None, tensor_split=None, type_k=kv, type_v=kv,
+        model_path=str(info.path), n_ctx=c["n_ctx"], n_gpu_layers=ngl if gset else 0,
+        gpu_index=gset.main.index if gset else None, tensor_split=tensor_split, type_k=kv, type_v=kv,
         flash_attn=True, offload_kqv=True, swa_full=True, n_threads=threads, n_threads_batch=threads,
         n_batch=512, n_ubatch=c["ubatch"], speculative="none", memory=tuple(mem),
         decode_tps=round(speed.decode_tps, 2), prefill_tps=round(speed.prefill_tps, 1),

@@ -107,35 +107,45 @@ def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
     return full * (threads / cores) ** THREAD_EXPONENT
 
 
-def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu: GpuInfo | None, threads: int,
+def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
              kv_read_gpu: int, kv_read_cpu: int, calibration: float = 1.0) -> SpeedEstimate:
-    """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token)."""
-    from runtime.planner.memory import gpu_layers, output_weight_bytes
+    """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token).
 
-    on_gpu, output_on_gpu = gpu_layers(info, n_gpu_layers if gpu is not None else 0)
-    n_cpu_layers = info.n_layer - len(on_gpu)
+    gpu: a GpuInfo or a GpuSet; the GPUs run their layers one after the other, so their times add.
+    """
+    from runtime.planner.memory import GpuSet, assign_layers, output_weight_bytes
+
+    gset = GpuSet.of(gpu)
+    layer_dev, output_dev = assign_layers(info, n_gpu_layers if gset else 0, gset.split if gset else (1.0,))
     out_w = output_weight_bytes(info)
-    bytes_gpu = sum(info.layer_bytes[i] for i in on_gpu) + (out_w if output_on_gpu else 0)
-    bytes_cpu = sum(info.layer_bytes) - sum(info.layer_bytes[i] for i in on_gpu) + (0 if output_on_gpu else out_w)
+    on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
+    bytes_cpu = sum(info.layer_bytes[i] for i in on_cpu) + (out_w if output_dev is None else 0)
+    n_cpu_layers = len(on_cpu)
+    seconds_cpu = (bytes_cpu + kv_read_cpu) / (host_bandwidth(hw, threads) * cpu_efficiency(info)) + n_cpu_layers * CPU_LAYER_S
 
-    cpu_bw = host_bandwidth(hw, threads) * cpu_efficiency(info)
-    seconds_cpu = (bytes_cpu + kv_read_cpu) / cpu_bw + n_cpu_layers * CPU_LAYER_S
-    seconds_gpu = 0.0
-    gpu_flops = 0.0
-    if on_gpu or output_on_gpu:
-        gbw = (gpu_bandwidth_gbps(gpu) or 200.0) * 1e9
-        seconds_gpu = (bytes_gpu + kv_read_gpu) / (gbw * GPU_EFFICIENCY) + (len(on_gpu) + 1) * GPU_LAYER_S
-        gpu_flops = gbw * GPU_FLOPS_PER_GBPS / 1e9
-        if n_cpu_layers:
-            seconds_gpu += HANDOFF_S
+    seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
+    n_gpu_layers_total = info.n_layer - n_cpu_layers
+    used = 0
+    for k, g in enumerate(gset.gpus if gset else ()):
+        mine = [i for i, d in enumerate(layer_dev) if d == k]
+        has_output = output_dev == k
+        if not mine and not has_output:
+            continue
+        used += 1
+        b = sum(info.layer_bytes[i] for i in mine) + (out_w if has_output else 0)
+        kv = kv_read_gpu * len(mine) / max(1, n_gpu_layers_total)
+        gbw = (gpu_bandwidth_gbps(g) or 200.0) * 1e9
+        seconds_gpu += (b + kv) / (gbw * GPU_EFFICIENCY) + (len(mine) + (1 if has_output else 0)) * GPU_LAYER_S
+        gpu_flop_seconds += 2 * info.n_params * b / max(1, info.weight_bytes) / (gbw * GPU_FLOPS_PER_GBPS / 1e9)
+        bytes_gpu += b
+    handoffs = max(0, used - 1) + (1 if used and n_cpu_layers else 0)
+    seconds_gpu += handoffs * HANDOFF_S
     decode = 1.0 / (seconds_cpu + seconds_gpu + BASE_S) * calibration
 
     params_total = max(1, info.n_params)
-    gpu_share = bytes_gpu / max(1, bytes_gpu + bytes_cpu)
+    cpu_share = bytes_cpu / max(1, bytes_gpu + bytes_cpu)
     cpu_flops = CPU_FLOPS_PER_CORE * min(threads, hw.cpu.physical_cores or threads)
-    prefill_s = 2 * params_total * (1 - gpu_share) / cpu_flops
-    if gpu_flops:
-        prefill_s += 2 * params_total * gpu_share / gpu_flops
+    prefill_s = 2 * params_total * cpu_share / cpu_flops + gpu_flop_seconds
     return SpeedEstimate(
         decode_tps=decode, prefill_tps=1.0 / prefill_s, seconds_gpu=seconds_gpu, seconds_cpu=seconds_cpu,
         bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=calibration,

@@ -34,11 +34,10 @@ def test_every_plan_fits_with_margin_or_is_refused_with_a_reason(machine_name, s
         return
     for m in plan.memory:
         assert m.capacity is None or m.total + m.margin <= m.capacity, m
-    if plan.n_gpu_layers:
-        gpu = next(g for g in hw.gpus if g.index == plan.gpu_index)
-        gpu_mem = next(m for m in plan.memory if m.device != "CPU")
-        assert gpu_mem.total + gpu_mem.margin <= gpu.memory_free_bytes
-        assert plan.offload_kqv  # never the KV-on-CPU trap
+    for m in plan.memory[1:]:
+        gpu = next(g for g in hw.gpus if f"GPU{g.index}" == m.device)
+        assert m.total + m.margin <= gpu.memory_free_bytes
+        assert plan.offload_kqv and m.kv > 0  # never the KV-on-CPU trap
     assert plan.type_v == "f16" or plan.flash_attn
     assert plan.n_threads == hw.cpu.physical_cores
     assert plan.decode_tps > 0 and plan.reasons
@@ -109,10 +108,39 @@ def test_cpu_only_build_with_a_gpu_plans_on_the_cpu_and_says_why(shapes):
     assert any("cannot offload" in r for r in plan.reasons)
 
 
-def test_several_gpus_use_the_one_with_most_free_memory(shapes):
-    plan = plan_model(shapes["13b"], machine("two-nvidia-gpus"), 4096)
+def test_a_model_that_fits_one_gpu_stays_on_it(shapes):
+    hw = machine("two-nvidia-gpus")
+    plan = plan_model(shapes["13b"], hw, 4096)
     assert plan.gpu_index == 0 and plan.n_gpu_layers == shapes["13b"].n_layer + 1
-    assert any("not planned yet" in r for r in plan.reasons)
+    assert plan.tensor_split == (1.0, 0.0)  # named, or llama.cpp would spread it over both
+    assert any("Not used: NVIDIA GeForce RTX 3060" in r for r in plan.reasons)
+
+
+def test_a_model_too_big_for_one_gpu_is_split_by_free_memory(shapes):
+    hw = machine("two-nvidia-gpus")
+    big = replace(shapes["13b"], layer_bytes=tuple(4 * b for b in shapes["13b"].layer_bytes))  # 26.6 GiB
+    plan = plan_model(big, hw, 4096)
+    assert plan.n_gpu_layers == big.n_layer + 1
+    assert plan.tensor_split[0] > plan.tensor_split[1] > 0
+    assert [m.device for m in plan.memory] == ["CPU", "GPU0", "GPU1"]
+    for m, gpu in zip(plan.memory[1:], hw.gpus):
+        assert m.total + m.margin <= gpu.memory_free_bytes
+    assert plan.gpu_index == 1  # the output layer goes with the last layers, to the last GPU
+    assert any("split by free memory" in r for r in plan.reasons)
+    alone = plan_model(big, replace(hw, gpus=hw.gpus[:1]), 4096)
+    assert plan.decode_tps > alone.decode_tps  # two GPUs beat one GPU plus the CPU
+
+
+def test_layer_assignment_follows_llama_cpp(shapes):
+    from runtime.planner.memory import assign_layers
+
+    info = shapes["7b"]
+    layers, output = assign_layers(info, 33, (0.5, 0.5))
+    # 33 units (32 layers + the output) by cumulative share: layer i goes where i / 33 falls
+    assert layers[:17] == [0] * 17 and layers[17:] == [1] * 15 and output == 1
+    layers, output = assign_layers(info, 9, (0.75, 0.25))
+    assert layers[:24] == [None] * 24 and output == 1
+    assert layers[24:] == [0] * 7 + [1]
 
 
 def test_kv_bytes_are_exact(shapes):
