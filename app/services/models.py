@@ -106,9 +106,9 @@ class ModelService:
         known = ", ".join(m["id"] for m in models)
         raise NotFound(f"Model {name!r} is not installed. Available: {known}.")
 
-    def plan_for(self, model: dict, n_ctx: int | None = None) -> Plan:
+    def plan_for(self, model: dict, n_ctx: int | None = None, info: ModelInfo | None = None) -> Plan:
         """The planner's choice for a registered model on this machine, checked by a dry run."""
-        info = inspect_model(Path(model["path"]))
+        info = info or inspect_model(Path(model["path"]))
         hw = self.hardware()
         calibration = Calibration.from_records(self.store.measurements(hw.machine_id))
         asked = n_ctx if n_ctx is not None else (self.settings.n_ctx or None)
@@ -119,9 +119,8 @@ class ModelService:
                            reasons=plan.reasons + (f"n_gpu_layers {self.settings.n_gpu_layers} set by you (TANDEM_N_GPU_LAYERS).",))
         return verify(plan)
 
-    def fallbacks(self, model: dict, plan: Plan) -> list[Plan]:
+    def fallbacks(self, info: ModelInfo, plan: Plan) -> list[Plan]:
         """Plans with fewer GPU layers, for when the chosen one fails to load."""
-        info = inspect_model(Path(model["path"]))
         hw = self.hardware()
         found = candidates(info, hw, plan.n_ctx, threads=plan.n_threads, cal=plan.calibration, gpu=plan_gpus(hw, plan))
         lower = [c for c in found if c["ngl"] < plan.n_gpu_layers]
@@ -133,18 +132,17 @@ class ModelService:
         with self._lock:
             if self.loaded is not None and self.loaded.id == model["id"] and not self.loaded.session.closed:
                 return self.loaded
-            plan = self.plan_for(model)
-            session, plan = self._open(model, plan)
             info = inspect_model(Path(model["path"]))
+            session, plan = self._open(model, info, self.plan_for(model, info=info))
             loaded = LoadedModel(model["id"], model["name"], session, plan, info, self.hardware())
             previous, self.loaded = self.loaded, loaded
         if previous is not None:
             previous.session.close()
         return loaded
 
-    def _open(self, model: dict, plan: Plan) -> tuple[EngineSession, Plan]:
+    def _open(self, model: dict, info: ModelInfo, plan: Plan) -> tuple[EngineSession, Plan]:
         tried = []
-        for attempt in [plan] + (self.fallbacks(model, plan) if plan.n_gpu_layers else []):
+        for attempt in [plan] + (self.fallbacks(info, plan) if plan.n_gpu_layers else []):
             try:
                 session = EngineSession.open(LoadParams(path=Path(model["path"]), **attempt.load_kwargs()))
             except ModelLoadError as err:
