@@ -18,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,23 +208,29 @@ def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
 
     threads = settings.n_threads or physical_cores()
     print(f"model {model.name}, n_ctx {settings.n_ctx or 4096}, {threads} threads, greedy, flash attention, "
-          f"up to {tokens} tokens, {runs} runs per path (interleaved)")
-    opened = {name: f(model, settings, tokens, threads) for name, f in
-              (("library", _library), ("engine", _engine), ("http", _http))}
-    results: dict[str, list[float]] = {name: [] for name in opened}
+          f"up to {tokens} tokens, {runs} runs per path (round-robin)")
+    # One path loaded at a time (idle llama.cpp thread pools of the others would steal the cores),
+    # round-robin over the runs so that the machine's drift hits every path alike. Each path runs
+    # in a thread of its own that ends with it: a second live OpenMP team (say, the main thread's
+    # after calling llama.cpp) makes libgomp stop spinning and costs a third of the decode speed.
+    paths = (("library", _library), ("engine", _engine), ("http", _http))
+    results: dict[str, list[float]] = {name: [] for name, _ in paths}
     counts: dict[str, int] = {}
-    try:
-        for run, _ in opened.values():
-            run()  # warm-up
-        for _ in range(runs):
-            for name, (run, _) in opened.items():
-                n, tps = run()
-                counts[name] = n
-                if tps:
-                    results[name].append(tps)
-    finally:
-        for _, close in opened.values():
+    def one(factory) -> tuple[int, float | None]:
+        run, close = factory(model, settings, tokens, threads)
+        try:
+            run()  # warm-up: page in the weights, fill caches
+            return run()
+        finally:
             close()
+
+    for _ in range(runs):
+        for name, factory in paths:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                n, tps = pool.submit(one, factory).result()
+            counts[name] = n
+            if tps:
+                results[name].append(tps)
     base = statistics.median(results["library"]) if results["library"] else None
     print(f"{'path':<10}{'tokens':>8}{'median tok/s':>15}{'best tok/s':>13}{'x library':>11}")
     for name, values in results.items():
