@@ -202,12 +202,7 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
             if not more or more[0]["score"] < best_speed * 0.98:
                 break
             ctx, chosen, pool = ctx * 2, more[0], more
-    return _make_plan(info, hw, no_gpu_reason, chosen, threads, len(pool), calibration, model_key)
-
-
-def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, calibration=None,
-                        model_key=None) -> Plan:
-    return _make_plan(info, hw, no_gpu_reason, c, threads, n_alternatives, calibration, model_key)
+    return plan_from_candidate(info, hw, no_gpu_reason, chosen, threads, len(pool), calibration, model_key)
 
 
 def _too_big(info, hw, sets) -> str:
@@ -217,7 +212,9 @@ def _too_big(info, hw, sets) -> str:
             f"{have / GIB:.1f} GiB free. Pick a smaller model or a smaller quantization (e.g. Q4_K_M).")
 
 
-def _make_plan(info, hw, no_gpu_reason, c, threads, n_alternatives, calibration, model_key) -> Plan:
+def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, calibration=None,
+                        model_key=None) -> Plan:
+    """The Plan for one candidate of `candidates()`, with its reasons."""
     speed, mem, ngl, kv = c["speed"], c["memory"], c["ngl"], c["kv"]
     gset: GpuSet | None = c.get("gpus") if ngl else None
     reasons = []

@@ -21,7 +21,7 @@ from runtime.model_info import ModelInfo
 CPU_TYPE_EFFICIENCY = {"Q4_0": 0.95, "Q8_0": 0.75, "F16": 0.7, "F32": 0.7, "Q4_K": 0.7, "Q5_K": 0.65,
                        "Q6_K": 0.65, "Q5_0": 0.6, "Q4_1": 0.32, "Q5_1": 0.35, "BF16": 0.6}
 DEFAULT_CPU_EFFICIENCY = 0.6
-THREAD_EXPONENT = 0.75  # without a one-thread measurement: bandwidth ~ (threads / cores) ** 0.75
+THREAD_EXPONENT = 0.75
 CPU_LAYER_S = 18e-6  # graph and barrier cost per layer per token on the CPU
 BASE_S = 0.1e-3  # per token: sampling, Python, graph build
 GPU_EFFICIENCY = 0.7
@@ -96,15 +96,15 @@ class SpeedEstimate:
 
 
 def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
-    """Bytes/s that `threads` readers get: interpolated between the one-thread and all-cores measurements."""
+    """Bytes/s that llama.cpp's kernels stream with `threads` threads.
+
+    Below one thread per core, decode turns compute-bound per thread (dequantize, multiply), not
+    bandwidth-bound: it scales as (threads / cores) ** 0.75 on both the H200 host (4/8/16 threads)
+    and this 2-core machine, whatever a one-thread memory read alone would reach.
+    """
     cores = hw.cpu.physical_cores or threads
     full = (hw.memory.read_bandwidth_gbps or 20.0) * 1e9
-    if threads >= cores or cores <= 1:
-        return full
-    one = hw.memory.read_bandwidth_1t_gbps
-    if one:
-        return one * 1e9 + (full - one * 1e9) * (threads - 1) / (cores - 1)
-    return full * (threads / cores) ** THREAD_EXPONENT
+    return full * min(1.0, threads / cores) ** THREAD_EXPONENT
 
 
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
