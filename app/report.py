@@ -26,7 +26,8 @@ def hardware_text(p: HardwareProfile) -> str:
         f"          features: {', '.join(c.features) or 'none detected'}",
         f"          cache: L1d {size(c.l1d_bytes)}, L2 {size(c.l2_bytes)}, L3 {size(c.l3_bytes)}",
         f"Memory    {size(m.total_bytes)} total, {size(m.available_bytes)} available, swap {size(m.swap_total_bytes)}",
-        f"          read bandwidth: {m.read_bandwidth_gbps if m.read_bandwidth_gbps is not None else '?'} GB/s "
+        f"          read bandwidth: {m.read_bandwidth_gbps if m.read_bandwidth_gbps is not None else '?'} GB/s with "
+        f"every core reading, {m.read_bandwidth_1t_gbps if m.read_bandwidth_1t_gbps is not None else '?'} GB/s with one "
         f"(measured once on this machine; `tandem hardware --remeasure` measures again)",
     ]
     if not p.gpus:
