@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from runtime.engine.chat_format import ChatFormatter
+from runtime.engine.native import NativeDecoder
 from runtime.engine.params import KV_TYPES, LoadParams, SamplingParams
 from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
 from runtime.engine.text import StopMatcher, Utf8Stream
@@ -163,6 +164,7 @@ class EngineSession:
         self.load_s = time.perf_counter() - t0
         self.metadata = dict(llama.metadata)
         self._formatter = ChatFormatter(llama)
+        self._decoder = NativeDecoder(llama)
         self._vocab = llama._model.vocab
         self._piece_buf = ctypes.create_string_buffer(256)
         return llama
@@ -177,8 +179,6 @@ class EngineSession:
         return self._piece_buf.raw[:n]
 
     def _serve(self, llama, job: _Job) -> None:
-        import llama_cpp
-
         stream, sampling = job.stream, job.sampling
         t_start = time.perf_counter()
         if stream.cancelled:
@@ -190,14 +190,14 @@ class EngineSession:
         n_prompt, n_ctx = len(prompt.tokens), min(llama.n_ctx(), len(llama.input_ids))
         if n_prompt >= n_ctx:
             raise ContextOverflow(n_prompt, n_ctx)
-        cached = _common_prefix(llama._input_ids[: llama.n_tokens], prompt.tokens)
         stream.emit(Started(n_prompt))
+        decoder = self._decoder
+        cached = decoder.prefill(prompt.tokens)
 
         room = n_ctx - n_prompt
         limit = min(sampling.max_tokens or room, room)
         stops = StopMatcher(sampling.stop + prompt.stops)
         utf8 = Utf8Stream()
-        llama.set_seed(sampling.seed if sampling.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         pieces: list[str] = []
         n_out, t_first, t_last, finish = 0, None, None, "length"
 
@@ -206,20 +206,13 @@ class EngineSession:
                 pieces.append(text)
                 stream.emit(Token(text))
 
-        gen = llama.generate(
-            prompt.tokens,
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty,
-        )
-        try:
-            for token in gen:
+        with decoder.sampler(sampling) as sampler:
+            while True:
                 if stream.cancelled:
                     finish = "cancelled"
                     break
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                token = sampler.sample()
+                if decoder.is_end(token):
                     finish = "stop"
                     break
                 n_out += 1
@@ -232,21 +225,11 @@ class EngineSession:
                     break
                 if n_out >= limit:
                     break
-        finally:
-            gen.close()
+                decoder.decode([token])
         show(stops.feed(utf8.flush()))
         show(stops.flush())
         stats = _stats(job, t_start, n_prompt, n_out, t_first, t_last, cached)
         stream.emit(Finished("".join(pieces), finish, stats))
-
-
-def _common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _stats(job: _Job, t_start: float, n_prompt: int, n_out: int, t_first, t_last, cached) -> ReplyStats:
