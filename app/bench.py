@@ -66,13 +66,17 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     plan = plan_model(info, hw, settings.n_ctx or None, calibration=calibration, model_key=model_key)
     sets, reason = gpu_sets(hw)
     cores = hw.cpu.physical_cores or 1
-    rows = [("plan", plan)]
+    def label(p) -> str:
+        return f"kv {p.type_k}, ngl {p.n_gpu_layers}, {p.n_threads} thr"
+
+    # The plan is one of the candidates: it is measured once, as the first row.
+    rows = [(f"plan: {label(plan)}", plan)]
     for threads in sorted({1, max(1, cores // 2), cores}):
         for gset in sets or [None]:
             for c in candidates(info, hw, plan.n_ctx, threads=threads, gpu=gset):
-                if c["ubatch"] == plan.n_ubatch:
-                    p = plan_from_candidate(info, hw, reason, c, threads)
-                    rows.append((f"kv {p.type_k}, ngl {p.n_gpu_layers}, {threads} thr", p))
+                p = plan_from_candidate(info, hw, reason, c, threads)
+                if c["ubatch"] == plan.n_ubatch and p.load_kwargs() != plan.load_kwargs():
+                    rows.append((label(p), p))
     default_threads = max(1, (os.cpu_count() or 2) // 2)
     defaults = replace(plan, n_ctx=512, n_threads=default_threads, n_threads_batch=default_threads,
                        flash_attn=False, type_k="f16", type_v="f16", n_gpu_layers=0, gpu_index=None)
@@ -135,9 +139,9 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
               f"{f'{pmem / 2**20:.0f}' if pmem else '-':>10}{lmem / 2**20:>10.0f}"
               f"{f'{(pmem - lmem) / lmem:+.1%}' if pmem else '-':>8}{f'{tps / roofline:.0%}' if tps and roofline else '-':>9}")
     plan_tps, default_tps = table[0][3], table[-1][3]
-    best = max((r[3] for r in table[1:-1] if r[3]), default=None)
+    best = max((r[3] for r in table[:-1] if r[3]), default=None)
     if plan_tps and best:
-        print(f"plan / best of the sweep: {plan_tps / best:.2f}")
+        print(f"plan / best measured candidate: {plan_tps / best:.2f}")
     if plan_tps and default_tps:
         print(f"plan / library defaults: {plan_tps / default_tps:.2f}")
     if roofline:

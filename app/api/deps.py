@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from app.config import Settings
 from app.services.chat import ChatService
+from app.services.hardware import HardwareService
 from app.services.models import ModelService
 from app.store import Store
 
@@ -24,6 +25,10 @@ def _models(request: Request) -> ModelService:
     return request.app.state.models
 
 
+def _hardware(request: Request) -> HardwareService:
+    return request.app.state.services.hardware
+
+
 def _chat(request: Request) -> ChatService:
     return request.app.state.chat
 
@@ -32,3 +37,4 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[Store, Depends(_store)]
 ModelsDep = Annotated[ModelService, Depends(_models)]
 ChatDep = Annotated[ChatService, Depends(_chat)]
+HardwareDep = Annotated[HardwareService, Depends(_hardware)]

@@ -6,10 +6,10 @@ import asyncio
 import statistics
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from app import __version__
-from app.api.deps import ModelsDep, StoreDep
+from app.api.deps import HardwareDep, ModelsDep, StoreDep
 from runtime.model_info import inspect_model
 
 router = APIRouter(prefix="/api", tags=["system"])
@@ -32,8 +32,8 @@ def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
 
 
 @router.get("/hardware")
-async def hardware(request: Request, refresh: bool = False) -> dict:
-    profile = await asyncio.to_thread(request.app.state.services.hardware.profile, refresh)
+async def hardware(hardware: HardwareDep, refresh: bool = False) -> dict:
+    profile = await asyncio.to_thread(hardware.profile, refresh)
     return profile.to_dict()
 
 
