@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGUFWriter, GGMLQuantizationType, LlamaFileType
+from gguf import GGUFReader, GGUFWriter, GGMLQuantizationType, LlamaFileType
 from gguf.constants import GGML_QUANT_SIZES
 
 from runtime import embedded

@@ -10,7 +10,6 @@ from runtime.hardware.profile import GpuInfo, HardwareProfile
 from runtime.model_info import ModelInfo
 from runtime.planner.memory import (
     DEFAULT_GPU_OVERHEAD, GGML_TYPE_ID, GPU_RUNTIME_OVERHEAD, MIB, GpuSet, assign_layers, kv_bytes, memory_map,
-    pad_ctx,
 )
 from runtime.planner.plan import Plan
 from runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gbps
@@ -221,7 +220,7 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
     if c.get("gpus") is None:
         reasons.append(f"All {info.n_layer} layers on the CPU: {no_gpu_reason}.")
     elif not ngl:
-        reasons.append(f"All layers on the CPU: not even the output layer fits in the GPU's free memory.")
+        reasons.append("All layers on the CPU: not even the output layer fits in the GPU's free memory.")
     else:
         what = (f"All {info.n_layer} layers and the output" if ngl == info.n_layer + 1
                 else f"{ngl - 1} of {info.n_layer} layers and the output")
