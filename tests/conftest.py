@@ -27,7 +27,7 @@ def engine(model_path):
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
-    return Settings(data_dir=data_dir, port=0, temperature=0.0, max_tokens=256, **overrides)
+    return Settings(**{"data_dir": data_dir, "port": 0, "temperature": 0.0, "max_tokens": 256, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,12 @@ function messageNode(m) {
     const meta = el("div", "meta");
     if (m.status === "stopped") meta.append(el("span", "badge stopped", "stopped"));
     if (m.status === "error") meta.append(el("span", "badge error", "failed"));
+    const evicted = m.evicted_ids ? JSON.parse(m.evicted_ids) : [];
+    if (evicted.length) {
+      const note = el("span", "badge evicted", `written without the ${evicted.length} oldest message${evicted.length > 1 ? "s" : ""}`);
+      note.title = "They no longer fit in the model's context; the conversation keeps them.";
+      meta.append(note);
+    }
     meta.append(el("span", "stats", statsLine(m)));
     node.append(meta);
   }
@@ -194,6 +200,13 @@ async function send(content) {
     await streamReply(conv.id, content, (event, data) => {
       if (event === "start") {
         userNode.dataset.id = data.user_message.id;
+        for (const id of data.evicted_message_ids || []) {
+          const node = box.querySelector(`.message[data-id="${Number(id)}"]`);
+          if (node) {
+            node.classList.add("evicted");
+            node.title = "Left out of the model's context for this reply: it no longer fits.";
+          }
+        }
         loadList();
       } else if (event === "token") {
         text += data.text;

@@ -1,7 +1,8 @@
 """Conversations and their messages; posting a message streams the reply as server-sent events.
 
 Events of POST /api/conversations/{id}/messages, in order:
-  start  {"user_message", "prompt_tokens", "model"}
+  start  {"user_message", "prompt_tokens", "model", "evicted_message_ids"}: earlier messages
+         left out to fit the context (the oldest whole turns; never silently)
   token  {"text"}                      (many)
   done   {"message"}                   the stored reply, with status complete or stopped
   error  {"error", "message"}          generation failed; what was written is stored
@@ -81,7 +82,8 @@ async def post_message(conversation_id: str, body: PostMessage, chat: ChatDep, s
     async def events():
         try:
             yield sse(
-                {"user_message": reply.user_message, "prompt_tokens": reply.prompt_tokens, "model": reply.model.id},
+                {"user_message": reply.user_message, "prompt_tokens": reply.prompt_tokens, "model": reply.model.id,
+                 "evicted_message_ids": reply.evicted_ids},
                 "start",
             )
             async for event in reply.stream:

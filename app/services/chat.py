@@ -8,6 +8,7 @@ ends: complete, stopped (with the partial text) or failed.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 
 from app.errors import Conflict, NotFound
@@ -28,6 +29,7 @@ class Reply:
     stream: ReplyStream
     prompt_tokens: int
     user_message: dict
+    evicted_ids: list[int] = field(default_factory=list)  # earlier messages left out to fit the context
     parts: list[str] = field(default_factory=list)
     saved: dict | None = None
 
@@ -38,12 +40,11 @@ class ChatService:
         self.models = models
         self._active: dict[str, Reply | None] = {}
 
-    def history(self, conversation_id: str) -> list[dict]:
-        return [
-            {"role": m["role"], "content": m["content"]}
-            for m in self.store.list_messages(conversation_id)
-            if m["content"] and m["role"] in ("system", "user", "assistant")
-        ]
+    def history(self, conversation_id: str) -> tuple[list[int], list[dict]]:
+        """(message ids, {role, content}) of what the model sees of a conversation."""
+        rows = [m for m in self.store.list_messages(conversation_id)
+                if m["content"] and m["role"] in ("system", "user", "assistant")]
+        return [m["id"] for m in rows], [{"role": m["role"], "content": m["content"]} for m in rows]
 
     async def start_reply(self, conversation_id: str, content: str, sampling: SamplingParams) -> Reply:
         """Submit the conversation plus the new message; return once the engine accepted it."""
@@ -55,9 +56,10 @@ class ChatService:
         self._active[conversation_id] = None  # reserved: a second request now gets Conflict
         stream = None
         try:
-            messages = self.history(conversation_id) + [{"role": "user", "content": content}]
+            ids, messages = self.history(conversation_id)
+            messages.append({"role": "user", "content": content})
             model = await asyncio.to_thread(self.models.engine_for, conversation.get("model_id"))
-            stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop())
+            stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop(), overflow="drop_turns")
             first = await stream.next_event()
             if isinstance(first, Failed):
                 raise first.error
@@ -69,7 +71,8 @@ class ChatService:
             if stream is not None:
                 stream.cancel()
             raise
-        reply = Reply(conversation_id, model, stream, first.prompt_tokens, user_message)
+        reply = Reply(conversation_id, model, stream, first.prompt_tokens, user_message,
+                      evicted_ids=[ids[i] for i in first.dropped])
         self._active[conversation_id] = reply
         return reply
 
@@ -98,6 +101,8 @@ class ChatService:
         self._active.pop(reply.conversation_id, None)
         if reply.saved is None:
             fields = {"status": status, "finish_reason": finish, "model_id": reply.model.id}
+            if reply.evicted_ids:
+                fields["evicted_ids"] = json.dumps(reply.evicted_ids)
             fields["prompt_tokens"] = reply.prompt_tokens
             if stats is not None:
                 fields.update(

@@ -67,11 +67,17 @@ def m004_measurements(db: Database) -> None:
     db["measurements"].create_index(["machine_id", "model_id"])
 
 
+def m005_evicted(db: Database) -> None:
+    """Which earlier messages a reply was written without (left out to fit the context)."""
+    db["messages"].add_column("evicted_ids", str)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
     m003_models,
     m004_measurements,
+    m005_evicted,
 ]
 
 

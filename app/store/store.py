@@ -18,7 +18,8 @@ from app.errors import NotFound
 from app.store.migrations import migrate
 
 DEFAULT_TITLE = "New chat"
-REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps")
+REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps",
+                "evicted_ids")
 
 
 def now_iso() -> str:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from runtime.engine.chat_format import ChatFormatter
+from runtime.engine.context import fit_turns
 from runtime.engine.native import NativeDecoder
 from runtime.engine.params import KV_TYPES, LoadParams, SamplingParams
 from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
@@ -27,10 +28,12 @@ class _Job:
     messages: list[dict]
     sampling: SamplingParams
     stream: ReplyStream
+    overflow: str = "refuse"
     submitted: float = field(default_factory=time.perf_counter)
 
 
 _STOP = object()
+OVERFLOW_POLICIES = ("refuse", "drop_turns")
 
 
 class EngineSession:
@@ -66,13 +69,18 @@ class EngineSession:
         messages: list[dict],
         sampling: SamplingParams | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        overflow: str = "refuse",
     ) -> ReplyStream:
+        """Queue a reply. overflow: "refuse" a conversation longer than the context (ContextOverflow),
+        or "drop_turns": leave out its oldest whole turns, reported in Started.dropped."""
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
         stream = ReplyStream(loop)
         with self._lock:
             if self._closed:
                 stream.emit(Failed(EngineClosed("The model was unloaded; send the message again.")))
                 return stream
-            self._jobs.put(_Job(list(messages), sampling or SamplingParams(), stream))
+            self._jobs.put(_Job(list(messages), sampling or SamplingParams(), stream, overflow))
         return stream
 
     def complete(self, messages: list[dict], sampling: SamplingParams | None = None) -> Finished:
@@ -184,13 +192,23 @@ class EngineSession:
         if stream.cancelled:
             stream.emit(Finished("", "cancelled", _stats(job, t_start, 0, 0, None, None, None)))
             return
-        prompt = self._formatter.render(job.messages)
         # llama.cpp may pad the context (64 -> 256), but llama-cpp-python's token buffer keeps
         # the size asked for: the smaller of the two is the real limit.
-        n_prompt, n_ctx = len(prompt.tokens), min(llama.n_ctx(), len(llama.input_ids))
+        n_ctx = min(llama.n_ctx(), len(llama.input_ids))
+        messages, dropped = job.messages, ()
+        prompt = self._formatter.render(messages)
+        if job.overflow == "drop_turns":
+            # keep room for a reply: up to a quarter of the context, or max_tokens if smaller
+            room = min(sampling.max_tokens or n_ctx, max(16, n_ctx // 4))
+            if len(prompt.tokens) > n_ctx - room:
+                out, _ = fit_turns(messages, lambda m: len(self._formatter.render(m).tokens), n_ctx - room)
+                dropped = tuple(out)
+                messages = [m for i, m in enumerate(messages) if i not in set(out)]
+                prompt = self._formatter.render(messages)
+        n_prompt = len(prompt.tokens)
         if n_prompt >= n_ctx:
             raise ContextOverflow(n_prompt, n_ctx)
-        stream.emit(Started(n_prompt))
+        stream.emit(Started(n_prompt, dropped))
         decoder = self._decoder
         cached = decoder.prefill(prompt.tokens)
 

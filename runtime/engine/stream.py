@@ -39,9 +39,11 @@ class ReplyStats:
 
 @dataclass(frozen=True)
 class Started:
-    """The prompt fits and generation begins."""
+    """The prompt fits and generation begins. dropped: indices of the submitted messages left out
+    to fit the context (overflow="drop_turns" only)."""
 
     prompt_tokens: int
+    dropped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,22 @@ def test_error_is_shown_and_the_message_is_given_back(page, server):
     send(page, "Second message")
     expect(page.locator("#error-banner")).to_contain_text("No conversation with id")
     expect(page.locator("#prompt")).to_have_value("Second message")
+
+
+def test_messages_left_out_of_the_context_are_shown(browser, tmp_path):
+    from app.server import ServerThread
+    from tests.conftest import make_settings
+
+    with ServerThread(make_settings(tmp_path, n_ctx=256, max_tokens=40)) as server:
+        context = browser.new_context(base_url=server.url)
+        page = context.new_page()
+        page.goto("/")
+        page.wait_for_selector("body[data-ready=true]")
+        for i in range(8):
+            send(page, f"Question {i}: tell me one fact about the number {i}.")
+            expect(page.locator("#send")).to_be_visible(timeout=30_000)
+            if page.locator(".badge.evicted").count():
+                break
+        expect(page.locator(".badge.evicted").last).to_contain_text("oldest message")
+        expect(page.locator(".message.evicted").first).to_be_visible()
+        context.close()

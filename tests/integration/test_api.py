@@ -1,5 +1,6 @@
 """The JSON API and reply streaming against real uvicorn, the real model and a real SQLite file."""
 
+import json
 import time
 
 import httpx
@@ -203,3 +204,22 @@ def test_model_info(client):
     info = client.get("/api/models/smollm2-135m-instruct-q4_1/info").json()
     assert info["architecture"] == "llama" and info["n_layer"] == 30 and info["weight_bytes"] > 0
     assert client.get("/api/models/nope/info").status_code == 404
+
+
+def test_a_conversation_longer_than_the_context_leaves_out_its_oldest_turns_visibly(tmp_path):
+    with ServerThread(make_settings(tmp_path, n_ctx=256, max_tokens=48)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        c = new_conversation(client)
+        starts = []
+        for i in range(6):
+            events = post_and_collect(client, c["id"], f"Question {i}: tell me a fact about the number {i}.")
+            assert events[-1][0] == "done", events[-1]
+            starts.append(events[0][1])
+        messages = client.get(f"/api/conversations/{c['id']}").json()["messages"]
+        assert len(messages) == 12  # nothing is deleted from the conversation
+        evicted = [s["evicted_message_ids"] for s in starts if s["evicted_message_ids"]]
+        assert evicted, "the conversation outgrew 256 tokens, so some turns must have been left out"
+        first_ids = [m["id"] for m in messages[:2]]
+        assert evicted[-1][:2] == first_ids  # the oldest turn goes first, user message and reply together
+        assert all(s["prompt_tokens"] < 256 for s in starts)
+        last_reply = messages[-1]
+        assert json.loads(last_reply["evicted_ids"]) == evicted[-1]

@@ -177,3 +177,25 @@ def test_seeded_sampling_repeats_and_differs_by_seed(engine):
     c = engine.complete(msgs, SamplingParams(temperature=1.0, max_tokens=24, seed=8))
     assert a.text == b.text
     assert a.text != c.text
+
+
+def test_drop_turns_leaves_out_the_oldest_turns_and_says_which(model_path):
+    small = EngineSession.open(LoadParams(model_path, n_ctx=256))
+    try:
+        long_turns = []
+        for i in range(6):
+            long_turns += [{"role": "user", "content": f"Tell me about the number {i}. " * 4},
+                           {"role": "assistant", "content": f"The number {i} is a number. " * 4}]
+        conversation = [{"role": "system", "content": "Be brief."}] + long_turns + [{"role": "user", "content": "Thanks!"}]
+        with pytest.raises(ContextOverflow):
+            small.complete(conversation, GREEDY)  # the default policy refuses
+        events = list(small.submit(conversation, SamplingParams(temperature=0, max_tokens=16), overflow="drop_turns"))
+        started, finished = events[0], events[-1]
+        assert isinstance(started, Started) and isinstance(finished, Finished)
+        assert started.dropped and started.dropped[0] == 1  # the system message stays
+        assert len(started.dropped) % 2 == 0  # whole turns: user message and reply together
+        assert started.prompt_tokens <= 256 - 16
+        with pytest.raises(ValueError, match="overflow"):
+            small.submit(conversation, GREEDY, overflow="truncate-silently")
+    finally:
+        small.close()
