@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print as JSON")
     plan = sub.add_parser("plan", parents=[common], help="how Tandem would run a model here, and why")
     plan.add_argument("target", nargs="?", help="a .gguf path or an installed model id (default: the built-in model)")
-    plan.add_argument("--ctx", type=int, help="context length to plan for (default: the longest that costs no speed)")
+    plan.add_argument("--ctx", type=int, help="context length to plan for (default: TANDEM_N_CTX or 4096; 0: the longest that costs no speed)")
     plan.add_argument("--hardware", type=Path, help="plan for another machine: a saved `tandem hardware --json` or --raw file")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--no-dry-run", action="store_true", help="skip the check through llama.cpp")
@@ -145,15 +145,13 @@ def run_app(settings: Settings, browser: bool = False) -> int:
 
 def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) -> int:
     from app.report import hardware_text
-    from runtime.hardware import collect_raw, load_profile, probe
+    from app.services.hardware import HardwareService
+    from runtime.hardware import collect_raw
 
     if raw:
         print(json.dumps(collect_raw(settings.data_dir), indent=1))
         return 0
-    if settings.hardware_profile is not None:
-        profile = load_profile(settings.hardware_profile)
-    else:
-        profile = probe(settings.data_dir, remeasure=remeasure)
+    profile = HardwareService(settings).profile(remeasure=remeasure)
     print(profile.to_json(indent=1) if as_json else hardware_text(profile))
     return 0
 
@@ -194,26 +192,23 @@ def resolve_target(settings: Settings, target: str) -> Path:
 
 
 def run_plan(settings: Settings, target: str | None, n_ctx: int | None, as_json: bool, dry_run: bool) -> int:
+    """The plan the app would load the model with (calibrated from this machine's measurements)."""
     from app.report import plan_text
+    from app.services.hardware import HardwareService
+    from app.services.models import ModelService, model_id_for
+    from app.store import Store
     from runtime import embedded
-    from runtime.hardware import load_profile, probe
     from runtime.model_info import inspect_model
-    from runtime.planner import Calibration, plan_model, verify
 
     path = resolve_target(settings, target) if target else (settings.model or embedded.default_model_path())
     info = inspect_model(path)
-    hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
-    calibration = None
-    if settings.db_path.exists() and not settings.hardware_profile:
-        from app.store import Store
-
-        store = Store(settings.db_path)
-        try:
-            calibration = Calibration.from_records(store.measurements(hw.machine_id))
-        finally:
-            store.close()
-    plan = plan_model(info, hw, n_ctx, calibration=calibration, model_key=path.stem.lower())
-    if dry_run and not settings.hardware_profile:
-        plan = verify(plan)
+    store = Store(settings.db_path)
+    try:
+        models = ModelService(settings, store, HardwareService(settings).profile)
+        # a dry run checks this machine's llama.cpp: not meaningful for another machine's profile
+        plan = models.plan_for({"id": model_id_for(path), "path": str(path)}, n_ctx, info,
+                               dry_run=dry_run and settings.hardware_profile is None)
+    finally:
+        store.close()
     print(plan.to_json(indent=1) if as_json else plan_text(plan, info))
     return 0

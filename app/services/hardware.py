@@ -14,11 +14,12 @@ class HardwareService:
         self._profile: HardwareProfile | None = None
         self._lock = threading.Lock()
 
-    def profile(self, refresh: bool = False) -> HardwareProfile:
+    def profile(self, refresh: bool = False, remeasure: bool = False) -> HardwareProfile:
+        """refresh: probe again; remeasure: measure the memory bandwidth again too."""
         with self._lock:
-            if self._profile is None or refresh:
+            if self._profile is None or refresh or remeasure:
                 if self.settings.hardware_profile is not None:
                     self._profile = load_profile(self.settings.hardware_profile)
                 else:
-                    self._profile = probe(self.settings.data_dir)
+                    self._profile = probe(self.settings.data_dir, remeasure=remeasure)
             return self._profile

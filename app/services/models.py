@@ -106,18 +106,22 @@ class ModelService:
         known = ", ".join(m["id"] for m in models)
         raise NotFound(f"Model {name!r} is not installed. Available: {known}.")
 
-    def plan_for(self, model: dict, n_ctx: int | None = None, info: ModelInfo | None = None) -> Plan:
-        """The planner's choice for a registered model on this machine, checked by a dry run."""
+    def plan_for(self, model: dict, n_ctx: int | None = None, info: ModelInfo | None = None,
+                 dry_run: bool = True) -> Plan:
+        """The planner's choice for a model ({"id", "path"}) on this machine, checked by a dry run.
+
+        n_ctx None: the context from the settings; 0: the longest that costs no speed.
+        """
         info = info or inspect_model(Path(model["path"]))
         hw = self.hardware()
         calibration = Calibration.from_records(self.store.measurements(hw.machine_id))
-        asked = n_ctx if n_ctx is not None else (self.settings.n_ctx or None)
+        asked = (n_ctx if n_ctx is not None else self.settings.n_ctx) or None
         plan = plan_model(info, hw, asked, calibration=calibration, model_key=model["id"],
                           threads=self.settings.n_threads)
         if self.settings.n_gpu_layers is not None and self.settings.n_gpu_layers != plan.n_gpu_layers:
             plan = replace(plan, n_gpu_layers=self.settings.n_gpu_layers,
                            reasons=plan.reasons + (f"n_gpu_layers {self.settings.n_gpu_layers} set by you (TANDEM_N_GPU_LAYERS).",))
-        return verify(plan)
+        return verify(plan) if dry_run else plan
 
     def fallbacks(self, info: ModelInfo, plan: Plan) -> list[Plan]:
         """Plans with fewer GPU layers, for when the chosen one fails to load."""
