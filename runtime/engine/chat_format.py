@@ -59,11 +59,14 @@ class ChatFormatter:
         template = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
         self.has_own_template = "tokenizer.chat_template" in llama.metadata
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._bare = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False)
 
-    def render(self, messages: list[dict]) -> RenderedPrompt:
+    def render(self, messages: list[dict], generation_prompt: bool = True) -> RenderedPrompt:
+        """The prompt tokens; generation_prompt False: without the opening of the reply, which
+        gives where a message ends inside a longer conversation."""
         messages = validate_messages(messages)
         try:
-            result = self._formatter(messages=messages)
+            result = (self._formatter if generation_prompt else self._bare)(messages=messages)
         except Exception as err:  # the template itself raised (e.g. "roles must alternate")
             raise ChatTemplateError(
                 f"The model's chat template rejected this conversation: {err}"

@@ -6,6 +6,7 @@ that follow it) goes as a whole, so roles keep alternating for templates that in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -43,3 +44,58 @@ def fit_turns(messages: list[dict], count: Callable[[list[dict]], int], budget: 
         index = [x for i, x in enumerate(index) if i not in turn]
         n = count(kept)
     return sorted(dropped), n
+
+
+POLICIES = ("sink_window", "drop_turns", "stop")
+POLICY_NAMES = {
+    "sink_window": "Keep the start, slide the rest",
+    "drop_turns": "Drop the oldest turns",
+    "stop": "Stop at the limit",
+}
+
+
+@dataclass(frozen=True)
+class ContextPolicy:
+    """What to do when a conversation outgrows the context.
+
+    sink_window: keep the first tokens (the system prompt, at least `sink_tokens`: the attention
+        sinks), leave out the oldest turns after them and shift the kept cache into place, so
+        nothing is evaluated again; a reply that fills the context shifts and goes on.
+    drop_turns: leave out the oldest whole turns and evaluate the kept ones again.
+    stop: refuse a conversation that does not fit (ContextOverflow, saying by how much).
+    evict_chunk: tokens freed beyond what is needed at each eviction, so that the next turns fit
+        without another one (0: an eighth of the context for sink_window, a quarter otherwise).
+    """
+
+    policy: str = "stop"
+    sink_tokens: int = 4
+    evict_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"context policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.sink_tokens < 0 or self.evict_chunk < 0:
+            raise ValueError("sink_tokens and evict_chunk must be 0 or more")
+
+    def chunk(self, n_ctx: int) -> int:
+        if self.evict_chunk:
+            return min(self.evict_chunk, n_ctx // 2)
+        return n_ctx // 8 if self.policy == "sink_window" else n_ctx // 4
+
+
+def fit_conversation(messages: list[dict], count: Callable[[list[dict]], int], budget: int, target: int,
+                     already: tuple[int, ...] | list[int] = ()) -> tuple[list[int], int]:
+    """Leave out the messages in `already` (left out before: eviction only moves forward), then,
+    if the rest is over `budget`, the oldest whole turns until it is at most `target` tokens.
+
+    Returns (dropped indices in the original list, token count of what is kept)."""
+    gone = sorted({i for i in already if 0 <= i < len(messages) and messages[i]["role"] != "system"})
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    gone = [i for i in gone if i != last_user]
+    index = [i for i in range(len(messages)) if i not in set(gone)]
+    kept = [messages[i] for i in index]
+    n = count(kept)
+    if n <= budget:
+        return gone, n
+    more, n = fit_turns(kept, count, target)
+    return sorted(gone + [index[i] for i in more]), n

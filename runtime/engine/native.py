@@ -16,6 +16,32 @@ from runtime.engine.params import SamplingParams
 from runtime.errors import RuntimeFailure
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
+MIN_SHIFT_MATCH = 16  # a shift pays when at least this many cached tokens are reused after the gap
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _find_gap(cached: list[int], tokens: list[int], at: int) -> tuple[int, int]:
+    """(gap, matched): the prompt from `at` on equals the cache from `at + gap` on for `matched`
+    tokens, for the gap that reuses the most. (0, 0) when no gap does."""
+    best = (0, 0)
+    want = tokens[at]
+    probe = tokens[at : at + MIN_SHIFT_MATCH]
+    for gap in range(1, len(cached) - at):
+        start = at + gap
+        if cached[start] != want or cached[start : start + MIN_SHIFT_MATCH] != probe[: len(cached) - start]:
+            continue
+        matched = _common(cached[start:], tokens[at:])
+        if matched > best[1]:
+            best = (gap, matched)
+    return best
 
 
 class NativeDecoder:
@@ -27,14 +53,28 @@ class NativeDecoder:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_batch = llama.n_batch
         self.cached: list[int] = []  # the tokens whose keys and values are in the cache, in order
+        self.shifted = 0  # tokens the last prefill removed from the middle of the cache by shifting
 
-    def prefill(self, tokens: list[int]) -> int:
-        """Evaluate a prompt, reusing the cached prefix it shares; returns how many were reused."""
-        keep = 0
-        for a, b in zip(self.cached, tokens):
-            if a != b:
-                break
-            keep += 1
+    @property
+    def can_shift(self) -> bool:
+        """Whether positions in this cache can be moved (llama_memory_can_shift)."""
+        return bool(llama_cpp.llama_memory_can_shift(self.memory))
+
+    def prefill(self, tokens: list[int], allow_shift: bool = False) -> int:
+        """Evaluate a prompt, reusing the cached prefix it shares; returns how many were reused.
+
+        allow_shift: when the prompt continues the cache after a run of cached tokens it no longer
+        has (older messages left out), remove that run and shift what follows into place instead
+        of evaluating it again. The moved keys and values keep what they saw of the removed
+        tokens (as in llama.cpp's context shift), so this is not bit-identical to re-evaluation.
+        """
+        self.shifted = 0
+        keep = _common(self.cached, tokens)
+        if allow_shift and keep < len(self.cached) and keep < len(tokens) - 1 and self.can_shift:
+            gap, matched = _find_gap(self.cached, tokens, keep)
+            if matched >= MIN_SHIFT_MATCH and self.remove(keep, gap):
+                self.shifted = gap
+                keep = _common(self.cached, tokens)
         keep = min(keep, len(tokens) - 1)  # the last prompt token is always evaluated: its logits sample
         if keep < len(self.cached):
             if not llama_cpp.llama_memory_seq_rm(self.memory, 0, keep, -1):
@@ -45,6 +85,37 @@ class NativeDecoder:
         for i in range(0, len(rest), self.n_batch):
             self.decode(rest[i : i + self.n_batch])
         return keep
+
+    def remove(self, start: int, count: int) -> bool:
+        """Drop `count` cached tokens from `start` and move the later ones back into their place
+        (llama.cpp's context shift). False, with the cache untouched, where the cache cannot."""
+        if count <= 0 or start + count > len(self.cached) or not self.can_shift:
+            return False
+        if not llama_cpp.llama_memory_seq_rm(self.memory, 0, start, start + count):
+            return False
+        llama_cpp.llama_memory_seq_add(self.memory, 0, start + count, -1, -count)
+        del self.cached[start : start + count]
+        return True
+
+    # --- saved state of the cache (sequence 0)
+    def state(self) -> bytes:
+        ctx = self.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        return bytes(buf)[:written]
+
+    def restore(self, tokens: list[int], data: bytes) -> bool:
+        """Load a saved cache holding `tokens`; False (and an empty cache) if llama.cpp refuses it."""
+        self.reset()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        read = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), 0)
+        held = llama_cpp.llama_memory_seq_pos_max(self.memory, 0) + 1
+        if read != len(data) or held != len(tokens):
+            self.reset()
+            return False
+        self.cached = list(tokens)
+        return True
 
     def decode(self, tokens: list[int]) -> None:
         arr = (llama_cpp.llama_token * len(tokens))(*tokens)

@@ -10,11 +10,14 @@ import asyncio
 import ctypes
 import queue
 import threading
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from runtime.engine.chat_format import ChatFormatter
-from runtime.engine.context import fit_turns
+from runtime.engine.context import POLICIES, ContextPolicy, fit_conversation
+from runtime.engine.kvstate import KVStateStore, binding_for
 from runtime.engine.native import NativeDecoder
 from runtime.engine.params import KV_TYPES, LoadParams, SamplingParams
 from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
@@ -23,24 +26,35 @@ from runtime.errors import ContextOverflow, EngineClosed, ModelLoadError, Runtim
 from runtime.gguf import check_model_file
 
 
+log = logging.getLogger("tandem")
+
+
 @dataclass
 class _Job:
     messages: list[dict]
     sampling: SamplingParams
     stream: ReplyStream
-    overflow: str = "refuse"
+    context: ContextPolicy = field(default_factory=ContextPolicy)
+    key: str | None = None  # the conversation: its cache is saved and restored under this key
+    evicted: tuple[int, ...] = ()  # messages left out before: they stay out
     submitted: float = field(default_factory=time.perf_counter)
 
 
 _STOP = object()
-OVERFLOW_POLICIES = ("refuse", "drop_turns")
+DEFAULT_STATE_CAP = 2 * 1024**3
 
 
 class EngineSession:
     """A model loaded with explicit LoadParams. Use open(); close() frees it."""
 
-    def __init__(self, params: LoadParams):
+    def __init__(self, params: LoadParams, saved_states: Path | None = None,
+                 saved_cap_bytes: int = DEFAULT_STATE_CAP, idle_save_s: float = 10.0):
         self.params = params
+        self._states = KVStateStore(saved_states, binding_for(params), saved_cap_bytes) if saved_states else None
+        self._idle_save_s = idle_save_s
+        self._owner: str | None = None  # the conversation whose cache the decoder holds
+        self._dirty = False  # the owner's cache changed since it was last saved
+        self._forgotten: set[str] = set()
         self._jobs: queue.Queue = queue.Queue()
         self._ready = threading.Event()
         self._load_error: RuntimeFailure | None = None
@@ -53,9 +67,13 @@ class EngineSession:
         )
 
     @classmethod
-    def open(cls, params: LoadParams) -> "EngineSession":
+    def open(cls, params: LoadParams, saved_states: Path | None = None,
+             saved_cap_bytes: int = DEFAULT_STATE_CAP, idle_save_s: float = 10.0) -> "EngineSession":
+        """Load the model. saved_states: a directory where conversations' caches are kept (at most
+        saved_cap_bytes) when another conversation takes the model, when idle for idle_save_s, and
+        at close; None: no saved states."""
         check_model_file(params.path)
-        session = cls(params)
+        session = cls(params, saved_states, saved_cap_bytes, idle_save_s)
         session._thread.start()
         session._ready.wait()
         if session._load_error is not None:
@@ -69,19 +87,34 @@ class EngineSession:
         messages: list[dict],
         sampling: SamplingParams | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
-        overflow: str = "refuse",
+        overflow: str | ContextPolicy = "stop",
+        key: str | None = None,
+        evicted: tuple[int, ...] | list[int] = (),
     ) -> ReplyStream:
-        """Queue a reply. overflow: "refuse" a conversation longer than the context (ContextOverflow),
-        or "drop_turns": leave out its oldest whole turns, reported in Started.dropped."""
-        if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        """Queue a reply.
+
+        overflow: what to do when the conversation outgrows the context (a ContextPolicy or its
+            name: "stop", "drop_turns", "sink_window"); what was left out is in Started.dropped.
+        key: the conversation; its cache is saved when another one takes the model and restored
+            when it comes back. evicted: indices of messages left out before, which stay out.
+        """
+        if isinstance(overflow, str):
+            if overflow not in POLICIES:
+                raise ValueError(f"overflow must be one of {', '.join(POLICIES)}, got {overflow!r}")
+            overflow = ContextPolicy(overflow)
         stream = ReplyStream(loop)
         with self._lock:
             if self._closed:
                 stream.emit(Failed(EngineClosed("The model was unloaded; send the message again.")))
                 return stream
-            self._jobs.put(_Job(list(messages), sampling or SamplingParams(), stream, overflow))
+            self._jobs.put(_Job(list(messages), sampling or SamplingParams(), stream, overflow, key, tuple(evicted)))
         return stream
+
+    def forget(self, key: str) -> None:
+        """A conversation was deleted: never save its cache again, and delete the saved one."""
+        self._forgotten.add(key)
+        if self._states is not None:
+            self._states.discard(key)
 
     def complete(self, messages: list[dict], sampling: SamplingParams | None = None) -> Finished:
         return self.submit(messages, sampling).result()
@@ -118,7 +151,11 @@ class EngineSession:
         self._ready.set()
         try:
             while True:
-                job = self._jobs.get()
+                try:
+                    job = self._jobs.get(timeout=self._idle_save_s)
+                except queue.Empty:
+                    self._save_owner()  # idle: keep the current conversation's cache
+                    continue
                 if job is _STOP:
                     break
                 self._running = job.stream
@@ -138,6 +175,7 @@ class EngineSession:
                     break
                 if job is not _STOP:
                     job.stream.emit(Failed(EngineClosed("The model was unloaded before this request ran.")))
+            self._save_owner()
             llama.close()
 
     def _load(self):
@@ -186,38 +224,88 @@ class EngineSession:
             n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, -n, 0, False)
         return self._piece_buf.raw[:n]
 
+    # --- saved caches
+    def _save_owner(self) -> None:
+        """Write the current conversation's cache to its state file, if it changed since."""
+        key = self._owner
+        if self._states is None or key is None or not self._dirty or key in self._forgotten:
+            return
+        try:
+            if self._decoder.cached:
+                self._states.save(key, self._decoder.cached, self._decoder.state())
+            self._dirty = False
+        except OSError as err:  # a full disk must not cost the reply
+            log.warning("could not save the context of conversation %s: %s", key, err)
+
+    def _take(self, key: str | None) -> int:
+        """Make the cache the one of conversation `key`; returns how many tokens came from its
+        saved state (0 when it was already there, has none, or it is not usable)."""
+        if key == self._owner:
+            return 0
+        self._save_owner()
+        self._owner, self._dirty = key, False
+        if key is None or self._states is None:
+            return 0
+        saved = self._states.load(key)
+        if saved is None or len(saved.tokens) >= self._n_ctx:
+            return 0
+        if not self._decoder.restore(saved.tokens, saved.data):
+            log.warning("llama.cpp refused the saved context of conversation %s; evaluating it again", key)
+            self._states.discard(key)
+            return 0
+        return len(saved.tokens)
+
+    # --- one reply
     def _serve(self, llama, job: _Job) -> None:
-        stream, sampling = job.stream, job.sampling
+        stream, sampling, policy = job.stream, job.sampling, job.context
         t_start = time.perf_counter()
         if stream.cancelled:
             stream.emit(Finished("", "cancelled", _stats(job, t_start, 0, 0, None, None, None)))
             return
         # llama.cpp may pad the context (64 -> 256), but llama-cpp-python's token buffer keeps
         # the size asked for: the smaller of the two is the real limit.
-        n_ctx = min(llama.n_ctx(), len(llama.input_ids))
-        messages, dropped = job.messages, ()
-        prompt = self._formatter.render(messages)
-        if job.overflow == "drop_turns":
-            # keep room for a reply: up to a quarter of the context, or max_tokens if smaller
-            room = min(sampling.max_tokens or n_ctx, max(16, n_ctx // 4))
-            if len(prompt.tokens) > n_ctx - room:
-                out, _ = fit_turns(messages, lambda m: len(self._formatter.render(m).tokens), n_ctx - room)
+        n_ctx = self._n_ctx = min(llama.n_ctx(), len(llama.input_ids))
+        fmt = self._formatter
+        messages = job.messages
+        full = fmt.render(messages)
+        prompt, dropped = full, ()
+        room = min(sampling.max_tokens or n_ctx, max(16, n_ctx // 4))  # keep room for a reply
+        budget = n_ctx - room
+        if policy.policy != "stop" and (job.evicted or len(full.tokens) > budget):
+            out, _ = fit_conversation(messages, lambda m: len(fmt.render(m).tokens), budget,
+                                      max(1, budget - policy.chunk(n_ctx)), job.evicted)
+            if out:
                 dropped = tuple(out)
                 messages = [m for i, m in enumerate(messages) if i not in set(out)]
-                prompt = self._formatter.render(messages)
-        n_prompt = len(prompt.tokens)
+                prompt = fmt.render(messages)
+        tokens = prompt.tokens
+        shift = policy.policy == "sink_window" and self._decoder.can_shift
+        sink = self._sink(messages, tokens, policy) if shift else 0
+        if shift and len(tokens) > budget and budget > sink + 16:
+            # one message longer than the window: keep the sink and the latest tokens
+            tokens = tokens[:sink] + tokens[len(tokens) - (budget - sink):]
+        evicted_tokens = max(0, len(full.tokens) - len(tokens))
+        n_prompt = len(tokens)
         if n_prompt >= n_ctx:
             raise ContextOverflow(n_prompt, n_ctx)
-        stream.emit(Started(n_prompt, dropped))
+        applied = "drop_turns" if policy.policy == "sink_window" and not shift else policy.policy
+        stream.emit(Started(n_prompt, dropped, evicted_tokens, applied))
         decoder = self._decoder
-        cached = decoder.prefill(prompt.tokens)
+        restored = self._take(job.key)
+        self._dirty = True
+        cached = decoder.prefill(tokens, allow_shift=shift)
+        tokens_in = tokens
+        shifted = decoder.shifted
 
-        room = n_ctx - n_prompt
-        limit = min(sampling.max_tokens or room, room)
+        limit = sampling.max_tokens or (n_ctx - n_prompt)
+        if not shift:
+            limit = min(limit, n_ctx - n_prompt)
         stops = StopMatcher(sampling.stop + prompt.stops)
         utf8 = Utf8Stream()
         pieces: list[str] = []
+        later_dropped: list[int] = []
         n_out, t_first, t_last, finish = 0, None, None, "length"
+        kept_index = [i for i in range(len(job.messages)) if i not in set(dropped)]
 
         def show(text: str) -> None:
             if text:
@@ -243,14 +331,58 @@ class EngineSession:
                     break
                 if n_out >= limit:
                     break
+                if len(decoder.cached) >= n_ctx:  # the context is full mid-reply: shift, or end here
+                    cut = self._cut_for_reply(messages, tokens, sink, policy.chunk(n_ctx), n_prompt) if shift else None
+                    if cut is None or not decoder.remove(sink, cut[0]):
+                        break
+                    shifted += cut[0]
+                    evicted_tokens += cut[0]
+                    later_dropped += [kept_index[i] for i in cut[1]]
+                    kept_index = [x for i, x in enumerate(kept_index) if i not in set(cut[1])]
+                    messages = [m for i, m in enumerate(messages) if i not in set(cut[1])]
+                    tokens = tokens[:sink] + tokens[sink + cut[0]:]
+                    n_prompt = max(sink, n_prompt - cut[0])
                 decoder.decode([token])
         show(stops.feed(utf8.flush()))
         show(stops.flush())
-        stats = _stats(job, t_start, n_prompt, n_out, t_first, t_last, cached)
-        stream.emit(Finished("".join(pieces), finish, stats))
+        stats = _stats(job, t_start, len(tokens_in), n_out, t_first, t_last, cached,
+                       evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored)
+        stream.emit(Finished("".join(pieces), finish, stats, tuple(later_dropped)))
+
+    def _sink(self, messages: list[dict], tokens: list[int], policy: ContextPolicy) -> int:
+        """Tokens kept at the start when shifting: the leading system messages, at least sink_tokens."""
+        n_system = 0
+        while n_system < len(messages) and messages[n_system]["role"] == "system":
+            n_system += 1
+        sink = policy.sink_tokens
+        if n_system:
+            head = self._formatter.render(messages[:n_system], generation_prompt=False).tokens
+            if tokens[: len(head)] == head:
+                sink = max(sink, len(head))
+        return min(sink, len(tokens) - 1)
+
+    def _cut_for_reply(self, messages, tokens, sink, need, reply_start) -> tuple[int, list[int]] | None:
+        """How many tokens after the sink to remove when a reply fills the context, ending at the
+        start of a user turn where one lies far enough in, and which messages that removes."""
+        ends = []  # (token offset where message i starts, i) for user messages after the sink
+        for i, m in enumerate(messages):
+            if m["role"] != "user" or i == 0:
+                continue
+            head = self._formatter.render(messages[:i], generation_prompt=False).tokens
+            if tokens[: len(head)] != head:
+                break  # the template does not render prefixes stably: cut by tokens
+            if len(head) > sink:
+                ends.append((len(head), i))
+        for offset, i in ends:
+            if offset - sink >= need and offset <= reply_start:
+                first = next(j for j in range(len(messages)) if messages[j]["role"] != "system")
+                return offset - sink, list(range(first, i))
+        if need <= 0 or sink + need >= len(self._decoder.cached):
+            return None
+        return need, []
 
 
-def _stats(job: _Job, t_start: float, n_prompt: int, n_out: int, t_first, t_last, cached) -> ReplyStats:
+def _stats(job: _Job, t_start: float, n_prompt: int, n_out: int, t_first, t_last, cached, **extra) -> ReplyStats:
     now = time.perf_counter()
     decode = None
     if t_first is not None and n_out >= 2 and t_last > t_first:
@@ -263,4 +395,5 @@ def _stats(job: _Job, t_start: float, n_prompt: int, n_out: int, t_first, t_last
         ttft_s=None if t_first is None else t_first - job.submitted,
         decode_tps=decode,
         total_s=now - job.submitted,
+        **extra,
     )

@@ -24,9 +24,15 @@ class ReplyStats:
     ttft_s: float | None  # submission to first token, None when no token came
     decode_tps: float | None  # tokens/s after the first token, None with fewer than 2 tokens
     total_s: float
+    evicted_tokens: int = 0  # tokens of the conversation the model did not see (left out to fit)
+    shifted_tokens: int = 0  # cached tokens removed by shifting the rest into place (no re-evaluation)
+    restored_tokens: int = 0  # tokens whose cache came back from a saved state instead of evaluation
 
     def as_dict(self) -> dict:
         return {
+            "evicted_tokens": self.evicted_tokens,
+            "shifted_tokens": self.shifted_tokens,
+            "restored_tokens": self.restored_tokens,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
@@ -40,10 +46,12 @@ class ReplyStats:
 @dataclass(frozen=True)
 class Started:
     """The prompt fits and generation begins. dropped: indices of the submitted messages left out
-    to fit the context (overflow="drop_turns" only)."""
+    to fit the context; evicted_tokens: how many tokens of the conversation that left out."""
 
     prompt_tokens: int
     dropped: tuple[int, ...] = ()
+    evicted_tokens: int = 0
+    policy: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,13 @@ class Token:
 @dataclass(frozen=True)
 class Finished:
     """finish_reason: "stop" (end of turn or stop string), "length" (max_tokens or the context
-    is full) or "cancelled" (the caller stopped it; text holds what was produced)."""
+    is full) or "cancelled" (the caller stopped it; text holds what was produced).
+    dropped: messages left out while the reply was written (the context filled up and shifted)."""
 
     text: str
     finish_reason: str
     stats: ReplyStats
+    dropped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
