@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     n_gpu_layers: int | None = Field(None, ge=-1)
     max_tokens: int = Field(1024, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
+    # Disk space for saved conversation caches (instant resume); 0 turns saving off.
+    context_cache_mb: int = Field(2048, ge=0)
     # A hardware profile (or raw capture) to use instead of probing this machine: plan for another one.
     hardware_profile: Path | None = None
     # Extra Host header values to accept (e.g. a LAN name when serving beyond loopback).
@@ -41,6 +43,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "tandem.db"
+
+    @property
+    def context_cache_dir(self) -> Path:
+        return self.data_dir / "contexts"
 
     @property
     def loopback(self) -> bool:

@@ -1,14 +1,18 @@
 """Conversations and their messages; posting a message streams the reply as server-sent events.
 
 Events of POST /api/conversations/{id}/messages, in order:
-  start  {"user_message", "prompt_tokens", "model", "evicted_message_ids"}: earlier messages
-         left out to fit the context (the oldest whole turns; never silently)
+  start  {"user_message", "prompt_tokens", "model", "evicted_message_ids", "evicted_tokens",
+         "context_policy"}: earlier messages left out to fit the context (never silently)
   token  {"text"}                      (many)
-  done   {"message"}                   the stored reply, with status complete or stopped
+  done   {"message", "stats"}          the stored reply (status complete or stopped; its evicted_ids
+                                       also name messages the context shifted past mid-reply)
   error  {"error", "message"}          generation failed; what was written is stored
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
@@ -26,8 +30,10 @@ class NewConversation(BaseModel):
     title: str | None = Field(None, max_length=200)
 
 
-class Rename(BaseModel):
-    title: str = Field(..., max_length=200)
+class ConversationChanges(BaseModel):
+    title: str | None = Field(None, max_length=200)
+    # sink_window, drop_turns or stop; null: the plan's choice
+    context_policy: Literal["sink_window", "drop_turns", "stop"] | None = None
 
 
 class PostMessage(BaseModel):
@@ -54,14 +60,25 @@ def get_conversation(conversation_id: str, store: StoreDep) -> dict:
 
 
 @router.patch("/{conversation_id}")
-def rename_conversation(conversation_id: str, body: Rename, store: StoreDep) -> dict:
-    return store.rename_conversation(conversation_id, body.title)
+def change_conversation(conversation_id: str, body: ConversationChanges, store: StoreDep, chat: ChatDep) -> dict:
+    """Rename, and/or set the context policy (null goes back to the plan's)."""
+    conversation = store.get_conversation(conversation_id)
+    if body.title is not None:
+        conversation = store.rename_conversation(conversation_id, body.title)
+    if "context_policy" in body.model_fields_set:
+        conversation = chat.set_policy(conversation_id, body.context_policy)
+    return conversation
+
+
+@router.get("/{conversation_id}/context")
+async def conversation_context(conversation_id: str, chat: ChatDep) -> dict:
+    """What happens when this conversation outgrows the context, and why."""
+    return await asyncio.to_thread(chat.context_info, conversation_id)
 
 
 @router.delete("/{conversation_id}", status_code=204)
-def delete_conversation(conversation_id: str, store: StoreDep, chat: ChatDep) -> Response:
-    chat.stop(conversation_id)
-    store.delete_conversation(conversation_id)
+def delete_conversation(conversation_id: str, chat: ChatDep) -> Response:
+    chat.delete(conversation_id)
     return Response(status_code=204)
 
 
@@ -83,7 +100,8 @@ async def post_message(conversation_id: str, body: PostMessage, chat: ChatDep, s
         try:
             yield sse(
                 {"user_message": reply.user_message, "prompt_tokens": reply.prompt_tokens, "model": reply.model.id,
-                 "evicted_message_ids": reply.evicted_ids},
+                 "evicted_message_ids": reply.evicted_ids, "evicted_tokens": reply.evicted_tokens,
+                 "context_policy": reply.policy},
                 "start",
             )
             async for event in reply.stream:

@@ -11,10 +11,11 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.services.models import LoadedModel, ModelService
 from app.store import Store
 from runtime.engine import Failed, Finished, ReplyStats, ReplyStream, SamplingParams, Started
+from runtime.engine.context import POLICIES, POLICY_NAMES, ContextPolicy
 from runtime.errors import RuntimeFailure
 
 STATUS_FOR_FINISH = {"stop": "complete", "length": "complete", "cancelled": "stopped"}
@@ -30,7 +31,10 @@ class Reply:
     prompt_tokens: int
     user_message: dict
     evicted_ids: list[int] = field(default_factory=list)  # earlier messages left out to fit the context
+    evicted_tokens: int = 0
+    policy: str = "stop"
     parts: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # message ids, in the order submitted
     saved: dict | None = None
 
 
@@ -40,11 +44,19 @@ class ChatService:
         self.models = models
         self._active: dict[str, Reply | None] = {}
 
-    def history(self, conversation_id: str) -> tuple[list[int], list[dict]]:
-        """(message ids, {role, content}) of what the model sees of a conversation."""
+    def history(self, conversation_id: str) -> tuple[list[int], list[dict], list[int]]:
+        """(message ids, {role, content}, indices the latest reply was written without) of a conversation."""
         rows = [m for m in self.store.list_messages(conversation_id)
                 if m["content"] and m["role"] in ("system", "user", "assistant")]
-        return [m["id"] for m in rows], [{"role": m["role"], "content": m["content"]} for m in rows]
+        ids = [m["id"] for m in rows]
+        last = next((m for m in reversed(rows) if m["role"] == "assistant" and m.get("evicted_ids")), None)
+        before = set(json.loads(last["evicted_ids"])) if last else set()
+        return ids, [{"role": m["role"], "content": m["content"]} for m in rows], [i for i, x in enumerate(ids) if x in before]
+
+    def policy_for(self, conversation: dict, model: LoadedModel) -> ContextPolicy:
+        """The conversation's own context policy, or the plan's."""
+        plan = model.plan
+        return ContextPolicy(conversation.get("context_policy") or plan.context_policy, plan.sink_tokens, plan.evict_chunk)
 
     async def start_reply(self, conversation_id: str, content: str, sampling: SamplingParams) -> Reply:
         """Submit the conversation plus the new message; return once the engine accepted it."""
@@ -56,10 +68,12 @@ class ChatService:
         self._active[conversation_id] = None  # reserved: a second request now gets Conflict
         stream = None
         try:
-            ids, messages = self.history(conversation_id)
+            ids, messages, before = self.history(conversation_id)
             messages.append({"role": "user", "content": content})
             model = await asyncio.to_thread(self.models.engine_for, conversation.get("model_id"))
-            stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop(), overflow="drop_turns")
+            stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop(),
+                                          overflow=self.policy_for(conversation, model), key=conversation_id,
+                                          evicted=before)
             first = await stream.next_event()
             if isinstance(first, Failed):
                 raise first.error
@@ -72,9 +86,35 @@ class ChatService:
                 stream.cancel()
             raise
         reply = Reply(conversation_id, model, stream, first.prompt_tokens, user_message,
-                      evicted_ids=[ids[i] for i in first.dropped])
+                      evicted_ids=[ids[i] for i in first.dropped], evicted_tokens=first.evicted_tokens,
+                      policy=first.policy, ids=ids)
         self._active[conversation_id] = reply
         return reply
+
+    def context_info(self, conversation_id: str) -> dict:
+        """The conversation's context policy, where it comes from, and the plan's budget."""
+        conversation = self.store.get_conversation(conversation_id)
+        model = self.models.resolve(conversation.get("model_id"))
+        loaded = self.models.loaded
+        plan = loaded.plan if loaded is not None and loaded.id == model["id"] else self.models.plan_for(model, dry_run=False)
+        own = conversation.get("context_policy")
+        return {
+            "policy": own or plan.context_policy, "source": "conversation" if own else "plan",
+            "plan_policy": plan.context_policy, "n_ctx": plan.n_ctx, "sink_tokens": plan.sink_tokens,
+            "evict_chunk": plan.evict_chunk, "model": model["id"],
+            "reason": next((r for r in plan.reasons if r.startswith(f"Past {plan.n_ctx} tokens")), None),
+            "choices": [{"id": k, "name": POLICY_NAMES[k]} for k in POLICIES],
+        }
+
+    def set_policy(self, conversation_id: str, policy: str | None) -> dict:
+        if policy is not None and policy not in POLICIES:
+            raise InvalidRequest(f"Unknown context policy {policy!r}; use one of {', '.join(POLICIES)}, or null for the plan's.")
+        return self.store.set_context_policy(conversation_id, policy)
+
+    def delete(self, conversation_id: str) -> None:
+        self.stop(conversation_id)
+        self.store.delete_conversation(conversation_id)
+        self.models.forget_context(conversation_id)
 
     def stop(self, conversation_id: str) -> bool:
         """Ask the running reply of a conversation to stop; False when none is running."""
@@ -87,6 +127,9 @@ class ChatService:
 
     def save_finished(self, reply: Reply, event: Finished) -> dict:
         self.models.record(reply.model, event.stats, "chat")
+        if event.dropped:  # the context filled up mid-reply and shifted past these
+            reply.evicted_ids = sorted(set(reply.evicted_ids) | {reply.ids[i] for i in event.dropped if i < len(reply.ids)})
+        reply.evicted_tokens = max(reply.evicted_tokens, event.stats.evicted_tokens)
         return self._save(reply, event.text, STATUS_FOR_FINISH[event.finish_reason], event.finish_reason, event.stats)
 
     def save_failed(self, reply: Reply, event: Failed) -> dict:
@@ -103,6 +146,8 @@ class ChatService:
             fields = {"status": status, "finish_reason": finish, "model_id": reply.model.id}
             if reply.evicted_ids:
                 fields["evicted_ids"] = json.dumps(reply.evicted_ids)
+            if reply.evicted_tokens:
+                fields["evicted_tokens"] = reply.evicted_tokens
             fields["prompt_tokens"] = reply.prompt_tokens
             if stats is not None:
                 fields.update(

@@ -18,6 +18,7 @@ from app.errors import NotFound
 from app.store import Store
 from runtime import embedded
 from runtime.engine import EngineSession, LoadParams, ReplyStats
+from runtime.engine.kvstate import state_path
 from runtime.errors import ModelLoadError
 from runtime.gguf import check_model_file
 from runtime.hardware import HardwareProfile
@@ -49,6 +50,7 @@ class LoadedModel:
             "n_gpu_layers": p.n_gpu_layers,
             "load_s": None if self.session.load_s is None else round(self.session.load_s, 3),
             "predicted_tps": self.plan.decode_tps,
+            "context_policy": self.plan.context_policy,
         }
 
 
@@ -148,7 +150,11 @@ class ModelService:
         tried = []
         for attempt in [plan] + (self.fallbacks(info, plan) if plan.n_gpu_layers else []):
             try:
-                session = EngineSession.open(LoadParams(path=Path(model["path"]), **attempt.load_kwargs()))
+                session = EngineSession.open(
+                    LoadParams(path=Path(model["path"]), **attempt.load_kwargs()),
+                    saved_states=self.settings.context_cache_dir if self.settings.context_cache_mb else None,
+                    saved_cap_bytes=self.settings.context_cache_mb * 1024 * 1024,
+                )
             except ModelLoadError as err:
                 tried.append(f"{attempt.n_gpu_layers} GPU layers ({err})")
                 log.warning("loading %s with %d GPU layers failed; trying fewer", model["id"], attempt.n_gpu_layers)
@@ -158,6 +164,13 @@ class ModelService:
                                   reasons=attempt.reasons + (f"Loaded with fewer GPU layers after: {'; '.join(tried)}.",))
             return session, attempt
         raise ModelLoadError(f"{model['name']} could not be loaded: {'; '.join(tried)}")
+
+    def forget_context(self, conversation_id: str) -> None:
+        """A conversation is gone: drop its saved cache, and keep the engine from saving it again."""
+        loaded = self.loaded
+        if loaded is not None:
+            loaded.session.forget(conversation_id)
+        state_path(self.settings.context_cache_dir, conversation_id).unlink(missing_ok=True)
 
     def record(self, loaded: LoadedModel, stats: ReplyStats, source: str) -> None:
         """Keep the measured decode speed of a real reply for the planner's calibration."""

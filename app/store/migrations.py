@@ -72,12 +72,19 @@ def m005_evicted(db: Database) -> None:
     db["messages"].add_column("evicted_ids", str)
 
 
+def m006_context_policy(db: Database) -> None:
+    """A conversation's own context policy (NULL: the plan's), and how many tokens a reply did not see."""
+    db["conversations"].add_column("context_policy", str)
+    db["messages"].add_column("evicted_tokens", int)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
     m003_models,
     m004_measurements,
     m005_evicted,
+    m006_context_policy,
 ]
 
 

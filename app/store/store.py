@@ -19,7 +19,7 @@ from app.store.migrations import migrate
 
 DEFAULT_TITLE = "New chat"
 REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps",
-                "evicted_ids")
+                "evicted_ids", "evicted_tokens")
 
 
 def now_iso() -> str:
@@ -49,6 +49,7 @@ class Store:
             "id": uuid.uuid4().hex,
             "title": (title or "").strip() or DEFAULT_TITLE,
             "model_id": model_id,
+            "context_policy": None,
             "created_at": stamp,
             "updated_at": stamp,
         }
@@ -81,6 +82,12 @@ class Store:
             self.db["conversations"].update(
                 conversation_id, {"title": title.strip() or DEFAULT_TITLE, "updated_at": now_iso()}
             )
+        return self.get_conversation(conversation_id)
+
+    def set_context_policy(self, conversation_id: str, policy: str | None) -> dict:
+        self.get_conversation(conversation_id)
+        with self._lock, self.db.atomic():
+            self.db["conversations"].update(conversation_id, {"context_policy": policy})
         return self.get_conversation(conversation_id)
 
     def delete_conversation(self, conversation_id: str) -> None:

@@ -39,6 +39,11 @@ def binding_for(params) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def state_path(directory: Path, key: str) -> Path:
+    """Where the saved cache of conversation `key` lives (the key is hashed: any string is safe)."""
+    return Path(directory) / (hashlib.sha256(key.encode()).hexdigest()[:32] + SUFFIX)
+
+
 @dataclass(frozen=True)
 class SavedState:
     tokens: list[int]
@@ -55,7 +60,7 @@ class KVStateStore:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, key: str) -> Path:
-        return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + SUFFIX)
+        return state_path(self.directory, key)
 
     def save(self, key: str, tokens: list[int], data: bytes) -> Path | None:
         """Write the state of `key`; None when it alone is over the cap (nothing is written)."""

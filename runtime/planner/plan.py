@@ -33,6 +33,9 @@ class Plan:
     dry_run: dict | None = None  # what llama.cpp reported for this plan, when verified
     alternatives: int = 0  # candidates that fit
     fallback_from: str | None = field(default=None)  # a plan that failed to load, when this replaced it
+    context_policy: str = "sink_window"  # when a conversation outgrows n_ctx: sink_window, drop_turns, stop
+    sink_tokens: int = 4  # tokens always kept at the start (besides the system prompt)
+    evict_chunk: int = 0  # tokens freed per eviction beyond what is needed
 
     def load_kwargs(self) -> dict:
         """The LoadParams fields this plan sets."""

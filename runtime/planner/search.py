@@ -8,6 +8,7 @@ from pathlib import Path
 from runtime.errors import RuntimeFailure
 from runtime.hardware.profile import GpuInfo, HardwareProfile
 from runtime.model_info import ModelInfo
+from runtime.planner.context import context_plan
 from runtime.planner.memory import (
     DEFAULT_GPU_OVERHEAD, GGML_TYPE_ID, GPU_RUNTIME_OVERHEAD, MIB, GpuSet, assign_layers, kv_bytes, memory_map,
 )
@@ -253,6 +254,8 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
     for m in mem:
         cap = f"{m.capacity / GIB:.1f} GiB free" if m.capacity is not None else "free memory unknown"
         reasons.append(f"{m.device}: {m.total / GIB:.2f} GiB planned + {m.margin / GIB:.2f} GiB margin of {cap}.")
+    policy, sink, chunk, why = context_plan(info, c["n_ctx"], speed.prefill_tps)
+    reasons.append(why)
     tensor_split = None
     if gset is not None and len(hw.gpus) > 1:  # name every device, or llama.cpp splits over all of them
         by_index = dict(zip((g.index for g in gset.gpus), gset.split))
@@ -264,6 +267,7 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
         n_batch=512, n_ubatch=c["ubatch"], speculative="none", memory=tuple(mem),
         decode_tps=round(speed.decode_tps, 2), prefill_tps=round(speed.prefill_tps, 1),
         calibration=round(speed.calibration, 3), reasons=tuple(reasons), alternatives=n_alternatives,
+        context_policy=policy, sink_tokens=sink, evict_chunk=chunk,
     )
 
 

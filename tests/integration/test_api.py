@@ -156,13 +156,28 @@ def test_unknown_endpoint_is_json(client):
 
 def test_prompt_longer_than_context_is_refused_and_nothing_is_stored(tmp_path):
     with ServerThread(make_settings(tmp_path, n_ctx=128)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        for policy in ("stop", "drop_turns"):  # neither can cut inside a message
+            c = new_conversation(client)
+            assert client.patch(f"/api/conversations/{c['id']}", json={"context_policy": policy}).status_code == 200
+            r = client.post(f"/api/conversations/{c['id']}/messages", json={"content": "word " * 300})
+            assert r.status_code == 400
+            err = r.json()["error"]
+            assert err["code"] == "context_overflow"
+            assert "Start a new conversation" in err["message"]
+            assert client.get(f"/api/conversations/{c['id']}").json()["messages"] == []
+
+
+def test_a_message_longer_than_the_window_keeps_its_start_and_end_visibly(tmp_path):
+    with ServerThread(make_settings(tmp_path, n_ctx=128, max_tokens=8)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as client:
         c = new_conversation(client)
-        r = client.post(f"/api/conversations/{c['id']}/messages", json={"content": "word " * 300})
-        assert r.status_code == 400
-        err = r.json()["error"]
-        assert err["code"] == "context_overflow"
-        assert "Start a new conversation" in err["message"]
-        assert client.get(f"/api/conversations/{c['id']}").json()["messages"] == []
+        assert client.get(f"/api/conversations/{c['id']}/context").json()["policy"] == "sink_window"
+        events = post_and_collect(client, c["id"], "word " * 300, temperature=0)
+        start, done = events[0][1], events[-1][1]
+        assert start["context_policy"] == "sink_window"
+        assert start["evicted_tokens"] > 200 and start["prompt_tokens"] < 128
+        assert done["message"]["status"] == "complete"
+        assert done["message"]["evicted_tokens"] == start["evicted_tokens"]
 
 
 def test_conversations_survive_a_restart(tmp_path):

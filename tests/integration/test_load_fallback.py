@@ -20,11 +20,11 @@ def test_failed_load_falls_back_to_fewer_gpu_layers(tmp_path, monkeypatch):
     real_open = engine_session.EngineSession.open.__func__
     attempts = []
 
-    def flaky_open(cls, params):
+    def flaky_open(cls, params, **kw):
         attempts.append(params.n_gpu_layers)
         if len(attempts) == 1:
             raise ModelLoadError("llama.cpp could not load the model (out of memory)")
-        return real_open(cls, params)
+        return real_open(cls, params, **kw)
 
     monkeypatch.setattr(engine_session.EngineSession, "open", classmethod(flaky_open))
     services = Services.open(Settings(data_dir=tmp_path, port=0, hardware_profile=FIXTURE))
@@ -39,7 +39,7 @@ def test_failed_load_falls_back_to_fewer_gpu_layers(tmp_path, monkeypatch):
 
 
 def test_no_plan_loads_is_one_clear_error(tmp_path, monkeypatch):
-    def always_fails(cls, params):
+    def always_fails(cls, params, **kw):
         raise ModelLoadError("out of memory")
 
     monkeypatch.setattr(engine_session.EngineSession, "open", classmethod(always_fails))
