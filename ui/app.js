@@ -105,9 +105,14 @@ function messageNode(m) {
     if (m.status === "stopped") meta.append(el("span", "badge stopped", "stopped"));
     if (m.status === "error") meta.append(el("span", "badge error", "failed"));
     const evicted = m.evicted_ids ? JSON.parse(m.evicted_ids) : [];
+    const tokens = m.evicted_tokens ? ` (${m.evicted_tokens} tokens)` : "";
     if (evicted.length) {
-      const note = el("span", "badge evicted", `written without the ${evicted.length} oldest message${evicted.length > 1 ? "s" : ""}`);
+      const note = el("span", "badge evicted", `written without the ${evicted.length} oldest message${evicted.length > 1 ? "s" : ""}${tokens}`);
       note.title = "They no longer fit in the model's context; the conversation keeps them.";
+      meta.append(note);
+    } else if (m.evicted_tokens) {
+      const note = el("span", "badge evicted", `${m.evicted_tokens} tokens left out of the model's view`);
+      note.title = "A message longer than the context: its start and its end were kept, the middle left out.";
       meta.append(note);
     }
     meta.append(el("span", "stats", statsLine(m)));
@@ -128,6 +133,7 @@ async function showHardware() {
   state.current = null;
   renderList();
   $("chat-title").textContent = "Hardware";
+  $("context-setting").hidden = true;
   $("messages").hidden = true;
   $("composer").hidden = true;
   $("show-hardware").classList.add("active");
@@ -154,9 +160,65 @@ function showConversation(conv) {
     box.append(empty);
   } else {
     for (const m of conv.messages) box.append(messageNode(m));
+    // what the model no longer sees: the messages the latest reply was written without
+    const latest = [...conv.messages].reverse().find((m) => m.role === "assistant");
+    markEvicted(latest?.evicted_ids ? JSON.parse(latest.evicted_ids) : []);
   }
   renderList();
+  loadContextSetting(conv);
   box.scrollTop = box.scrollHeight;
+}
+
+function markEvicted(ids) {
+  for (const id of ids) {
+    const node = $("messages").querySelector(`.message[data-id="${Number(id)}"]`);
+    if (node) {
+      node.classList.add("evicted");
+      node.title = "Left out of the model's context: it no longer fits. It stays here for you.";
+    }
+  }
+}
+
+// ---- the conversation's context policy (the plan's unless the person picks one)
+async function loadContextSetting(conv) {
+  const box = $("context-setting");
+  const select = $("context-policy");
+  const path = conv ? `/api/conversations/${conv.id}/context` : "/api/context";
+  try {
+    const info = await api("GET", path);
+    if (state.current !== conv) return;  // another conversation was opened meanwhile
+    const planName = info.choices.find((c) => c.id === info.plan_policy)?.name ?? info.plan_policy;
+    const options = [el("option", "", `Automatic: ${planName.toLowerCase()}`)];
+    options[0].value = "";
+    for (const c of info.choices) {
+      const o = el("option", "", c.name);
+      o.value = c.id;
+      options.push(o);
+    }
+    select.replaceChildren(...options);
+    select.value = info.source === "conversation" ? info.policy : "";
+    box.title = `${info.reason || ""}\nContext ${info.n_ctx} tokens.`.trim();
+    box.hidden = false;
+  } catch (err) {
+    box.hidden = true;
+  }
+}
+
+async function changeContextPolicy() {
+  const value = $("context-policy").value || null;
+  try {
+    if (!state.current) {
+      const conv = await api("POST", "/api/conversations", {});
+      state.current = { ...conv, messages: [] };
+      await loadList();
+    }
+    const conv = state.current;
+    const updated = await api("PATCH", `/api/conversations/${conv.id}`, { context_policy: value });
+    conv.context_policy = updated.context_policy;
+    showError("");
+  } catch (err) {
+    showError(err.message);
+  }
 }
 
 async function openConversation(id) {
@@ -200,13 +262,7 @@ async function send(content) {
     await streamReply(conv.id, content, (event, data) => {
       if (event === "start") {
         userNode.dataset.id = data.user_message.id;
-        for (const id of data.evicted_message_ids || []) {
-          const node = box.querySelector(`.message[data-id="${Number(id)}"]`);
-          if (node) {
-            node.classList.add("evicted");
-            node.title = "Left out of the model's context for this reply: it no longer fits.";
-          }
-        }
+        markEvicted(data.evicted_message_ids || []);
         loadList();
       } else if (event === "token") {
         text += data.text;
@@ -219,6 +275,8 @@ async function send(content) {
         cancelAnimationFrame(frame);
         frame = 0;
         reply.replaceWith(messageNode(data.message));
+        // messages the context shifted past while this reply was written
+        markEvicted(data.message?.evicted_ids ? JSON.parse(data.message.evicted_ids) : []);
         if (event === "error") showError(data.error.message);
       }
     });
@@ -282,6 +340,7 @@ function init() {
   $("prompt").addEventListener("input", autoGrow);
   $("stop").addEventListener("click", stop);
   $("show-hardware").addEventListener("click", showHardware);
+  $("context-policy").addEventListener("change", changeContextPolicy);
   $("new-chat").addEventListener("click", () => {
     if (state.streaming) return;
     showError("");
@@ -289,6 +348,7 @@ function init() {
     $("prompt").focus();
   });
   loadHealth();
+  loadContextSetting(null);
   loadList().catch((err) => showError(err.message));
   $("prompt").focus();
   document.body.dataset.ready = "true";

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter
 
 from app import __version__
-from app.api.deps import HardwareDep, ModelsDep, StoreDep
+from app.api.deps import ChatDep, HardwareDep, ModelsDep, StoreDep
 from runtime.model_info import inspect_model
 
 router = APIRouter(prefix="/api", tags=["system"])
@@ -61,3 +61,9 @@ async def model_plan(model_id: str, models: ModelsDep, store: StoreDep, n_ctx: i
         "median_predicted_tps": statistics.median(m["predicted_tps"] for m in recent) if recent else None,
     }
     return {"loaded": is_loaded, "measured": measured, **plan.to_dict()}
+
+
+@router.get("/context")
+async def default_context(chat: ChatDep) -> dict:
+    """What a new conversation does when it outgrows the context (the default model's plan)."""
+    return await asyncio.to_thread(chat.context_info, None)

@@ -91,9 +91,10 @@ class ChatService:
         self._active[conversation_id] = reply
         return reply
 
-    def context_info(self, conversation_id: str) -> dict:
-        """The conversation's context policy, where it comes from, and the plan's budget."""
-        conversation = self.store.get_conversation(conversation_id)
+    def context_info(self, conversation_id: str | None = None) -> dict:
+        """The conversation's context policy, where it comes from, and the plan's budget (None:
+        what a new conversation gets)."""
+        conversation = self.store.get_conversation(conversation_id) if conversation_id else {}
         model = self.models.resolve(conversation.get("model_id"))
         loaded = self.models.loaded
         plan = loaded.plan if loaded is not None and loaded.id == model["id"] else self.models.plan_for(model, dry_run=False)

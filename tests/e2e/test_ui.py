@@ -120,5 +120,34 @@ def test_messages_left_out_of_the_context_are_shown(browser, tmp_path):
             if page.locator(".badge.evicted").count():
                 break
         expect(page.locator(".badge.evicted").last).to_contain_text("oldest message")
+        expect(page.locator(".badge.evicted").last).to_contain_text("tokens")
         expect(page.locator(".message.evicted").first).to_be_visible()
+        n_evicted = page.locator(".message.evicted").count()
+        # after a reload the conversation still shows what the model no longer sees
+        conv_id = page.locator("#conversation-list .conversation.active").get_attribute("data-id")
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        page.locator(f'#conversation-list .conversation[data-id="{conv_id}"] .title').click()
+        expect(page.locator(".message.evicted")).to_have_count(n_evicted)
         context.close()
+
+
+def test_context_policy_is_chosen_per_conversation(page, server):
+    select = page.locator("#context-policy")
+    expect(select).to_be_visible(timeout=30_000)  # a new chat shows what it will get
+    expect(select.locator("option").first).to_have_text("Automatic: keep the start, slide the rest")
+    send(page, "Hello")
+    expect(page.locator("#send")).to_be_visible(timeout=30_000)
+    conv_id = page.locator("#conversation-list .conversation.active").get_attribute("data-id")
+    select.select_option("stop")
+    expect(page.locator("#error-banner")).to_be_hidden()
+    for _ in range(100):
+        if httpx.get(f"{server.url}/api/conversations/{conv_id}").json()["context_policy"] == "stop":
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError("choosing a policy in the page did not store it")
+    page.locator("#new-chat").click()
+    expect(select).to_have_value("")
+    page.locator(f'#conversation-list .conversation[data-id="{conv_id}"] .title').click()
+    expect(select).to_have_value("stop")
