@@ -238,3 +238,58 @@ def test_a_conversation_longer_than_the_context_leaves_out_its_oldest_turns_visi
         assert all(s["prompt_tokens"] < 256 for s in starts)
         last_reply = messages[-1]
         assert json.loads(last_reply["evicted_ids"]) == evicted[-1]
+
+
+def test_context_policy_per_conversation(client):
+    default = client.get("/api/context").json()
+    assert default["policy"] == default["plan_policy"] == "sink_window" and default["source"] == "plan"
+    assert {c["id"] for c in default["choices"]} == {"sink_window", "drop_turns", "stop"}
+    c = new_conversation(client)
+    r = client.patch(f"/api/conversations/{c['id']}", json={"context_policy": "truncate"})
+    assert r.status_code == 422
+    assert client.patch(f"/api/conversations/{c['id']}", json={"context_policy": "drop_turns"}).json()["context_policy"] == "drop_turns"
+    info = client.get(f"/api/conversations/{c['id']}/context").json()
+    assert info["policy"] == "drop_turns" and info["source"] == "conversation"
+    # a rename leaves the policy alone; null goes back to the plan's
+    assert client.patch(f"/api/conversations/{c['id']}", json={"title": "Renamed"}).json()["context_policy"] == "drop_turns"
+    assert client.patch(f"/api/conversations/{c['id']}", json={"context_policy": None}).json()["context_policy"] is None
+    assert client.get(f"/api/conversations/{c['id']}/context").json()["source"] == "plan"
+
+
+def test_a_long_conversation_records_what_each_reply_did_not_see(tmp_path):
+    with ServerThread(make_settings(tmp_path, n_ctx=256, max_tokens=16)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as client:
+        for policy in ("sink_window", "drop_turns"):
+            c = new_conversation(client)
+            client.patch(f"/api/conversations/{c['id']}", json={"context_policy": policy})
+            starts = []
+            for i in range(14):
+                events = post_and_collect(client, c["id"], f"Note {i}: door {i} opens with the word river{i}. Which word?")
+                starts.append(events[0][1])
+                assert events[-1][0] == "done"
+            assert {s["context_policy"] for s in starts} == {policy}
+            stored = client.get(f"/api/conversations/{c['id']}").json()["messages"]
+            last = stored[-1]
+            evicted = json.loads(last["evicted_ids"])
+            assert evicted == starts[-1]["evicted_message_ids"] and last["evicted_tokens"] > 256
+            first_user = stored[0]["id"]
+            assert first_user in evicted and stored[-2]["id"] not in evicted  # oldest out, latest in
+            # eviction only moves forward: what an earlier reply did not see, later ones do not either
+            seen = [set(s["evicted_message_ids"]) for s in starts]
+            assert all(a <= b for a, b in zip(seen, seen[1:]))
+
+
+def test_switching_conversations_restores_the_saved_cache_and_deleting_removes_it(tmp_path):
+    with ServerThread(make_settings(tmp_path, max_tokens=16)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        a, b = new_conversation(client), new_conversation(client)
+        post_and_collect(client, a["id"], "Describe the planet Mars in three sentences. " * 8)
+        post_and_collect(client, b["id"], "Hello")  # b takes the model: a's cache is saved
+        saved = list((tmp_path / "contexts").glob("*.kvstate"))
+        assert len(saved) == 1
+        done = post_and_collect(client, a["id"], "And Venus?")[-1][1]
+        assert done["stats"]["restored_tokens"] > 100
+        post_and_collect(client, b["id"], "Hello again")  # a saved again, b restored
+        assert client.delete(f"/api/conversations/{a['id']}").status_code == 204
+        post_and_collect(client, b["id"], "Bye")
+        names = {p.name for p in (tmp_path / "contexts").glob("*.kvstate")}
+        assert saved[0].name not in names
