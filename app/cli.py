@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="measured against predicted: the plan, the sweep, the defaults")
     bench.add_argument("target", nargs="?", help="a .gguf path or an installed model id (default: the built-in model)")
     bench.add_argument("--paths", action="store_true", help="compare llama-cpp-python, Tandem's engine and its HTTP API")
+    bench.add_argument("--context", action="store_true",
+                       help="conversations past the context under each policy, and returning to a saved one")
+    bench.add_argument("--ctx", type=int, help="context length for --context (default 1024)")
     bench.add_argument("--hardware", type=Path, help="a saved hardware profile to plan for")
     bench.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
     bench.add_argument("--runs", type=int, default=3, help="runs per path (best and median are shown)")
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             from app.bench import run_bench
 
             target = resolve_target(settings, args.target) if args.target else None
+            if args.context:
+                from app.bench_context import run_context_bench
+                from runtime import embedded
+
+                return run_context_bench(settings, target or settings.model or embedded.default_model_path(), args.ctx)
             return run_bench(settings, target, tokens=args.tokens, runs=args.runs, paths=args.paths)
         if args.command == "hardware":
             return run_hardware(settings, as_json=args.json, raw=args.raw, remeasure=args.remeasure)

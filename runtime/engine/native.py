@@ -54,6 +54,7 @@ class NativeDecoder:
         self.n_batch = llama.n_batch
         self.cached: list[int] = []  # the tokens whose keys and values are in the cache, in order
         self.shifted = 0  # tokens the last prefill removed from the middle of the cache by shifting
+        self._eog: list[int] | None = None
 
     @property
     def can_shift(self) -> bool:
@@ -135,6 +136,13 @@ class NativeDecoder:
     def is_end(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
+    def end_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary."""
+        if self._eog is None:
+            n = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            self._eog = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
+
 
 class Sampler:
     """A native sampler chain; use as a context manager so that it is freed."""
@@ -143,6 +151,11 @@ class Sampler:
         self.decoder = decoder
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+        if s.ignore_eos:
+            ends = decoder.end_tokens()
+            bias = (llama_cpp.llama_logit_bias * len(ends))(*[(t, float("-inf")) for t in ends])
+            n_vocab = llama_cpp.llama_vocab_n_tokens(decoder.vocab)
+            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(ends), bias))
         if s.repeat_penalty != 1.0:
             add(llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0))
         if s.temperature == 0.0:

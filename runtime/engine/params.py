@@ -58,8 +58,11 @@ class SamplingParams:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # never end the turn: always max_tokens tokens (benchmarks)
 
     def __post_init__(self) -> None:
+        if self.ignore_eos and self.max_tokens is None:
+            raise ValueError("ignore_eos needs max_tokens, or the reply never ends")
         if not 0.0 <= self.temperature <= 5.0:
             raise ValueError(f"temperature must be between 0 and 5, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:

@@ -199,3 +199,14 @@ def test_drop_turns_leaves_out_the_oldest_turns_and_says_which(model_path):
             small.submit(conversation, GREEDY, overflow="truncate-silently")
     finally:
         small.close()
+
+
+def test_ignore_eos_always_writes_max_tokens(engine):
+    short = engine.complete([{"role": "user", "content": "Say OK."}], SamplingParams(temperature=0, max_tokens=40))
+    assert short.finish_reason == "stop" and short.stats.completion_tokens < 40
+    forced = engine.complete([{"role": "user", "content": "Say OK."}],
+                             SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+    assert forced.finish_reason == "length" and forced.stats.completion_tokens == 40
+    assert forced.text.startswith(short.text)
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(ignore_eos=True)
