@@ -121,7 +121,7 @@ def run_context_bench(settings: Settings, model: Path, n_ctx: int | None, factor
           f"notes of ~40 tokens, replies of {reply} tokens")
     print(f"{'policy':<13}{'turns':>6}{'tokens':>8}{'evictions':>10}{'median s':>10}{'worst s':>9}"
           f"{'worst/med':>10}{'med TTFT':>10}  result")
-    verdicts = []
+    verdicts, notes = [], []
     for policy in ("sink_window", "drop_turns", "stop"):
         r = _in_thread(_policy_run, model, threads, n_ctx, policy, factor, reply)
         times = [t["s"] for t in r["turns"]]
@@ -134,8 +134,16 @@ def run_context_bench(settings: Settings, model: Path, n_ctx: int | None, factor
         result = f"refused at {r['error']}" if r["error"] else "no turn failed"
         print(f"{policy:<13}{len(times):>6}{r['total']:>8}{n_evict:>10}{med:>10.3f}{worst:>9.3f}"
               f"{worst / med:>10.2f}{ttft * 1000:>8.0f}ms  {result}")
+        evicting = [t["s"] for t in r["turns"] if t["evict"]]
+        if evicting:
+            slow = max(range(len(times)), key=times.__getitem__)
+            notes.append(f"{policy}: turns that evicted took {statistics.median(evicting):.3f} s (median), "
+                         f"the others {statistics.median([t['s'] for t in r['turns'] if not t['evict']]):.3f} s; "
+                         f"slowest turn #{slow}{' (evicting)' if r['turns'][slow]['evict'] else ''}")
         if policy == "sink_window":
             verdicts.append(("sink_window worst turn <= 1.2 x median", worst / med <= 1.2, f"{worst / med:.2f}"))
+    for line in notes:
+        print(line)
     print(f"\n(b) returning to a conversation of ~{resume_tokens} tokens after another took the model "
           f"({rounds} rounds each, alternating)")
     r = _in_thread(_resume_run, model, threads, resume_tokens, rounds)

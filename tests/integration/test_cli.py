@@ -78,3 +78,19 @@ def test_without_a_display_the_url_is_printed(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+def test_context_bench_runs_every_policy_and_both_returns(tmp_path, capsys, model_path):
+    """A small run of `tandem bench --context` (the real one takes minutes): the table is whole."""
+    from app.bench_context import run_context_bench
+    from app.config import Settings
+
+    assert run_context_bench(Settings(data_dir=tmp_path), model_path, 256, factor=2, reply=8,
+                             resume_tokens=300, rounds=1) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] and
+            line.split()[0] in ("sink_window", "drop_turns", "stop")}
+    assert "no turn failed" in rows["sink_window"] and "no turn failed" in rows["drop_turns"]
+    assert "refused at turn" in rows["stop"]
+    assert re.search(r"saved cache restored\s+\d+\.\d+", out) and re.search(r"re-evaluated\s+\d+\.\d+", out)
+    assert re.search(r"goal resume <= 0.2 x re-evaluation: (met|NOT met)", out)

@@ -190,3 +190,15 @@ def test_plan_round_trips_to_json(shapes):
     plan = plan_model(shapes["smollm2"], machine("rtx3060-desktop"), 4096)
     d = json.loads(plan.to_json())
     assert d["n_ctx"] == 4096 and d["memory"][0]["device"] == "CPU" and d["speculative"] == "none"
+
+
+def test_context_policy_shifts_where_the_cache_can_and_drops_turns_where_it_cannot(shapes):
+    hw = machine("rtx3060-desktop")
+    for name in ("smollm2", "gemma3-270m", "8b"):
+        plan = plan_model(shapes[name], hw, 4096)
+        assert (plan.context_policy, plan.sink_tokens, plan.evict_chunk) == ("sink_window", 4, 512)
+        assert any(r.startswith("Past 4096 tokens: keep the system prompt") for r in plan.reasons)
+    recurrent = replace(shapes["smollm2"], architecture="mamba")
+    plan = plan_model(recurrent, hw, 2048)
+    assert plan.context_policy == "drop_turns" and plan.evict_chunk == 512
+    assert any("cannot be shifted" in r for r in plan.reasons)
