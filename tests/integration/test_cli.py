@@ -86,7 +86,7 @@ def test_context_bench_runs_every_policy_and_both_returns(tmp_path, capsys, mode
     from app.config import Settings
 
     assert run_context_bench(Settings(data_dir=tmp_path), model_path, 256, factor=2, reply=8,
-                             resume_tokens=300, rounds=1) == 0
+                             resume_tokens=300, rounds=1, repeats=1) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] and
             line.split()[0] in ("sink_window", "drop_turns", "stop")}
