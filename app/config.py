@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, field_validator
@@ -28,6 +29,8 @@ class Settings(BaseSettings):
     n_gpu_layers: int | None = Field(None, ge=-1)
     max_tokens: int = Field(1024, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
+    # Speculative decoding: "auto" (the plan's choice), "lookup", or "off".
+    speculative: Literal["auto", "lookup", "off"] = "auto"
     # Disk space for saved conversation caches (instant resume); 0 turns saving off.
     context_cache_mb: int = Field(2048, ge=0)
     # A hardware profile (or raw capture) to use instead of probing this machine: plan for another one.

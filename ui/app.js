@@ -89,6 +89,11 @@ function statsLine(m) {
   if (m.decode_tps) parts.push(`${m.decode_tps.toFixed(1)} tok/s`);
   if (m.ttft_s != null) parts.push(`first token ${m.ttft_s < 1 ? Math.round(m.ttft_s * 1000) + " ms" : m.ttft_s.toFixed(2) + " s"}`);
   if (m.completion_tokens != null) parts.push(`${m.completion_tokens} tokens`);
+  if (m.drafted_tokens) {
+    const source = m.spec_source === "prompt_lookup" ? "lookup" : (m.spec_source || "draft").replace(/^draft:/, "draft ");
+    parts.push(`${source}: ${m.accepted_tokens}/${m.drafted_tokens} drafted accepted (${Math.round(100 * m.accepted_tokens / m.drafted_tokens)}%)`);
+  }
+  if (m.decode_tps && m.predicted_tps) parts.push(`${(m.decode_tps / m.predicted_tps).toFixed(2)}x plan`);
   if (m.finish_reason === "length") parts.push("cut at the length limit");
   return parts.join(" · ");
 }

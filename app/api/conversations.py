@@ -109,7 +109,8 @@ async def post_message(conversation_id: str, body: PostMessage, chat: ChatDep, s
                     reply.parts.append(event.text)
                     yield sse({"text": event.text}, "token")
                 elif isinstance(event, Finished):
-                    yield sse({"message": chat.save_finished(reply, event), "stats": event.stats.as_dict()}, "done")
+                    yield sse({"message": chat.save_finished(reply, event),
+                               "stats": {**event.stats.as_dict(), "predicted_tps": reply.model.plan.decode_tps}}, "done")
                 elif isinstance(event, Failed):
                     saved = chat.save_failed(reply, event)
                     body = error_body(event.error.code, str(event.error), runtime_status(event.error))

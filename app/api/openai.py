@@ -79,7 +79,8 @@ def list_models(store: StoreDep) -> dict:
 async def chat_completions(body: ChatCompletionRequest, request: Request, models: ModelsDep, settings: SettingsDep):
     loaded = await asyncio.to_thread(models.engine_for, body.model)
     sampling = body.sampling(settings.temperature, settings.max_tokens)
-    stream = loaded.session.submit([m.plain() for m in body.messages], sampling, loop=asyncio.get_running_loop())
+    stream = loaded.session.submit([m.plain() for m in body.messages], sampling, loop=asyncio.get_running_loop(),
+                                   speculative=models.speculative_for(loaded))
     first = await stream.next_event()
     if isinstance(first, Failed):
         raise first.error
@@ -114,7 +115,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
                 }
             ],
             "usage": _usage(finished),
-            "tandem": finished.stats.as_dict(),
+            "tandem": {**finished.stats.as_dict(), "predicted_tps": loaded.plan.decode_tps},
         }
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -138,7 +139,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
                 elif isinstance(event, Finished):
                     done = True
                     models.record(loaded, event.stats, "api")
-                    yield sse({**chunk({}, _finish(event.finish_reason)), "tandem": event.stats.as_dict()})
+                    yield sse({**chunk({}, _finish(event.finish_reason)),
+                               "tandem": {**event.stats.as_dict(), "predicted_tps": loaded.plan.decode_tps}})
                     if include_usage:
                         yield sse({**chunk({}), "choices": [], "usage": _usage(event)})
                 elif isinstance(event, Failed):

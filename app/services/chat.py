@@ -73,7 +73,7 @@ class ChatService:
             model = await asyncio.to_thread(self.models.engine_for, conversation.get("model_id"))
             stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop(),
                                           overflow=self.policy_for(conversation, model), key=conversation_id,
-                                          evicted=before)
+                                          evicted=before, speculative=self.models.speculative_for(model))
             first = await stream.next_event()
             if isinstance(first, Failed):
                 raise first.error
@@ -152,8 +152,12 @@ class ChatService:
             fields["prompt_tokens"] = reply.prompt_tokens
             if stats is not None:
                 fields.update(
-                    completion_tokens=stats.completion_tokens, ttft_s=stats.ttft_s, decode_tps=stats.decode_tps
+                    completion_tokens=stats.completion_tokens, ttft_s=stats.ttft_s, decode_tps=stats.decode_tps,
+                    predicted_tps=reply.model.plan.decode_tps,
                 )
+                if stats.drafted_tokens:
+                    fields.update(spec_source=stats.spec_source, drafted_tokens=stats.drafted_tokens,
+                                  accepted_tokens=stats.accepted_tokens)
             try:
                 reply.saved = self.store.add_message(reply.conversation_id, "assistant", text, **fields)
             except NotFound:  # the conversation was deleted while the reply was written

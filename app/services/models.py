@@ -165,6 +165,13 @@ class ModelService:
             return session, attempt
         raise ModelLoadError(f"{model['name']} could not be loaded: {'; '.join(tried)}")
 
+    def speculative_for(self, loaded: LoadedModel) -> str:
+        """The engine's speculative mode for a reply: the setting, or the plan's choice."""
+        if self.settings.speculative != "auto":
+            return self.settings.speculative
+        spec = loaded.plan.speculative
+        return "off" if spec == "none" else "draft" if spec.startswith("draft:") else "lookup"
+
     def forget_context(self, conversation_id: str) -> None:
         """A conversation is gone: drop its saved cache, and keep the engine from saving it again."""
         loaded = self.loaded

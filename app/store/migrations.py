@@ -78,6 +78,14 @@ def m006_context_policy(db: Database) -> None:
     db["messages"].add_column("evicted_tokens", int)
 
 
+def m007_speculative(db: Database) -> None:
+    """Speculative decoding per reply: the draft source, tokens drafted and accepted, and the plan's
+    predicted plain speed (for the speed-up)."""
+    for column, kind in (("spec_source", str), ("drafted_tokens", int), ("accepted_tokens", int),
+                         ("predicted_tps", float)):
+        db["messages"].add_column(column, kind)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -85,6 +93,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m004_measurements,
     m005_evicted,
     m006_context_policy,
+    m007_speculative,
 ]
 
 

@@ -19,7 +19,7 @@ from app.store.migrations import migrate
 
 DEFAULT_TITLE = "New chat"
 REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps",
-                "evicted_ids", "evicted_tokens")
+                "evicted_ids", "evicted_tokens", "spec_source", "drafted_tokens", "accepted_tokens", "predicted_tps")
 
 
 def now_iso() -> str:

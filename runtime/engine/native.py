@@ -55,6 +55,8 @@ class NativeDecoder:
         self.cached: list[int] = []  # the tokens whose keys and values are in the cache, in order
         self.shifted = 0  # tokens the last prefill removed from the middle of the cache by shifting
         self._eog: list[int] | None = None
+        self._batch = None  # a llama_batch for evaluating with logits at every position (verification)
+        self._batch_size = 0
 
     @property
     def can_shift(self) -> bool:
@@ -126,6 +128,40 @@ class NativeDecoder:
             raise RuntimeFailure(f"llama.cpp could not evaluate the tokens (llama_decode returned {rc}).")
         self.cached.extend(tokens)
 
+    def decode_all(self, tokens: list[int]) -> None:
+        """Evaluate tokens keeping the logits of every position (Sampler.sample(i) reads the i-th):
+        how a draft is verified in one batch."""
+        n = len(tokens)
+        if n > self._batch_size:
+            if self._batch is not None:
+                llama_cpp.llama_batch_free(self._batch)
+            self._batch_size = max(n, 16)
+            self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
+        b, start = self._batch, len(self.cached)
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1
+        b.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            self.reset()
+            raise RuntimeFailure(f"llama.cpp could not evaluate the tokens (llama_decode returned {rc}).")
+        self.cached.extend(tokens)
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first n cached tokens (a rejected draft leaves the cache)."""
+        if n < len(self.cached):
+            llama_cpp.llama_memory_seq_rm(self.memory, 0, n, -1)
+            del self.cached[n:]
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)
         self.cached = []
@@ -170,9 +206,10 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_dist(ctypes.c_uint32(seed).value))
         self.chain = chain
 
-    def sample(self) -> int:
-        """The next token from the logits of the last evaluated position (accepted into the chain)."""
-        return llama_cpp.llama_sampler_sample(self.chain, self.decoder.ctx, -1)
+    def sample(self, index: int = -1) -> int:
+        """The next token from the logits of position `index` of the last batch (-1: its last),
+        accepted into the chain."""
+        return llama_cpp.llama_sampler_sample(self.chain, self.decoder.ctx, index)
 
     def __enter__(self) -> "Sampler":
         return self

@@ -19,6 +19,7 @@ from runtime.engine.chat_format import ChatFormatter
 from runtime.engine.context import POLICIES, ContextPolicy, fit_conversation
 from runtime.engine.kvstate import KVStateStore, binding_for
 from runtime.engine.native import NativeDecoder
+from runtime.engine.speculative import Controller, DraftModel, PromptLookup, SpecStats
 from runtime.engine.params import KV_TYPES, LoadParams, SamplingParams
 from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
 from runtime.engine.text import StopMatcher, Utf8Stream
@@ -37,10 +38,12 @@ class _Job:
     context: ContextPolicy = field(default_factory=ContextPolicy)
     key: str | None = None  # the conversation: its cache is saved and restored under this key
     evicted: tuple[int, ...] = ()  # messages left out before: they stay out
+    speculative: str = "off"  # off, lookup, draft, auto
     submitted: float = field(default_factory=time.perf_counter)
 
 
 _STOP = object()
+SPECULATIVE = ("off", "lookup", "draft", "auto")
 DEFAULT_STATE_CAP = 2 * 1024**3
 
 
@@ -48,8 +51,10 @@ class EngineSession:
     """A model loaded with explicit LoadParams. Use open(); close() frees it."""
 
     def __init__(self, params: LoadParams, saved_states: Path | None = None,
-                 saved_cap_bytes: int = DEFAULT_STATE_CAP, idle_save_s: float = 10.0):
+                 saved_cap_bytes: int = DEFAULT_STATE_CAP, idle_save_s: float = 10.0,
+                 draft: LoadParams | None = None):
         self.params = params
+        self.draft_params = draft
         self._states = KVStateStore(saved_states, binding_for(params), saved_cap_bytes) if saved_states else None
         self._idle_save_s = idle_save_s
         self._owner: str | None = None  # the conversation whose cache the decoder holds
@@ -68,12 +73,16 @@ class EngineSession:
 
     @classmethod
     def open(cls, params: LoadParams, saved_states: Path | None = None,
-             saved_cap_bytes: int = DEFAULT_STATE_CAP, idle_save_s: float = 10.0) -> "EngineSession":
+             saved_cap_bytes: int = DEFAULT_STATE_CAP, idle_save_s: float = 10.0,
+             draft: LoadParams | None = None) -> "EngineSession":
         """Load the model. saved_states: a directory where conversations' caches are kept (at most
         saved_cap_bytes) when another conversation takes the model, when idle for idle_save_s, and
-        at close; None: no saved states."""
+        at close; None: no saved states. draft: a smaller model with the same vocabulary to draft
+        tokens for speculative decoding (loaded on the same worker thread)."""
         check_model_file(params.path)
-        session = cls(params, saved_states, saved_cap_bytes, idle_save_s)
+        if draft is not None:
+            check_model_file(draft.path)
+        session = cls(params, saved_states, saved_cap_bytes, idle_save_s, draft)
         session._thread.start()
         session._ready.wait()
         if session._load_error is not None:
@@ -90,6 +99,7 @@ class EngineSession:
         overflow: str | ContextPolicy = "stop",
         key: str | None = None,
         evicted: tuple[int, ...] | list[int] = (),
+        speculative: str = "off",
     ) -> ReplyStream:
         """Queue a reply.
 
@@ -97,7 +107,12 @@ class EngineSession:
             name: "stop", "drop_turns", "sink_window"); what was left out is in Started.dropped.
         key: the conversation; its cache is saved when another one takes the model and restored
             when it comes back. evicted: indices of messages left out before, which stay out.
+        speculative: "off"; "lookup" (drafts from n-grams of the prompt and reply), "draft" (the
+            draft model loaded with the session), "auto" (the draft model if any, else lookup);
+            drafting runs only while it measures faster than plain decoding.
         """
+        if speculative not in SPECULATIVE:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}, got {speculative!r}")
         if isinstance(overflow, str):
             if overflow not in POLICIES:
                 raise ValueError(f"overflow must be one of {', '.join(POLICIES)}, got {overflow!r}")
@@ -107,7 +122,8 @@ class EngineSession:
             if self._closed:
                 stream.emit(Failed(EngineClosed("The model was unloaded; send the message again.")))
                 return stream
-            self._jobs.put(_Job(list(messages), sampling or SamplingParams(), stream, overflow, key, tuple(evicted)))
+            self._jobs.put(_Job(list(messages), sampling or SamplingParams(), stream, overflow, key, tuple(evicted),
+                                speculative))
         return stream
 
     def forget(self, key: str) -> None:
@@ -176,6 +192,9 @@ class EngineSession:
                 if job is not _STOP:
                     job.stream.emit(Failed(EngineClosed("The model was unloaded before this request ran.")))
             self._save_owner()
+            self._decoder.close()
+            if self._draft is not None:
+                self._draft.close()
             llama.close()
 
     def _load(self):
@@ -211,9 +230,34 @@ class EngineSession:
         self.metadata = dict(llama.metadata)
         self._formatter = ChatFormatter(llama)
         self._decoder = NativeDecoder(llama)
+        self._lookup = PromptLookup()
+        self._controllers: dict = {}
+        self._draft = None
+        if self.draft_params is not None:
+            self._draft = self._load_draft(llama, self.draft_params)
         self._vocab = llama._model.vocab
         self._piece_buf = ctypes.create_string_buffer(256)
         return llama
+
+    def _load_draft(self, llama, p: LoadParams) -> DraftModel:
+        import llama_cpp
+
+        try:
+            draft = llama_cpp.Llama(
+                model_path=str(p.path), n_ctx=p.n_ctx, n_threads=p.n_threads, n_threads_batch=p.n_threads_batch,
+                n_gpu_layers=p.n_gpu_layers, n_batch=p.n_batch, n_ubatch=p.n_ubatch, flash_attn=p.flash_attn,
+                type_k=KV_TYPES[p.type_k], type_v=KV_TYPES[p.type_v], main_gpu=p.main_gpu, use_mmap=p.use_mmap,
+                verbose=False,
+            )
+        except Exception as err:
+            llama.close()
+            raise ModelLoadError(f"llama.cpp could not load the draft model {p.path.name} ({err}).") from err
+        try:
+            return DraftModel(draft, llama._model.vocab, p.path.name)
+        except RuntimeFailure:
+            draft.close()
+            llama.close()
+            raise
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -312,25 +356,38 @@ class EngineSession:
                 pieces.append(text)
                 stream.emit(Token(text))
 
+        source = self._source(job.speculative)
+        controller = self._controller(job.key, source) if source is not None else None
+        spec = SpecStats(source.name if source is not None else "none")
+        context = list(tokens)  # what the reply continues: the prompt and the tokens so far
+        if source is not None and not source.cheap:
+            source.sync(context)  # the draft model reads the prompt before the first token
+
+        def take(token: int) -> bool:
+            """One token of the reply; True when the reply ends with it."""
+            nonlocal n_out, t_first, t_last, finish
+            if decoder.is_end(token):
+                finish = "stop"
+                return True
+            n_out += 1
+            t_last = time.perf_counter()
+            if t_first is None:
+                t_first = t_last
+            show(stops.feed(utf8.feed(self._piece(token))))
+            if stops.stopped:
+                finish = "stop"
+                return True
+            return n_out >= limit
+
         with decoder.sampler(sampling) as sampler:
+            token = sampler.sample() if not stream.cancelled else None
             while True:
                 if stream.cancelled:
                     finish = "cancelled"
                     break
-                token = sampler.sample()
-                if decoder.is_end(token):
-                    finish = "stop"
+                if take(token):
                     break
-                n_out += 1
-                t_last = time.perf_counter()
-                if t_first is None:
-                    t_first = t_last
-                show(stops.feed(utf8.feed(self._piece(token))))
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if n_out >= limit:
-                    break
+                context.append(token)
                 if len(decoder.cached) >= n_ctx:  # the context is full mid-reply: shift, or end here
                     cut = self._cut_for_reply(messages, tokens, sink, policy.chunk(n_ctx), n_prompt) if shift else None
                     if cut is None or not decoder.remove(sink, cut[0]):
@@ -342,12 +399,72 @@ class EngineSession:
                     messages = [m for i, m in enumerate(messages) if i not in set(cut[1])]
                     tokens = tokens[:sink] + tokens[sink + cut[0]:]
                     n_prompt = max(sink, n_prompt - cut[0])
-                decoder.decode([token])
+                t0 = time.perf_counter()
+                room = min(limit - n_out, n_ctx - len(decoder.cached) - 1)
+                draft = []
+                if controller is not None and room > 0:
+                    if source.cheap:  # a lookup: see what it has, then decide
+                        draft = source.propose(context, min(controller.max_k, room))
+                        k = controller.choose(0.0, source.bucket, len(draft)) if draft else 0
+                        draft = draft[:k]
+                    else:  # a model: decide, then pay for the draft
+                        k = min(controller.choose(source.cost_per_token(), source.bucket), room)
+                        draft = source.propose(context, k) if k > 0 else []
+                if not draft:
+                    decoder.decode([token])
+                    token = sampler.sample()
+                    if controller is not None:
+                        controller.plain_step(time.perf_counter() - t0)
+                    continue
+                # verify: [token + draft] in one batch; accept while the target's own samples agree
+                base = len(decoder.cached)
+                decoder.decode_all([token] + draft)
+                out = []
+                for i in range(len(draft) + 1):
+                    out.append(sampler.sample(i))
+                    if i == len(draft) or out[-1] != draft[i]:
+                        break
+                decoder.truncate(base + len(out))  # token and the accepted drafts stay cached
+                controller.verified(len(draft), len(out) - 1, time.perf_counter() - t0, source.bucket)
+                spec.steps += 1
+                spec.drafted += len(draft)
+                spec.accepted += len(out) - 1
+                ended = False
+                for y in out[:-1]:
+                    if stream.cancelled or take(y):
+                        ended = True
+                        finish = "cancelled" if stream.cancelled else finish
+                        break
+                    context.append(y)
+                if ended:
+                    break
+                token = out[-1]
         show(stops.feed(utf8.flush()))
         show(stops.flush())
         stats = _stats(job, t_start, len(tokens_in), n_out, t_first, t_last, cached,
-                       evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored)
+                       evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored,
+                       spec_source=spec.source, drafted_tokens=spec.drafted, accepted_tokens=spec.accepted)
         stream.emit(Finished("".join(pieces), finish, stats, tuple(later_dropped)))
+
+    def _source(self, speculative: str):
+        """The draft source a reply asked for: "off", "lookup", "draft" or "auto" (the draft model
+        when one is loaded, else prompt lookup)."""
+        if speculative == "off":
+            return None
+        if speculative in ("draft", "auto") and self._draft is not None:
+            return self._draft
+        if speculative == "draft":
+            raise RuntimeFailure("No draft model is loaded for this model; use speculative \"lookup\" or \"off\".")
+        return self._lookup
+
+    def _controller(self, key: str | None, source) -> Controller:
+        """Acceptance is tracked per conversation and source: it differs by what is being written."""
+        name = (key, source.name)
+        controller = self._controllers.pop(name, None) or Controller()
+        self._controllers[name] = controller  # most recent last
+        while len(self._controllers) > 64:
+            self._controllers.pop(next(iter(self._controllers)))
+        return controller
 
     def _sink(self, messages: list[dict], tokens: list[int], policy: ContextPolicy) -> int:
         """Tokens kept at the start when shifting: the leading system messages, at least sink_tokens."""

@@ -27,12 +27,23 @@ class ReplyStats:
     evicted_tokens: int = 0  # tokens of the conversation the model did not see (left out to fit)
     shifted_tokens: int = 0  # cached tokens removed by shifting the rest into place (no re-evaluation)
     restored_tokens: int = 0  # tokens whose cache came back from a saved state instead of evaluation
+    spec_source: str = "none"  # speculative decoding: none, prompt_lookup or draft:<model>
+    drafted_tokens: int = 0  # tokens proposed by the draft source and verified
+    accepted_tokens: int = 0  # of those, the ones the model agreed with
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
     def as_dict(self) -> dict:
         return {
             "evicted_tokens": self.evicted_tokens,
             "shifted_tokens": self.shifted_tokens,
             "restored_tokens": self.restored_tokens,
+            "spec_source": self.spec_source,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "acceptance": None if self.acceptance is None else round(self.acceptance, 3),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,

@@ -24,7 +24,7 @@ class Plan:
     n_threads_batch: int
     n_batch: int
     n_ubatch: int
-    speculative: str  # "none" until speculative decoding lands
+    speculative: str  # "none", "prompt_lookup" or "draft:<model id>" (drafting is adaptive either way)
     memory: tuple[DeviceMemory, ...]
     decode_tps: float
     prefill_tps: float

@@ -256,6 +256,8 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
         reasons.append(f"{m.device}: {m.total / GIB:.2f} GiB planned + {m.margin / GIB:.2f} GiB margin of {cap}.")
     policy, sink, chunk, why = context_plan(info, c["n_ctx"], speed.prefill_tps)
     reasons.append(why)
+    reasons.append("Speculative decoding: prompt lookup (drafts what the prompt and the reply already hold), "
+                   "verified in one batch and used only while it measures faster than plain decoding.")
     tensor_split = None
     if gset is not None and len(hw.gpus) > 1:  # name every device, or llama.cpp splits over all of them
         by_index = dict(zip((g.index for g in gset.gpus), gset.split))
@@ -264,7 +266,7 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
         model_path=str(info.path), n_ctx=c["n_ctx"], n_gpu_layers=ngl if gset else 0,
         gpu_index=gset.main.index if gset else None, tensor_split=tensor_split, type_k=kv, type_v=kv,
         flash_attn=True, offload_kqv=True, swa_full=True, n_threads=threads, n_threads_batch=threads,
-        n_batch=512, n_ubatch=c["ubatch"], speculative="none", memory=tuple(mem),
+        n_batch=512, n_ubatch=c["ubatch"], speculative="prompt_lookup", memory=tuple(mem),
         decode_tps=round(speed.decode_tps, 2), prefill_tps=round(speed.prefill_tps, 1),
         calibration=round(speed.calibration, 3), reasons=tuple(reasons), alternatives=n_alternatives,
         context_policy=policy, sink_tokens=sink, evict_chunk=chunk,

@@ -189,7 +189,7 @@ def test_speed_model_reproduces_the_h200_offload_curve(shapes):
 def test_plan_round_trips_to_json(shapes):
     plan = plan_model(shapes["smollm2"], machine("rtx3060-desktop"), 4096)
     d = json.loads(plan.to_json())
-    assert d["n_ctx"] == 4096 and d["memory"][0]["device"] == "CPU" and d["speculative"] == "none"
+    assert d["n_ctx"] == 4096 and d["memory"][0]["device"] == "CPU" and d["speculative"] == "prompt_lookup"
 
 
 def test_context_policy_shifts_where_the_cache_can_and_drops_turns_where_it_cannot(shapes):
