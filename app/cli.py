@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--context", action="store_true",
                        help="conversations past the context under each policy, and returning to a saved one")
     bench.add_argument("--ctx", type=int, help="context length for --context (default 1024)")
+    bench.add_argument("--spec", action="store_true",
+                       help="plain against speculative decoding (prompt lookup, a draft model) on a copy-heavy "
+                            "and a free-form task")
+    bench.add_argument("--draft", help="with --spec: a draft model (.gguf path or installed model id)")
     bench.add_argument("--hardware", type=Path, help="a saved hardware profile to plan for")
     bench.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
     bench.add_argument("--runs", type=int, default=3, help="runs per path (best and median are shown)")
@@ -77,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             from app.bench import run_bench
 
             target = resolve_target(settings, args.target) if args.target else None
+            if args.spec:
+                from app.bench_spec import run_spec_bench
+                from runtime import embedded
+
+                draft = resolve_target(settings, args.draft) if args.draft else None
+                return run_spec_bench(settings, target or settings.model or embedded.default_model_path(), draft,
+                                      tokens=args.tokens if args.tokens != 128 else 256, runs=args.runs)
             if args.context:
                 from app.bench_context import run_context_bench
                 from runtime import embedded

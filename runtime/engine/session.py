@@ -360,6 +360,7 @@ class EngineSession:
         controller = self._controller(job.key, source) if source is not None else None
         spec = SpecStats(source.name if source is not None else "none")
         context = list(tokens)  # what the reply continues: the prompt and the tokens so far
+        generated: list[int] = []
         if source is not None and not source.cheap:
             source.sync(context)  # the draft model reads the prompt before the first token
 
@@ -369,6 +370,7 @@ class EngineSession:
             if decoder.is_end(token):
                 finish = "stop"
                 return True
+            generated.append(token)
             n_out += 1
             t_last = time.perf_counter()
             if t_first is None:
@@ -444,7 +446,7 @@ class EngineSession:
         stats = _stats(job, t_start, len(tokens_in), n_out, t_first, t_last, cached,
                        evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored,
                        spec_source=spec.source, drafted_tokens=spec.drafted, accepted_tokens=spec.accepted)
-        stream.emit(Finished("".join(pieces), finish, stats, tuple(later_dropped)))
+        stream.emit(Finished("".join(pieces), finish, stats, tuple(later_dropped), tuple(generated)))
 
     def _source(self, speculative: str):
         """The draft source a reply asked for: "off", "lookup", "draft" or "auto" (the draft model

@@ -80,6 +80,7 @@ class Finished:
     finish_reason: str
     stats: ReplyStats
     dropped: tuple[int, ...] = ()
+    tokens: tuple[int, ...] = ()  # the reply's token ids
 
 
 @dataclass(frozen=True)
