@@ -52,3 +52,9 @@ class ChatTemplateError(RuntimeFailure):
     """The model's chat template could not render these messages."""
 
     code = "chat_template_error"
+
+
+class DraftModelError(RuntimeFailure):
+    """The draft model for speculative decoding cannot be loaded or cannot serve this model."""
+
+    code = "draft_unusable"

@@ -242,13 +242,22 @@ function setStreaming(on) {
   $("send").hidden = on;
   $("stop").hidden = !on;
   $("prompt").disabled = on;
+  $("context-policy").disabled = on;
 }
 
 async function send(content) {
   showError("");
+  setStreaming(true);  // from here on, nothing else may start or switch conversations
   if (!state.current) {
-    const conv = await api("POST", "/api/conversations", {});
-    state.current = { ...conv, messages: [] };
+    try {
+      const conv = await api("POST", "/api/conversations", {});
+      state.current = { ...conv, messages: [] };
+    } catch (err) {
+      setStreaming(false);
+      $("prompt").value = content;
+      showError(err.message);
+      return;
+    }
   }
   const conv = state.current;
   const box = $("messages");
@@ -262,7 +271,6 @@ async function send(content) {
   const body = reply.querySelector(".body");
   let text = "";
   let frame = 0;
-  setStreaming(true);
   try {
     await streamReply(conv.id, content, (event, data) => {
       if (event === "start") {

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 
 from app import __version__
 from app.api.deps import ChatDep, HardwareDep, ModelsDep, StoreDep
+from runtime.errors import RuntimeFailure
 from runtime.model_info import inspect_model
 
 router = APIRouter(prefix="/api", tags=["system"])
@@ -27,8 +28,16 @@ def health(models: ModelsDep) -> dict:
 
 @router.get("/models")
 def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
+    """Installed models; each names the installed models that can draft for it (speculative decoding)."""
     loaded_id = models.loaded.id if models.loaded is not None else None
-    return [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] == loaded_id} for m in store.list_models()]
+    out = []
+    for m in store.list_models():
+        try:
+            drafts = [d for d, _, _ in models.drafts_for(m)]
+        except (OSError, RuntimeFailure):
+            drafts = []
+        out.append({**m, "is_default": bool(m["is_default"]), "loaded": m["id"] == loaded_id, "drafts": drafts})
+    return out
 
 
 @router.get("/hardware")

@@ -19,12 +19,13 @@ from app.store import Store
 from runtime import embedded
 from runtime.engine import EngineSession, LoadParams, ReplyStats
 from runtime.engine.kvstate import state_path
-from runtime.errors import ModelLoadError
+from runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
 from runtime.gguf import check_model_file
 from runtime.hardware import HardwareProfile
 from runtime.model_info import ModelInfo, inspect_model
 from runtime.planner import Calibration, Plan, candidates, plan_model, verify
 from runtime.planner.search import plan_from_candidate, plan_gpus, predict_decode
+from runtime.planner.speculative import draft_compatible
 
 log = logging.getLogger("tandem")
 MIN_TOKENS_TO_RECORD = 16
@@ -118,12 +119,29 @@ class ModelService:
         hw = self.hardware()
         calibration = Calibration.from_records(self.store.measurements(hw.machine_id))
         asked = (n_ctx if n_ctx is not None else self.settings.n_ctx) or None
+        drafts = tuple(self.drafts_for(model, info)) if self.settings.speculative == "auto" else ()
         plan = plan_model(info, hw, asked, calibration=calibration, model_key=model["id"],
-                          threads=self.settings.n_threads)
+                          threads=self.settings.n_threads, drafts=drafts)
         if self.settings.n_gpu_layers is not None and self.settings.n_gpu_layers != plan.n_gpu_layers:
             plan = replace(plan, n_gpu_layers=self.settings.n_gpu_layers,
                            reasons=plan.reasons + (f"n_gpu_layers {self.settings.n_gpu_layers} set by you (TANDEM_N_GPU_LAYERS).",))
         return verify(plan) if dry_run else plan
+
+    def drafts_for(self, model: dict, info: ModelInfo | None = None) -> list[tuple[str, ModelInfo, float | None]]:
+        """Installed models that may draft for `model` (same tokenizer and vocabulary, much smaller),
+        with the acceptance measured by earlier replies with that pair (None: not measured yet)."""
+        info = info or inspect_model(Path(model["path"]))
+        found = []
+        for other in self.store.list_models():
+            if other["id"] == model["id"]:
+                continue
+            try:
+                d = inspect_model(Path(other["path"]))
+            except (OSError, RuntimeFailure):
+                continue  # a missing or damaged file is not offered as a draft
+            if draft_compatible(info, d) is None:
+                found.append((other["id"], d, self.store.acceptance(model["id"], f"draft:{Path(other['path']).name}")))
+        return found
 
     def fallbacks(self, info: ModelInfo, plan: Plan) -> list[Plan]:
         """Plans with fewer GPU layers, for when the chosen one fails to load."""
@@ -150,11 +168,13 @@ class ModelService:
         tried = []
         for attempt in [plan] + (self.fallbacks(info, plan) if plan.n_gpu_layers else []):
             try:
-                session = EngineSession.open(
-                    LoadParams(path=Path(model["path"]), **attempt.load_kwargs()),
-                    saved_states=self.settings.context_cache_dir if self.settings.context_cache_mb else None,
-                    saved_cap_bytes=self.settings.context_cache_mb * 1024 * 1024,
-                )
+                try:
+                    session = self._start(model, attempt)
+                except DraftModelError as err:  # the model is fine: run it without the draft
+                    log.warning("the draft model %s could not be used: %s", attempt.draft["model"], err)
+                    attempt = replace(attempt, speculative="prompt_lookup", draft=None, reasons=attempt.reasons + (
+                        f"The draft model {attempt.draft['model']} could not be used ({err}); prompt lookup instead.",))
+                    session = self._start(model, attempt)
             except ModelLoadError as err:
                 tried.append(f"{attempt.n_gpu_layers} GPU layers ({err})")
                 log.warning("loading %s with %d GPU layers failed; trying fewer", model["id"], attempt.n_gpu_layers)
@@ -178,6 +198,18 @@ class ModelService:
         if loaded is not None:
             loaded.session.forget(conversation_id)
         state_path(self.settings.context_cache_dir, conversation_id).unlink(missing_ok=True)
+
+    def _start(self, model: dict, plan: Plan) -> EngineSession:
+        draft = None
+        if plan.draft:
+            draft = LoadParams(path=Path(plan.draft["path"]), n_ctx=plan.n_ctx, n_gpu_layers=plan.draft["n_gpu_layers"],
+                               n_threads=plan.n_threads, n_threads_batch=plan.n_threads_batch, flash_attn=True,
+                               main_gpu=plan.gpu_index or 0)
+        return EngineSession.open(
+            LoadParams(path=Path(model["path"]), **plan.load_kwargs()),
+            saved_states=self.settings.context_cache_dir if self.settings.context_cache_mb else None,
+            saved_cap_bytes=self.settings.context_cache_mb * 1024 * 1024, draft=draft,
+        )
 
     def record(self, loaded: LoadedModel, stats: ReplyStats, source: str) -> None:
         """Keep the measured decode speed of a real reply for the planner's calibration."""

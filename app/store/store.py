@@ -132,6 +132,14 @@ class Store:
             return list(self.db["measurements"].rows_where(
                 "machine_id = ?", [machine_id], order_by="id desc", limit=limit))[::-1]
 
+    def acceptance(self, model_id: str, spec_source: str, min_drafted: int = 50) -> float | None:
+        """Accepted / drafted tokens over the replies of a model with one draft source (None: too few)."""
+        with self._lock:
+            row = next(self.db.query(
+                "select sum(accepted_tokens) as a, sum(drafted_tokens) as d from messages"
+                " where model_id = ? and spec_source = ?", [model_id, spec_source]))
+        return row["a"] / row["d"] if row["d"] and row["d"] >= min_drafted else None
+
     # --- models
     def upsert_model(self, model: dict) -> dict:
         with self._lock, self.db.atomic():

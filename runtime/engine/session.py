@@ -23,7 +23,7 @@ from runtime.engine.speculative import Controller, DraftModel, PromptLookup, Spe
 from runtime.engine.params import KV_TYPES, LoadParams, SamplingParams
 from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
 from runtime.engine.text import StopMatcher, Utf8Stream
-from runtime.errors import ContextOverflow, EngineClosed, ModelLoadError, RuntimeFailure
+from runtime.errors import ContextOverflow, DraftModelError, EngineClosed, ModelLoadError, RuntimeFailure
 from runtime.gguf import check_model_file
 
 
@@ -251,10 +251,10 @@ class EngineSession:
             )
         except Exception as err:
             llama.close()
-            raise ModelLoadError(f"llama.cpp could not load the draft model {p.path.name} ({err}).") from err
+            raise DraftModelError(f"llama.cpp could not load the draft model {p.path.name} ({err}).") from err
         try:
             return DraftModel(draft, llama._model.vocab, p.path.name)
-        except RuntimeFailure:
+        except DraftModelError:
             draft.close()
             llama.close()
             raise

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import llama_cpp
 
-from runtime.errors import RuntimeFailure
+from runtime.errors import DraftModelError
 
 
 class DraftSource(Protocol):
@@ -204,7 +204,7 @@ class DraftModel:
 
         why = vocab_mismatch(target_vocab, llama._model.vocab)
         if why:
-            raise RuntimeFailure(f"{name} cannot draft for this model: {why}. Pick a draft from the same family.")
+            raise DraftModelError(f"{name} cannot draft for this model: {why}. Pick a draft from the same family.")
         self.name = f"draft:{name}"
         self.llama = llama
         self.decoder = NativeDecoder(llama)

@@ -36,6 +36,9 @@ class Plan:
     context_policy: str = "sink_window"  # when a conversation outgrows n_ctx: sink_window, drop_turns, stop
     sink_tokens: int = 4  # tokens always kept at the start (besides the system prompt)
     evict_chunk: int = 0  # tokens freed per eviction beyond what is needed
+    # the draft model when speculative is "draft:<id>": model, path, device, n_gpu_layers, k,
+    # acceptance (and whether measured), plain_tps (the best plan without it), predicted_tps
+    draft: dict | None = None
 
     def load_kwargs(self) -> dict:
         """The LoadParams fields this plan sets."""

@@ -159,11 +159,45 @@ def _any_fit(info, hw, sets, n_ctx, threads) -> bool:
 
 def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *,
                calibration: Calibration | None = None, model_key: str | None = None,
-               threads: int | None = None) -> Plan:
+               threads: int | None = None, drafts: tuple = ()) -> Plan:
     """The fastest plan that fits. n_ctx None: the longest context that costs no speed.
 
+    drafts: (model id, ModelInfo, measured acceptance or None) of installed models that may draft
+    for this one: the plan takes the best if speculative decoding with it is predicted to pay,
+    placing it on the GPU and the model on the CPU where that is fastest (Dovetail).
     Raises PlanError (naming the largest context that fits) when the asked context cannot fit.
     """
+    plan = _plan_plain(info, hw, n_ctx, calibration=calibration, model_key=model_key, threads=threads)
+    if not drafts:
+        return plan
+    from runtime.planner.speculative import choose_draft
+
+    threads = plan.n_threads
+
+    def plan_target(machine):
+        try:
+            return _plan_plain(info, machine, plan.n_ctx, calibration=calibration, model_key=model_key, threads=threads)
+        except PlanError:
+            return None
+
+    def plan_draft(d: ModelInfo, machine, on_gpu: bool):
+        gpu = None
+        if on_gpu:
+            from runtime.planner.speculative import _best_gpu
+            gpu = _best_gpu(machine)
+        c = _evaluate(d, machine, gpu, n_ctx=plan.n_ctx, ngl=d.n_layer + 1 if gpu else 0, kv="f16", ubatch=512,
+                      threads=threads, cal=1.0)
+        if c is None:
+            return None
+        return c["speed"].decode_tps, sum(m.total for m in c["memory"] if m.device != "CPU")
+
+    chosen, reasons = choose_draft(info, plan, list(drafts), hw, plan_target, plan_draft)
+    return replace(chosen, reasons=chosen.reasons + tuple(reasons))
+
+
+def _plan_plain(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *,
+                calibration: Calibration | None = None, model_key: str | None = None,
+                threads: int | None = None) -> Plan:
     cal = (calibration or Calibration()).factor(model_key)
     threads = threads or hw.cpu.physical_cores or 1
     sets, no_gpu_reason = gpu_sets(hw)

@@ -137,7 +137,8 @@ def test_context_policy_is_chosen_per_conversation(page, server):
     expect(select).to_be_visible(timeout=30_000)  # a new chat shows what it will get
     expect(select.locator("option").first).to_have_text("Automatic: keep the start, slide the rest")
     send(page, "Hello")
-    expect(page.locator("#send")).to_be_visible(timeout=30_000)
+    expect(page.locator(".message.assistant .stats").last).to_contain_text("tokens", timeout=30_000)
+    expect(select).to_be_enabled()
     conv_id = page.locator("#conversation-list .conversation.active").get_attribute("data-id")
     select.select_option("stop")
     expect(page.locator("#error-banner")).to_be_hidden()

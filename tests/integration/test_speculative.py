@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,37 @@ def test_speculative_mode_is_checked(engine):
         engine.submit([{"role": "user", "content": "Hi"}], GREEDY, speculative="always")
     with pytest.raises(RuntimeFailure, match="No draft model"):
         engine.submit([{"role": "user", "content": "Hi"}], GREEDY, speculative="draft").result()
+
+
+def test_the_app_offers_installed_drafts_and_runs_without_one_that_cannot_serve(tmp_path, tiny_draft, gemma_path):
+    from dataclasses import replace
+
+    import httpx
+
+    from app.server import ServerThread
+    from app.services import Services
+    from runtime.model_info import inspect_model
+    from tests.conftest import make_settings
+
+    services = Services.open(make_settings(tmp_path))
+    try:
+        models = services.models
+        models.store.upsert_model({"id": "tiny", "name": "tiny", "path": str(tiny_draft), "source": "local",
+                                   "size_bytes": tiny_draft.stat().st_size, "is_default": 0})
+        target = models.resolve(None)
+        assert [d for d, _, _ in models.drafts_for(target)] == ["tiny"]
+        info = inspect_model(Path(target["path"]))
+        plan = models.plan_for(target, dry_run=False)
+        # a draft whose vocabulary differs (Gemma's): the model still loads, with prompt lookup
+        wrong = replace(plan, speculative="draft:gemma", draft={"model": "gemma", "path": str(gemma_path),
+                                                                "n_gpu_layers": 0})
+        session, used = models._open(target, info, wrong)
+        session.close()
+        assert used.speculative == "prompt_lookup" and used.draft is None
+        assert any("could not be used" in r and "cannot draft" in r for r in used.reasons)
+    finally:
+        services.close()
+    with ServerThread(make_settings(tmp_path)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        listed = {m["id"]: m for m in client.get("/api/models").json()}
+        assert listed["smollm2-135m-instruct-q4_1"]["drafts"] == ["tiny"]
+        assert listed["tiny"]["drafts"] == []

@@ -202,3 +202,31 @@ def test_context_policy_shifts_where_the_cache_can_and_drops_turns_where_it_cann
     plan = plan_model(recurrent, hw, 2048)
     assert plan.context_policy == "drop_turns" and plan.evict_chunk == 512
     assert any("cannot be shifted" in r for r in plan.reasons)
+
+
+def test_a_draft_model_is_planned_where_it_pays_and_placed_on_the_gpu_when_vram_is_short(shapes):
+    draft = (("1b", shapes["1b"], None),)
+    small_gpu = plan_model(shapes["13b"], machine("laptop-4gb-gpu"), 4096, drafts=draft)
+    assert small_gpu.speculative == "draft:1b"
+    assert small_gpu.draft["device"] == "GPU0" and small_gpu.draft["n_gpu_layers"] == shapes["1b"].n_layer + 1
+    assert small_gpu.draft["predicted_tps"] > 1.1 * small_gpu.draft["plain_tps"]
+    plain = plan_model(shapes["13b"], machine("laptop-4gb-gpu"), 4096)
+    assert small_gpu.n_gpu_layers < plain.n_gpu_layers  # the model gave up VRAM for the draft (Dovetail)
+    assert any("draft entirely on GPU0" in r for r in small_gpu.reasons)
+    # two slow cores: verifying extra tokens costs more than the draft saves
+    cpu = plan_model(shapes["7b"], machine("dev-vm-epyc-2core"), 4096, drafts=draft)
+    assert cpu.speculative == "prompt_lookup" and cpu.draft is None
+    assert any("would not pay" in r for r in cpu.reasons)
+    # measured acceptance replaces the prior: a draft that is always wrong is not planned
+    wrong = plan_model(shapes["13b"], machine("laptop-4gb-gpu"), 4096, drafts=(("1b", shapes["1b"], 0.05),))
+    assert wrong.speculative == "prompt_lookup"
+
+
+def test_only_a_much_smaller_model_with_the_same_vocabulary_can_draft(shapes):
+    from runtime.planner.speculative import draft_compatible
+
+    assert draft_compatible(shapes["7b"], shapes["1b"]) is None
+    assert "same file" in draft_compatible(shapes["7b"], shapes["7b"])
+    assert "smaller" in draft_compatible(shapes["7b"], shapes["3b"])
+    assert "tokenizer" in draft_compatible(shapes["gemma3-270m"], shapes["smollm2"]) or \
+        "vocabulary" in draft_compatible(shapes["gemma3-270m"], shapes["smollm2"])
