@@ -152,3 +152,12 @@ def test_context_policy_is_chosen_per_conversation(page, server):
     expect(select).to_have_value("")
     page.locator(f'#conversation-list .conversation[data-id="{conv_id}"] .title').click()
     expect(select).to_have_value("stop")
+
+
+def test_speculative_decoding_is_shown_under_the_reply(page):
+    code = "def add(a, b):\n    total = a + b\n    print(total)\n    return total\n"
+    send(page, "Add a comment above each line of this code and output the complete code:\n```python\n" + code + "```")
+    stats = page.locator(".message.assistant .stats").last
+    expect(stats).to_contain_text("tokens", timeout=60_000)
+    expect(stats).to_contain_text("x plan")
+    expect(stats).to_contain_text(re.compile(r"lookup: \d+/\d+ drafted accepted \(\d+%\)"))
