@@ -68,18 +68,39 @@ function memoryMap(plan) {
       el("div", "legend", `${legend} · free ${size(Math.max(0, cap - dev.total - dev.margin))} of ${size(cap)}`));
     box.append(row);
   }
+  const spec = plan.draft
+    ? `Speculative decoding: ${plan.draft.model} drafts on ${plan.draft.device}, ${plan.draft.k} tokens a step, ` +
+      `${plan.draft.predicted_tps.toFixed(1)} tokens/s predicted (plain ${plan.draft.plain_tps.toFixed(1)})`
+    : `Speculative decoding: ${plan.speculative === "prompt_lookup" ? "prompt lookup" : "off"}`;
+  box.append(el("p", "speculative", spec));
   const ul = el("ul", "reasons");
   for (const r of plan.reasons) ul.append(el("li", "", r));
   box.append(ul);
   return box;
 }
 
+function modelList(models) {
+  const box = el("div", "hw-card models");
+  box.append(el("h3", "", "Installed models"));
+  const ul = el("ul");
+  for (const m of models) {
+    const flags = [m.loaded ? "loaded" : null, m.is_default ? "default" : null].filter(Boolean).join(", ");
+    const drafts = m.drafts.length ? `can be drafted for by ${m.drafts.join(", ")}` : "no installed model can draft for it";
+    const li = el("li", "", `${m.name} (${size(m.size_bytes)}${flags ? ", " + flags : ""}): ${drafts}`);
+    li.dataset.model = m.id;
+    ul.append(li);
+  }
+  box.append(ul);
+  return box;
+}
+
 export async function renderHardware(view, loadedModelId) {
   const id = loadedModelId ? encodeURIComponent(loadedModelId) : null;
-  const [hw, info, plan] = await Promise.all([
+  const [hw, info, plan, models] = await Promise.all([
     api("GET", "/api/hardware"),
     id ? api("GET", `/api/models/${id}/info`).catch(() => null) : null,
     id ? api("GET", `/api/models/${id}/plan`).catch(() => null) : null,
+    api("GET", "/api/models").catch(() => []),
   ]);
   view.replaceChildren();
   view.append(el("h2", "", "This machine"));
@@ -131,5 +152,6 @@ export async function renderHardware(view, loadedModelId) {
   }
   view.append(grid);
   if (plan) view.append(memoryMap(plan));
+  if (models.length) view.append(modelList(models));
   for (const p of hw.problems) view.append(el("p", "muted", `Not read: ${p}`));
 }

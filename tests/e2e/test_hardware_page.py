@@ -23,6 +23,9 @@ def test_hardware_page_on_this_machine(page):
     expect(plan.locator("h3")).to_contain_text("tokens/s predicted", timeout=30_000)
     expect(plan.locator(".device[data-device=CPU] .part.weights")).to_have_count(1)
     expect(plan.locator(".reasons")).to_contain_text("threads: one per physical core")
+    expect(plan.locator(".speculative")).to_have_text("Speculative decoding: prompt lookup")
+    expect(view.locator(".hw-card.models li[data-model=smollm2-135m-instruct-q4_1]")).to_contain_text(
+        "no installed model can draft for it")
     expect(page.locator("#composer")).to_be_hidden()
     page.click("#new-chat")  # back to chatting
     expect(page.locator("#composer")).to_be_visible()
