@@ -189,7 +189,8 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
                       threads=threads, cal=1.0)
         if c is None:
             return None
-        return c["speed"].decode_tps, sum(m.total for m in c["memory"] if m.device != "CPU")
+        return (c["speed"].decode_tps, sum(m.total for m in c["memory"] if m.device != "CPU"),
+                sum(m.total for m in c["memory"] if m.device == "CPU"))
 
     chosen, reasons = choose_draft(info, plan, list(drafts), hw, plan_target, plan_draft)
     return replace(chosen, reasons=chosen.reasons + tuple(reasons))

@@ -73,7 +73,7 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
 
     drafts: (model id, info, measured acceptance or None). plan_target(hw) plans the target on a
     machine (used with the GPU's free memory reduced by a draft placed there); plan_draft(info, hw,
-    on_gpu) returns (decode tokens/s, bytes it takes on the GPU) or None where it does not fit.
+    on_gpu) returns (decode tokens/s, bytes on the GPU, bytes on the CPU) or None where it does not fit.
     """
     reasons = []
     best = None
@@ -84,7 +84,8 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
         a = measured if measured is not None else PRIOR_ACCEPTANCE
         source = "measured" if measured is not None else "expected"
         options = []
-        cpu_draft = plan_draft(info, hw, False)
+        # both models share the host's memory: the draft gets what the model's plan leaves
+        cpu_draft = plan_draft(info, _less_host_memory(hw, _cpu_bytes(plan)), False)
         if cpu_draft is not None:
             tps, k = speculative_speed(target, plan, cpu_draft[0], a, hw, _plan_gpu(hw, plan))
             options.append((tps, k, plan, "CPU", 0))
@@ -92,9 +93,10 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
         if gpu is not None:
             on_gpu = plan_draft(info, hw, True)
             if on_gpu is not None:
-                draft_tps, draft_bytes = on_gpu
-                shrunk = replace(hw, gpus=tuple(replace(g, memory_free_bytes=(g.memory_free_bytes or 0) - draft_bytes)
-                                                if g.index == gpu.index else g for g in hw.gpus))
+                draft_tps, draft_bytes, draft_cpu_bytes = on_gpu
+                shrunk = replace(_less_host_memory(hw, draft_cpu_bytes), gpus=tuple(
+                    replace(g, memory_free_bytes=(g.memory_free_bytes or 0) - draft_bytes) if g.index == gpu.index else g
+                    for g in hw.gpus))
                 target_plan = plan_target(shrunk)
                 if target_plan is not None:
                     tps, k = speculative_speed(target, target_plan, draft_tps, a, shrunk, _plan_gpu(shrunk, target_plan))
@@ -118,6 +120,16 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
         "acceptance": round(a, 3), "acceptance_source": source, "plain_tps": round(plan.decode_tps, 2),
         "predicted_tps": round(tps, 2)})
     return chosen, reasons
+
+
+def _cpu_bytes(plan: Plan) -> int:
+    return sum(m.total for m in plan.memory if m.device == "CPU")
+
+
+def _less_host_memory(hw: HardwareProfile, used: int) -> HardwareProfile:
+    if hw.memory.available_bytes is None:
+        return hw
+    return replace(hw, memory=replace(hw.memory, available_bytes=max(0, hw.memory.available_bytes - used)))
 
 
 def _best_gpu(hw: HardwareProfile):

@@ -155,8 +155,9 @@ def test_context_policy_is_chosen_per_conversation(page, server):
 
 
 def test_speculative_decoding_is_shown_under_the_reply(page):
-    code = "def add(a, b):\n    total = a + b\n    print(total)\n    return total\n"
-    send(page, "Add a comment above each line of this code and output the complete code:\n```python\n" + code + "```")
+    from app.bench_spec import TASKS
+
+    send(page, TASKS["copy"])  # a reply that copies a code block: prompt lookup drafts it
     stats = page.locator(".message.assistant .stats").last
     expect(stats).to_contain_text("tokens", timeout=60_000)
     expect(stats).to_contain_text("x plan")

@@ -230,3 +230,15 @@ def test_only_a_much_smaller_model_with_the_same_vocabulary_can_draft(shapes):
     assert "smaller" in draft_compatible(shapes["7b"], shapes["3b"])
     assert "tokenizer" in draft_compatible(shapes["gemma3-270m"], shapes["smollm2"]) or \
         "vocabulary" in draft_compatible(shapes["gemma3-270m"], shapes["smollm2"])
+
+
+def test_a_draft_and_its_model_share_the_hosts_memory(shapes):
+    draft = (("1b", shapes["1b"], None),)
+    hw = machine("laptop-4gb-gpu")
+    roomy = plan_model(shapes["7b"], hw, 4096, drafts=draft)
+    assert roomy.speculative == "draft:1b" and roomy.draft["device"] == "CPU"
+    # just enough host memory for the model alone: the draft does not go on the CPU beside it
+    need = sum(m.total + m.margin for m in roomy.memory if m.device == "CPU")
+    tight = replace(hw, memory=replace(hw.memory, available_bytes=need + 200 * 1024**2))
+    plan = plan_model(shapes["7b"], tight, 4096, drafts=draft)
+    assert plan.draft is None or plan.draft["device"] != "CPU"
