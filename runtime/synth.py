@@ -76,8 +76,13 @@ def preset(name: str, **changes) -> SynthSpec:
 
 @lru_cache(maxsize=1)
 def _tokenizer_fields() -> tuple:
-    """SmolLM2's tokenizer metadata: (key, value, type, sub_type) for every tokenizer.* field."""
-    reader = GGUFReader(embedded.default_model_path())
+    """SmolLM2's tokenizer metadata: (key, value, type, sub_type) for every tokenizer.* field.
+
+    Read from the built-in model, or from the GGUF named by TANDEM_SYNTH_TOKENIZER (any file
+    written by this module carries it: a "tiny" one is 5 MB, for machines without the built-in model).
+    """
+    source = os.environ.get("TANDEM_SYNTH_TOKENIZER") or embedded.default_model_path()
+    reader = GGUFReader(source)
     fields = []
     for key, field in reader.fields.items():
         if key.startswith("tokenizer."):
