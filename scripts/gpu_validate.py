@@ -7,7 +7,7 @@ n_gpu_layers sweep around the plan's choice (only layer counts the planner says 
 Writes one JSON and prints a table: memory error, speed error before and after calibrating on the
 sweep, the plan against the best of the sweep, and the speed-up over CPU-only.
 
-    python scripts/gpu_validate.py --out gpu.json [--shapes 7b,13b] [--budgets 3,4,8,12,24]
+    python scripts/gpu_validate.py --out gpu.json [--shapes 7b,13b] [--budgets 3,8,24] [--max-seconds 480]
     python scripts/gpu_validate.py --cpu-smoke --out smoke.json   # the same code paths, on a CPU
 
 See docs/gpu-validation.md for sending it to a GPU machine with the CUDA build.
@@ -104,10 +104,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_validate.json"))
     ap.add_argument("--shapes", default="7b,13b")
-    ap.add_argument("--budgets", default="3,4,8,12,24", help="emulated free VRAM in GiB")
+    ap.add_argument("--budgets", default="3,8,24", help="emulated free VRAM in GiB (e.g. 3,4,8,12,24)")
     ap.add_argument("--tokens", type=int, default=64, help="tokens decoded per measurement")
     ap.add_argument("--n-ctx", type=int, default=4096)
-    ap.add_argument("--sweep", type=int, default=4, help="layer counts either side of the plan's to measure")
+    ap.add_argument("--sweep", type=int, default=2, help="layer counts either side of the plan's to measure")
+    ap.add_argument("--max-seconds", type=float, default=480,
+                    help="stop measuring after this long and write what was measured (device calls are limited)")
     ap.add_argument("--workdir", type=Path, help="where the synthetic models go (default: a temporary folder)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model, no GPU: check the script itself")
     args = ap.parse_args(argv)
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tandem-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     records = []
+    started = time.perf_counter()
     for shape in shapes:
         path = work / f"{shape}.gguf"
         if not path.exists():
@@ -150,6 +153,9 @@ def main(argv=None) -> int:
                 fits = ngl <= chosen or _fits(info, machine, args.n_ctx, ngl, plan)
                 if not fits:
                     rows.append({"ngl": ngl, "fits": False})
+                    continue
+                if time.perf_counter() - started > args.max_seconds:
+                    rows.append({"ngl": ngl, "fits": True, "skipped": "out of time"})
                     continue
                 if ngl == 0 and cpu is not None:
                     m = cpu
