@@ -18,9 +18,9 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from app.bench import in_own_thread
 from app.config import Settings
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "ember", "harbor", "violet"]
@@ -31,11 +31,6 @@ FILLER = ("The lighthouse keeper wrote in his log about the tides, the gulls and
 def _note(turn: int) -> dict:
     return {"role": "user", "content": f"Note {turn}: door {turn} opens with the word {WORDS[turn % 8]}{turn}. "
                                        f"Reply with that word and a short remark about doors."}
-
-
-def _in_thread(fn, *args):
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def _policy_run(model: Path, threads: int, n_ctx: int, policy: str, factor: int, reply: int) -> dict:
@@ -138,7 +133,7 @@ def run_context_bench(settings: Settings, model: Path, n_ctx: int | None, factor
     runs: dict[str, list[dict]] = {p: [] for p in policies}
     for _ in range(repeats):
         for policy in policies:
-            runs[policy].append(_in_thread(_policy_run, model, threads, n_ctx, policy, factor, reply))
+            runs[policy].append(in_own_thread(_policy_run, model, threads, n_ctx, policy, factor, reply))
     for policy in policies:
         r = _fastest(runs[policy])
         times = [t["s"] for t in r["turns"]]
@@ -163,7 +158,7 @@ def run_context_bench(settings: Settings, model: Path, n_ctx: int | None, factor
         print(line)
     print(f"\n(b) returning to a conversation of ~{resume_tokens} tokens after another took the model "
           f"({rounds} rounds each, alternating)")
-    r = _in_thread(_resume_run, model, threads, resume_tokens, rounds)
+    r = in_own_thread(_resume_run, model, threads, resume_tokens, rounds)
     rest = statistics.median(t for t, _, _ in r["restored"])
     again = statistics.median(t for t, _, _ in r["reevaluated"])
     restored_tokens = max(n for _, n, _ in r["restored"])

@@ -12,9 +12,9 @@ plain, acceptance, and whether the text equals plain greedy decoding.
 from __future__ import annotations
 
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from app.bench import in_own_thread
 from app.config import Settings
 
 CODE = '''def parse_config(path):
@@ -89,8 +89,7 @@ def run_spec_bench(settings: Settings, model: Path, draft: Path | None = None, t
     for _ in range(runs):
         for task, prompt in TASKS.items():
             for mode in modes:
-                with ThreadPoolExecutor(max_workers=1) as pool:
-                    r = pool.submit(_row, model, mode, draft, prompt, tokens, threads, n_ctx).result()
+                r = in_own_thread(_row, model, mode, draft, prompt, tokens, threads, n_ctx)
                 results.setdefault((task, mode), []).append(r)
     verdicts = []
     for task in TASKS:

@@ -10,7 +10,6 @@ from fastapi import APIRouter
 
 from app import __version__
 from app.api.deps import ChatDep, HardwareDep, ModelsDep, StoreDep
-from runtime.errors import RuntimeFailure
 from runtime.model_info import inspect_model
 
 router = APIRouter(prefix="/api", tags=["system"])
@@ -30,14 +29,9 @@ def health(models: ModelsDep) -> dict:
 def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
     """Installed models; each names the installed models that can draft for it (speculative decoding)."""
     loaded_id = models.loaded.id if models.loaded is not None else None
-    out = []
-    for m in store.list_models():
-        try:
-            drafts = [d for d, _, _ in models.drafts_for(m)]
-        except (OSError, RuntimeFailure):
-            drafts = []
-        out.append({**m, "is_default": bool(m["is_default"]), "loaded": m["id"] == loaded_id, "drafts": drafts})
-    return out
+    drafts = models.draft_pairs()
+    return [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] == loaded_id, "drafts": drafts.get(m["id"], [])}
+            for m in store.list_models()]
 
 
 @router.get("/hardware")

@@ -130,18 +130,31 @@ class ModelService:
     def drafts_for(self, model: dict, info: ModelInfo | None = None) -> list[tuple[str, ModelInfo, float | None]]:
         """Installed models that may draft for `model` (same tokenizer and vocabulary, much smaller),
         with the acceptance measured by earlier replies with that pair (None: not measured yet)."""
-        info = info or inspect_model(Path(model["path"]))
-        found = []
-        for other in self.store.list_models():
-            if other["id"] == model["id"]:
-                continue
+        installed = self._inspect_installed()
+        if info is None:
+            _, info = installed.get(model["id"], (model, None))
+            info = info or inspect_model(Path(model["path"]))
+        return self._drafts(model["id"], info, installed)
+
+    def draft_pairs(self) -> dict[str, list[str]]:
+        """For every installed model, the installed models that may draft for it (each file read once)."""
+        installed = self._inspect_installed()
+        return {mid: [d for d, _, _ in self._drafts(mid, info, installed)] if info else []
+                for mid, (_, info) in installed.items()}
+
+    def _inspect_installed(self) -> dict[str, tuple[dict, ModelInfo | None]]:
+        out = {}
+        for m in self.store.list_models():
             try:
-                d = inspect_model(Path(other["path"]))
+                out[m["id"]] = (m, inspect_model(Path(m["path"])))
             except (OSError, RuntimeFailure):
-                continue  # a missing or damaged file is not offered as a draft
-            if draft_compatible(info, d) is None:
-                found.append((other["id"], d, self.store.acceptance(model["id"], f"draft:{Path(other['path']).name}")))
-        return found
+                out[m["id"]] = (m, None)  # a missing or damaged file is not offered as a draft
+        return out
+
+    def _drafts(self, model_id: str, info: ModelInfo, installed: dict) -> list[tuple[str, ModelInfo, float | None]]:
+        return [(other_id, d, self.store.acceptance(model_id, f"draft:{Path(other['path']).name}"))
+                for other_id, (other, d) in installed.items()
+                if other_id != model_id and d is not None and draft_compatible(info, d) is None]
 
     def fallbacks(self, info: ModelInfo, plan: Plan) -> list[Plan]:
         """Plans with fewer GPU layers, for when the chosen one fails to load."""

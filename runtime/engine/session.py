@@ -428,7 +428,6 @@ class EngineSession:
                         break
                 decoder.truncate(base + len(out))  # token and the accepted drafts stay cached
                 controller.verified(len(draft), len(out) - 1, time.perf_counter() - t0, source.bucket)
-                spec.steps += 1
                 spec.drafted += len(draft)
                 spec.accepted += len(out) - 1
                 ended = False

@@ -173,7 +173,6 @@ class SpecStats:
     source: str = "none"
     drafted: int = 0
     accepted: int = 0
-    steps: int = 0  # verify batches
 
 
 def vocab_mismatch(target_vocab, draft_vocab) -> str | None:
