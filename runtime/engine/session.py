@@ -362,6 +362,7 @@ class EngineSession:
         context = list(tokens)  # what the reply continues: the prompt and the tokens so far
         generated: list[int] = []
         if source is not None and not source.cheap:
+            source.ignore_eos = job.sampling.ignore_eos
             source.sync(context)  # the draft model reads the prompt before the first token
 
         def take(token: int) -> bool:

@@ -207,7 +207,9 @@ class DraftModel:
         self.name = f"draft:{name}"
         self.llama = llama
         self.decoder = NativeDecoder(llama)
-        self._sampler = self.decoder.sampler(SamplingParams(temperature=0.0))
+        self._samplers = {flag: self.decoder.sampler(SamplingParams(temperature=0.0, ignore_eos=flag, max_tokens=1))
+                          for flag in (False, True)}
+        self.ignore_eos = False  # set per reply: a reply that may not end must not be drafted to its end
         self.n_ctx = min(llama.n_ctx(), len(llama.input_ids))
         self._per_token: float | None = None
         self.bucket = None
@@ -231,8 +233,9 @@ class DraftModel:
         self.sync(context)
         t0 = time.perf_counter()
         out = []
+        sampler = self._samplers[self.ignore_eos]
         for i in range(k):
-            t = self._sampler.sample()
+            t = sampler.sample()
             if self.decoder.is_end(t):
                 break
             out.append(t)
@@ -248,6 +251,7 @@ class DraftModel:
         return self._per_token
 
     def close(self) -> None:
-        self._sampler.__exit__(None, None, None)
+        for sampler in self._samplers.values():
+            sampler.__exit__(None, None, None)
         self.decoder.close()
         self.llama.close()

@@ -189,7 +189,8 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
                       threads=threads, cal=1.0)
         if c is None:
             return None
-        return (c["speed"].decode_tps, sum(m.total for m in c["memory"] if m.device != "CPU"),
+        # the GPU bytes leave out the CUDA context: the model's plan on that GPU counts it once
+        return (c["speed"].decode_tps, sum(m.total - m.overhead for m in c["memory"] if m.device != "CPU"),
                 sum(m.total for m in c["memory"] if m.device == "CPU"))
 
     chosen, reasons = choose_draft(info, plan, list(drafts), hw, plan_target, plan_draft)

@@ -73,7 +73,7 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
 
     drafts: (model id, info, measured acceptance or None). plan_target(hw) plans the target on a
     machine (used with the GPU's free memory reduced by a draft placed there); plan_draft(info, hw,
-    on_gpu) returns (decode tokens/s, bytes on the GPU, bytes on the CPU) or None where it does not fit.
+    on_gpu) returns (decode tokens/s, bytes on the GPU besides the CUDA context, bytes on the CPU) or None where it does not fit.
     """
     reasons = []
     best = None

@@ -22,6 +22,12 @@ def test_gpu_validation_script_runs_end_to_end_on_the_cpu(tmp_path):
     (summary,) = report["summary"]
     assert summary["plan_ngl"] == 0 and summary["speedup_vs_cpu"] == 1.0
     assert "plan/best" in r.stdout
+    # the Dovetail step: zero-weight draft and model agree on every token, so every draft is accepted
+    dovetail = report["dovetail"]
+    assert dovetail["draft_alone"]["decode_tps"] > 0
+    (option,) = dovetail["options"]
+    assert option["drafted"] >= 1 and option["accepted"] == option["drafted"]
+    assert option["plain_tps"] > 0 and option["spec_tps"] > 0
 
 
 def test_without_a_gpu_the_real_run_says_what_to_do(tmp_path):
