@@ -236,11 +236,13 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
     raw = collect_raw(data_dir)
     gbps = None
     if measure_bandwidth:
-        from runtime.hardware.bandwidth import cached_bandwidth
+        from runtime.hardware.bandwidth import buffer_mib, cached_bandwidth
 
         try:
             threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1
-            gbps = cached_bandwidth(data_dir, raw, threads, remeasure=remeasure)
+            first = build_profile(raw)
+            size = buffer_mib(first.cpu.l3_bytes, first.memory.available_bytes)
+            gbps = cached_bandwidth(data_dir, raw, threads, remeasure=remeasure, size_mib=size)
         except Exception as err:
             raw["errors"]["bandwidth"] = f"{type(err).__name__}: {err}"
     return build_profile(raw, gbps)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from runtime.hardware.profile import HardwareProfile
 from runtime.model_info import ModelInfo
 from runtime.planner.plan import Plan
-from runtime.planner.speed import CPU_FLOPS_PER_CORE, GPU_FLOPS_PER_GBPS, gpu_bandwidth_gbps
+from runtime.planner.speed import CPU_VERIFY_FLOPS_PER_CORE, GPU_FLOPS_PER_GBPS, gpu_bandwidth_gbps
 
 PRIOR_ACCEPTANCE = 0.7
 MIN_GAIN = 1.1  # a draft model must beat plain decoding by this much to be worth its memory
@@ -43,7 +43,7 @@ def expected_tokens(a: float, k: int) -> float:
 
 
 def _flops(hw: HardwareProfile, threads: int, plan_or_gpu) -> tuple[float, float]:
-    cpu = CPU_FLOPS_PER_CORE * min(threads, hw.cpu.physical_cores or threads)
+    cpu = CPU_VERIFY_FLOPS_PER_CORE * min(threads, hw.cpu.physical_cores or threads)
     gpu_bw = None
     if plan_or_gpu is not None:
         gpu_bw = gpu_bandwidth_gbps(plan_or_gpu) or 200.0

@@ -25,9 +25,12 @@ THREAD_EXPONENT = 0.75
 CPU_LAYER_S = 18e-6  # graph and barrier cost per layer per token on the CPU
 BASE_S = 0.1e-3  # per token: sampling, Python, graph build
 GPU_EFFICIENCY = 0.7
-GPU_LAYER_S = 67e-6  # kernel launches per layer per token (H200: 3.4 ms for 33 layers of 7B Q4_0)
+GPU_LAYER_S = 60e-6  # kernel launches per layer per token (fit to full offload of 7B and 13B Q4_0 on an H200)
 HANDOFF_S = 0.1e-3  # activations crossing between CPU and GPU once per token
-CPU_FLOPS_PER_CORE = 43e9  # prefill, quantized matmuls (SmolLM2 pp512 on this machine)
+CPU_FLOPS_PER_CORE = 43e9  # prefill, quantized matmuls (SmolLM2 pp512 on a 2-core VM)
+# A speculative verify batch (2-9 tokens) multiplies row by row, not by the batched kernels:
+# 26 GFLOP/s a core (SmolLM2 on a 2-core VM), 24 (a 7B shape on the H200's 16-core host).
+CPU_VERIFY_FLOPS_PER_CORE = 25e9
 GPU_FLOPS_PER_GBPS = 22e9  # prefill FLOP/s per GB/s of memory bandwidth (H200: 7,750 tok/s on 7B)
 
 # Memory bandwidth in GB/s by card name, for when NVML does not give bus width and clock.

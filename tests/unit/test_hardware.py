@@ -141,3 +141,12 @@ def test_bandwidth_is_measured_once_and_cached(tmp_path):
     assert cached_bandwidth(tmp_path, raw, threads=2) == (123.0, one)
     (tmp_path / "hardware-cache.json").write_text("{damaged")
     assert cached_bandwidth(tmp_path, raw, threads=2)[0] > 0.1
+
+
+def test_the_bandwidth_buffer_outgrows_the_last_level_cache():
+    from runtime.hardware.bandwidth import buffer_mib
+
+    assert buffer_mib(32 << 20) == 192  # small caches: the default buffer is already 6x larger
+    assert buffer_mib(300 << 20) == 1200  # a server's 300 MiB L3: reading 192 MiB measured the cache
+    assert buffer_mib(300 << 20, available_bytes=4 * GiB) == 512  # never more than an eighth of free memory
+    assert buffer_mib(None, available_bytes=GiB) == 192

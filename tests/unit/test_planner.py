@@ -163,21 +163,20 @@ def test_calibration_corrects_per_model_then_per_machine():
     assert cal.samples == 4 and Calibration().factor("a") == 1.0
 
 
-H200_TABLE = {0: 13.3, 8: 17.8, 16: 24.3, 20: 31.9, 24: 42.1, 28: 56.8, 32: 183.7, 33: 296.2}
+# n_ctx 2048, 16 threads: scripts/gpu_validate.py's offload curve (docs/gpu-validation.md)
+H200_TABLE = {0: 13.8, 8: 17.8, 16: 24.2, 20: 32.6, 24: 44.4, 28: 68.8, 32: 190.0, 33: 307.3}
 
 
 def test_speed_model_reproduces_the_h200_offload_curve(shapes):
     """runtime-facts: a 7B shape (Q4_0, vocab 49152) on an H200 with a 16-core host, 16 threads."""
     hw = machine("h200-16core-host")
     info, gpu = shapes["7b"], hw.gpus[0]
-    assert gpu_bandwidth_gbps(gpu) == pytest.approx(4917, rel=0.01)
+    assert gpu_bandwidth_gbps(gpu) == pytest.approx(4815, rel=0.01)  # NVML: 6016-bit bus at 3201 MHz
     errors = {}
     for ngl, measured in H200_TABLE.items():
         e = estimate(info, hw, n_gpu_layers=ngl, gpu=gpu, threads=16, kv_read_gpu=0, kv_read_cpu=0)
         errors[ngl] = (e.decode_tps - measured) / measured
-    assert all(abs(v) <= 0.15 for k, v in errors.items() if k != 28), errors
-    # n_gpu_layers 28 was measured once and lies below the line through its neighbours: +24% here
-    assert errors[28] < 0.30
+    assert all(abs(v) <= 0.15 for v in errors.values()), errors
     # threads matter with partial offload: 4 / 8 / 16 threads at 24 layers gave 16.7 / 26.7 / 42.5
     for threads, measured in ((4, 16.7), (8, 26.7), (16, 42.5)):
         e = estimate(info, hw, n_gpu_layers=24, gpu=gpu, threads=threads, kv_read_gpu=0, kv_read_cpu=0)
@@ -234,7 +233,7 @@ def test_only_a_much_smaller_model_with_the_same_vocabulary_can_draft(shapes):
 
 def test_a_draft_and_its_model_share_the_hosts_memory(shapes):
     draft = (("1b", shapes["1b"], None),)
-    hw = machine("laptop-4gb-gpu")
+    hw = replace(machine("laptop-4gb-gpu"), gpus=())  # the same laptop without its GPU: both on the CPU
     roomy = plan_model(shapes["7b"], hw, 4096, drafts=draft)
     assert roomy.speculative == "draft:1b" and roomy.draft["device"] == "CPU"
     # just enough host memory for the model alone: the draft does not go on the CPU beside it
