@@ -64,7 +64,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     from runtime.model_info import inspect_model
     from runtime.planner import Calibration, candidates, plan_model
     from runtime.planner.dryrun import LogCapture
-    from runtime.planner.search import gpu_sets, plan_from_candidate, predict_decode
+    from runtime.planner.search import gpu_sets, plan_from_candidate, predict_split
 
     info = inspect_model(model)
     hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
@@ -95,12 +95,13 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
 
     per_token = sum(info.layer_bytes) + output_weight_bytes(info)
     roofline = bw * 1e9 / per_token if bw else None
-    factor = calibration.factor(model_key)
+    cal_cpu, cal_gpu = calibration.factor(model_key)
     print(f"model {model.name} ({info.weight_bytes / GIB:.2f} GiB), {hw.cpu.brand}, {cores} cores, read bandwidth "
           f"{bw} GB/s ({hw.memory.read_bandwidth_1t_gbps} with one thread); {tokens} tokens x {runs} runs per row, "
           "greedy, rows round-robin")
     print(f"plan: n_ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, KV {plan.type_k}, {plan.n_threads} threads, "
-          f"ubatch {plan.n_ubatch}; calibration x{factor:.3f} from {calibration.samples} earlier measurements")
+          f"ubatch {plan.n_ubatch}; calibration CPU x{cal_cpu:.3f}, GPU x{cal_gpu:.3f} from {calibration.samples} "
+          "earlier measurements")
 
     # Rows run one at a time (idle llama.cpp thread pools of other loaded sessions would steal the
     # cores), round-robin over `runs` rounds so that the machine's drift hits every row alike.
@@ -124,15 +125,16 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     for (label, p), rep, values in zip(rows, reported, measured):
         tps = statistics.median(v for v, _ in values) if values else None
         fill = round(statistics.median(f for _, f in values)) if values else 1
-        raw = predict_decode(info, hw, p, fill)
+        raw, share = predict_split(info, hw, p, fill)
         weights = sum(m.weights for m in p.memory)
         llama_mem = weights + rep["kv_bytes"] + sum(rep["compute_bytes"].values()) + rep["output_bytes"]
         is_default = label == "library defaults"
-        table.append((label, raw, raw * factor, tps, None if is_default else sum(m.total for m in p.memory), llama_mem))
+        table.append((label, raw, calibration.apply(raw, share, model_key), tps, None if is_default else sum(m.total for m in p.memory), llama_mem))
         if tps and not is_default:
             store.add_measurement(machine_id=hw.machine_id, model_id=model_key, n_ctx=p.n_ctx,
                                   n_gpu_layers=p.n_gpu_layers, n_threads=p.n_threads, type_k=p.type_k,
-                                  completion_tokens=tokens, predicted_tps=raw, measured_tps=tps, source="bench")
+                                  completion_tokens=tokens, predicted_tps=raw, cpu_share=share, measured_tps=tps,
+                                  source="bench")
     store.close()
 
     def pct(a, b):

@@ -58,7 +58,7 @@ from runtime.engine import EngineSession, LoadParams, SamplingParams  # noqa: E4
 from runtime.hardware import probe  # noqa: E402
 from runtime.model_info import inspect_model  # noqa: E402
 from runtime.planner import Calibration, plan_model  # noqa: E402
-from runtime.planner.search import predict_decode  # noqa: E402
+from runtime.planner.search import predict_decode, predict_split  # noqa: E402
 from runtime.planner.speculative import speculative_speed  # noqa: E402
 from runtime.synth import preset, write_model  # noqa: E402
 
@@ -156,10 +156,15 @@ def _memory(info, machine, n_ctx, ngl, plan):
 def _row(info, machine, plan, ngl, m, chosen) -> dict:
     if m.get("error"):
         return {"ngl": ngl, "fits": True, "plan": ngl == chosen, **m}
+    return {"ngl": ngl, "fits": True, "plan": ngl == chosen, **m, **_predicted(info, machine, plan, ngl, m)}
+
+
+def _predicted(info, machine, plan, ngl, m) -> dict:
+    """What the planner predicts for a measured row: decode speed, its CPU share, GPU memory."""
     p = replace(plan, n_gpu_layers=ngl)
-    fill = m["prompt_tokens"] + m["completion_tokens"] // 2
-    return {"ngl": ngl, "fits": True, "plan": ngl == chosen, "predicted_tps": round(predict_decode(info, machine, p, fill), 2),
-            "predicted_gpu_bytes": gpu_bytes(_memory(info, machine, plan.n_ctx, ngl, plan)), **m}
+    tps, share = predict_split(info, machine, p, m["prompt_tokens"] + m["completion_tokens"] // 2)
+    return {"predicted_tps": round(tps, 2), "cpu_share": round(share, 4),
+            "predicted_gpu_bytes": gpu_bytes(_memory(info, machine, plan.n_ctx, ngl, plan))}
 
 
 def _print_row(shape, budget, ngl, chosen, row):
@@ -214,7 +219,8 @@ def dovetail(bench: Bench, target_path: Path, info, draft_path: Path, machine, p
         tplan_pred = replace(tplan, decode_tps=predict_decode(info, machine, tplan, 600))
         pred, k = speculative_speed(info, tplan_pred, d_pred, a, machine, gpu)
         pred_prior, k_prior = speculative_speed(info, tplan_pred, d_pred, 0.7, machine, gpu)
-        opt = {"target": label, "target_ngl": tplan.n_gpu_layers, "plain_tps": plain["decode_tps"],
+        opt = {"target": label, "target_ngl": tplan.n_gpu_layers, "target_load": tplan.load_kwargs(),
+               "plain_tps": plain["decode_tps"],
                "spec_tps": spec["decode_tps"], "speedup": round(spec["decode_tps"] / plain["decode_tps"], 2),
                "acceptance": round(a, 3), "drafted": spec["drafted"], "accepted": spec["accepted"],
                "predicted_plain_tps": round(tplan_pred.decode_tps, 1), "predicted_spec_tps": round(pred, 1),
@@ -225,6 +231,146 @@ def dovetail(bench: Bench, target_path: Path, info, draft_path: Path, machine, p
               f"-> speculative {spec['decode_tps']:.1f} tok/s ({opt['speedup']:.2f}x), acceptance {a:.2f}; "
               f"predicted {tplan_pred.decode_tps:.1f} -> {pred:.1f} (k {k})", flush=True)
     return out
+
+
+def _plan_as_run(info, machine, recorded: dict):
+    """The plan a run measured (n_ctx, threads, KV type, ubatch as recorded), under today's planner."""
+    p = plan_model(info, machine, recorded["n_ctx"], threads=recorded["n_threads"])
+    return replace(p, n_gpu_layers=recorded["n_gpu_layers"], type_k=recorded["type_k"], type_v=recorded["type_v"],
+                   n_ubatch=recorded["n_ubatch"], n_batch=recorded.get("n_batch", p.n_batch),
+                   flash_attn=recorded.get("flash_attn", True))
+
+
+def analyse(report: dict, hw, models: dict) -> None:
+    """Predict every measured row with the planner as it is now, calibrate on them as the app does
+    (CPU and GPU apart), and fill report["summary"] and report["calibration"]; prints the tables."""
+    records = []
+    for run in report["runs"]:
+        if run.get("error"):
+            continue
+        info = models[run["shape"]][1]
+        machine = with_budget(hw, run["budget_gib"])
+        plan = _plan_as_run(info, machine, run["plan"])
+        rows = run["rows"].values() if isinstance(run["rows"], dict) else run["rows"]
+        for r in rows:
+            if r.get("decode_tps"):
+                r.update(_predicted(info, machine, plan, r["ngl"], r))
+                records.append({"model_id": run["shape"], "predicted_tps": r["predicted_tps"],
+                                "measured_tps": r["decode_tps"], "cpu_share": r["cpu_share"]})
+        run["predicted_gpu_bytes"] = gpu_bytes(_memory(info, machine, plan.n_ctx, plan.n_gpu_layers, plan))
+        try:
+            run["planner_now_ngl"] = plan_model(info, machine, plan.n_ctx).n_gpu_layers
+        except Exception:
+            run["planner_now_ngl"] = None
+        run["rows"] = sorted(rows, key=lambda r: r["ngl"])
+    curve = report.get("curve_7b") or []
+    if curve and "7b" in models:
+        info = models["7b"][1]
+        plan = plan_model(info, hw, 2048, threads=hw.cpu.physical_cores)
+        for r in curve:
+            if r.get("decode_tps"):
+                r.update(_predicted(info, hw, plan, r["ngl"], r))
+    records = list({(r["model_id"], r["predicted_tps"], r["measured_tps"]): r for r in records}.values())  # a row shared by budgets counts once
+    cal = Calibration.from_records(records)
+    report["calibration"] = {"per_model": cal.per_model, "machine": cal.machine, "samples": cal.samples}
+
+    summary = []
+    for run in report["runs"]:
+        rows = [r for r in run["rows"] if r.get("decode_tps")]
+        plan_row = next((r for r in rows if r.get("plan")), None)
+        if not plan_row:
+            continue
+        best = max(rows, key=lambda r: r["decode_tps"])
+        cpu_row = next((r for r in rows if r["ngl"] == 0), None)
+        errs = [cal.apply(r["predicted_tps"], r["cpu_share"], run["shape"]) / r["decode_tps"] - 1 for r in rows]
+        vram = plan_row.get("vram_bytes") if plan_row["ngl"] else None
+        budget = run["budget_gib"]
+        summary.append({
+            "shape": run["shape"], "budget_gib": budget, "plan_ngl": plan_row["ngl"], "type_k": run["plan"]["type_k"],
+            "planner_now_ngl": run.get("planner_now_ngl"),
+            "plan_tps": plan_row["decode_tps"], "best_ngl": best["ngl"], "best_tps": best["decode_tps"],
+            "sweep_measured": len(rows), "plan_vs_best": round(plan_row["decode_tps"] / best["decode_tps"], 3),
+            "speedup_vs_cpu": round(plan_row["decode_tps"] / cpu_row["decode_tps"], 2) if cpu_row else None,
+            "predicted_gpu_gib": round(run["predicted_gpu_bytes"] / GIB, 3),
+            "measured_gpu_gib": round(vram / GIB, 3) if vram else None,
+            "vram_error": round(run["predicted_gpu_bytes"] / vram - 1, 3) if vram else None,
+            "within_budget": vram is None or budget is None or vram <= budget * GIB,
+            "speed_error_uncalibrated": round(plan_row["predicted_tps"] / plan_row["decode_tps"] - 1, 3),
+            "speed_error_calibrated": round(cal.apply(plan_row["predicted_tps"], plan_row["cpu_share"], run["shape"])
+                                            / plan_row["decode_tps"] - 1, 3),
+            "speed_error_calibrated_max": round(max(abs(e) for e in errs), 3),
+        })
+    report["summary"] = summary
+    print()
+    print(f"{'shape':>5} {'budget':>6} {'plan ngl':>8} {'KV':>5} {'tok/s':>7} {'best ngl':>8} {'plan/best':>9} {'x CPU':>6} "
+          f"{'VRAM pred':>9} {'VRAM meas':>9} {'err':>6} {'speed err':>9} {'cal.':>6} {'cal. max':>8}")
+    for s in summary:
+        print(f"{s['shape']:>5} {s['budget_gib'] or 0:>6} {s['plan_ngl']:>8} {s['type_k']:>5} {s['plan_tps']:>7.1f} "
+              f"{s['best_ngl']:>8} {s['plan_vs_best']:>9.2f} {s['speedup_vs_cpu'] or 0:>6.2f} {s['predicted_gpu_gib']:>9.2f} "
+              f"{s['measured_gpu_gib'] or 0:>9.2f} {s['vram_error'] if s['vram_error'] is not None else '-':>6} "
+              f"{s['speed_error_uncalibrated']:>9.3f} {s['speed_error_calibrated']:>6.3f} {s['speed_error_calibrated_max']:>8.3f}")
+    if curve:
+        print("\noffload curve, 7b, n_ctx 2048, one thread per core: ngl, measured, predicted, calibrated")
+        for r in curve:
+            if r.get("decode_tps"):
+                c = cal.apply(r["predicted_tps"], r["cpu_share"], "7b")
+                print(f"  {r['ngl']:>3} {r['decode_tps']:7.1f} {r['predicted_tps']:7.1f} ({r['predicted_tps'] / r['decode_tps'] - 1:+.0%}) "
+                      f"{c:7.1f} ({c / r['decode_tps'] - 1:+.0%})")
+    dov = report.get("dovetail") or {}
+    if dov.get("options") and "7b" in models:
+        _dovetail_again(dov, hw, models, cal)
+
+
+def _dovetail_again(dov: dict, hw, models: dict, cal) -> None:
+    """The Dovetail predictions at the measured acceptance, uncalibrated and calibrated."""
+    info = models["7b"][1]
+    dinfo = models.get("draft-1b", (None, None))[1]
+    if dinfo is None:
+        return
+    machine = with_budget(hw, dov["budget_gib"])
+    print("\ndovetail (draft entirely on the GPU): model placement, plain and speculative tok/s measured, predicted, calibrated")
+    d_tps = dov["draft_alone"].get("decode_tps")
+    for opt in dov["options"]:
+        if "spec_tps" not in opt:
+            continue
+        load = opt.get("target_load") or {}
+        base = plan_model(info, machine, load.get("n_ctx", 4096), threads=load.get("n_threads"))
+        tplan = replace(base, n_gpu_layers=opt["target_ngl"], **{k: load[k] for k in ("type_k", "type_v", "n_ubatch") if k in load})
+        raw, share = predict_split(info, machine, tplan, 600)
+        gpu = machine.gpus[0] if tplan.n_gpu_layers else None
+        d_pred = predict_decode(dinfo, machine, replace(plan_model(dinfo, machine, tplan.n_ctx), n_gpu_layers=dinfo.n_layer + 1), 600)
+        out = {}
+        for name, plain in (("uncalibrated", raw), ("calibrated", cal.apply(raw, share, "7b"))):
+            tps, k = speculative_speed(info, replace(tplan, decode_tps=plain), d_tps or d_pred, opt["acceptance"], machine, gpu)
+            out[name] = (round(plain, 1), round(tps, 1), k)
+        opt["predicted_now"] = out
+        print(f"  {opt['target']:<17} ngl {opt['target_ngl']:>2}: measured {opt['plain_tps']:.1f} -> {opt['spec_tps']:.1f} "
+              f"(acceptance {opt['acceptance']:.2f}); predicted {out['uncalibrated'][0]} -> {out['uncalibrated'][1]} (k "
+              f"{out['uncalibrated'][2]}); calibrated {out['calibrated'][0]} -> {out['calibrated'][1]} (k {out['calibrated'][2]})")
+
+
+def reanalyze(path: Path, out: Path | None) -> int:
+    """Predict a saved run's measurements again with today's planner (no GPU needed)."""
+    from runtime.hardware.profile import HardwareProfile
+
+    report = json.loads(path.read_text())
+    hw = HardwareProfile.from_dict(report["hardware"])
+    work = Path(tempfile.mkdtemp(prefix="tandem-reanalyze-"))
+    try:
+        shapes = {r["shape"] for r in report["runs"]}
+        models = {}
+        for shape in shapes | ({"draft-1b"} if report.get("dovetail") else set()):
+            spec = preset("1b") if shape == "draft-1b" else preset(shape)
+            p = write_model(work / f"{shape}.gguf", spec, fill="zeros")  # sparse: headers only on disk
+            models[shape] = (p, inspect_model(p))
+        for run in report["runs"]:
+            run["rows"] = {r["ngl"]: r for r in run["rows"]}
+        analyse(report, hw, models)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if out:
+        out.write_text(json.dumps(report, indent=1, default=str))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -239,7 +385,10 @@ def main(argv=None) -> int:
                     help="stop measuring after this long and write what was measured (device calls are limited)")
     ap.add_argument("--workdir", type=Path, help="where the synthetic models go (default: a temporary folder)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny models, no GPU: check the script itself")
+    ap.add_argument("--reanalyze", type=Path, help="a saved JSON: predict its measurements again with today's planner")
     args = ap.parse_args(argv)
+    if args.reanalyze:
+        return reanalyze(args.reanalyze, args.out if args.out != Path("gpu_validate.json") else None)
 
     hw = probe(measure_bandwidth=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "hardware": hw.to_dict()
@@ -306,6 +455,7 @@ def main(argv=None) -> int:
             draft_path = work / "draft-1b.gguf"
             if not draft_path.exists():
                 write_model(draft_path, preset("1b"), fill="zeros")
+            models["draft-1b"] = (draft_path, inspect_model(draft_path))
             tplan = plan_model(tinfo, with_budget(hw, budgets[0]), args.n_ctx)
         try:
             report["dovetail"] = {"budget_gib": budgets[0], **dovetail(
@@ -354,48 +504,8 @@ def main(argv=None) -> int:
 
     save()
 
-    # calibrate on everything measured, as the app does, and summarise
-    records = [{"model_id": run["shape"], "predicted_tps": r["predicted_tps"], "measured_tps": r["decode_tps"]}
-               for run in report["runs"] for r in run["rows"].values() if r.get("decode_tps")]
-    cal = Calibration.from_records(records)
-    summary = []
-    for run in report["runs"]:
-        rows = [r for r in run["rows"].values() if r.get("decode_tps")]
-        plan_row = next((r for r in rows if r.get("plan")), None)
-        if not plan_row:
-            continue
-        best = max(rows, key=lambda r: r["decode_tps"])
-        cpu_row = next((r for r in rows if r["ngl"] == 0), None)
-        factor = cal.factor(run["shape"])
-        errs = [r["predicted_tps"] * factor / r["decode_tps"] - 1 for r in rows]
-        vram = plan_row.get("vram_bytes") if plan_row["ngl"] else None
-        budget = run["budget_gib"]
-        summary.append({
-            "shape": run["shape"], "budget_gib": budget, "plan_ngl": plan_row["ngl"], "type_k": run["plan"]["type_k"],
-            "plan_tps": plan_row["decode_tps"], "best_ngl": best["ngl"], "best_tps": best["decode_tps"],
-            "sweep_measured": len(rows), "plan_vs_best": round(plan_row["decode_tps"] / best["decode_tps"], 3),
-            "speedup_vs_cpu": round(plan_row["decode_tps"] / cpu_row["decode_tps"], 2) if cpu_row else None,
-            "predicted_gpu_gib": round(run["predicted_gpu_bytes"] / GIB, 2),
-            "measured_gpu_gib": round(vram / GIB, 2) if vram else None,
-            "vram_error": round(run["predicted_gpu_bytes"] / vram - 1, 3) if vram else None,
-            "within_budget": vram is None or budget is None or vram <= budget * GIB,
-            "speed_error_uncalibrated": round(plan_row["predicted_tps"] / plan_row["decode_tps"] - 1, 3),
-            "speed_error_calibrated": round(plan_row["predicted_tps"] * factor / plan_row["decode_tps"] - 1, 3),
-            "speed_error_calibrated_max": round(max(abs(e) for e in errs), 3),
-        })
-    for run in report["runs"]:
-        run["rows"] = sorted(run["rows"].values(), key=lambda r: r["ngl"])
-    report["calibration"] = {"per_model": cal.per_model, "machine": cal.machine}
-    report["summary"] = summary
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    print()
-    print(f"{'shape':>5} {'budget':>6} {'plan ngl':>8} {'KV':>5} {'tok/s':>7} {'best ngl':>8} {'plan/best':>9} {'x CPU':>6} "
-          f"{'VRAM pred':>9} {'VRAM meas':>9} {'err':>6} {'speed err':>9} {'cal.':>6} {'cal. max':>8}")
-    for s in summary:
-        print(f"{s['shape']:>5} {s['budget_gib'] or 0:>6} {s['plan_ngl']:>8} {s['type_k']:>5} {s['plan_tps']:>7.1f} "
-              f"{s['best_ngl']:>8} {s['plan_vs_best']:>9.2f} {s['speedup_vs_cpu'] or 0:>6.2f} {s['predicted_gpu_gib']:>9.2f} "
-              f"{s['measured_gpu_gib'] or 0:>9.2f} {s['vram_error'] if s['vram_error'] is not None else '-':>6} "
-              f"{s['speed_error_uncalibrated']:>9.3f} {s['speed_error_calibrated']:>6.3f} {s['speed_error_calibrated_max']:>8.3f}")
+    analyse(report, hw, models)
+    save()
     print(f"\nwritten: {args.out}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

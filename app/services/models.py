@@ -24,7 +24,7 @@ from runtime.gguf import check_model_file
 from runtime.hardware import HardwareProfile
 from runtime.model_info import ModelInfo, inspect_model
 from runtime.planner import Calibration, Plan, candidates, plan_model, verify
-from runtime.planner.search import plan_from_candidate, plan_gpus, predict_decode
+from runtime.planner.search import plan_from_candidate, plan_gpus, predict_split
 from runtime.planner.speculative import draft_compatible
 
 log = logging.getLogger("tandem")
@@ -230,11 +230,12 @@ class ModelService:
             return
         plan = loaded.plan
         fill = stats.prompt_tokens + stats.completion_tokens // 2  # the context's mean fill while decoding
+        predicted, share = predict_split(loaded.info, loaded.hardware, plan, fill)
         self.store.add_measurement(
             machine_id=loaded.hardware.machine_id, model_id=loaded.id, n_ctx=plan.n_ctx,
             n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads, type_k=plan.type_k,
             completion_tokens=stats.completion_tokens,
-            predicted_tps=predict_decode(loaded.info, loaded.hardware, plan, fill),
+            predicted_tps=predicted, cpu_share=share,
             measured_tps=stats.decode_tps, source=source,
         )
 

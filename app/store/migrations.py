@@ -86,6 +86,12 @@ def m007_speculative(db: Database) -> None:
         db["messages"].add_column(column, kind)
 
 
+def m008_measurement_share(db: Database) -> None:
+    """The predicted share of a token's time on the CPU, so that calibration can correct the CPU
+    and the GPU apart."""
+    db["measurements"].add_column("cpu_share", float)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -94,6 +100,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m005_evicted,
     m006_context_policy,
     m007_speculative,
+    m008_measurement_share,
 ]
 
 

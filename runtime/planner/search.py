@@ -106,7 +106,13 @@ def _speed(info, hw, gpu, ngl, kv, threads, fill, cal):
 
 def predict_decode(info: ModelInfo, hw: HardwareProfile, plan: Plan, fill: int) -> float:
     """Uncalibrated decode tokens/s of a plan with `fill` tokens in the context (for calibration)."""
-    return _speed(info, hw, plan_gpus(hw, plan), plan.n_gpu_layers, plan.type_k, plan.n_threads, max(1, fill), 1.0).decode_tps
+    return predict_split(info, hw, plan, fill)[0]
+
+
+def predict_split(info: ModelInfo, hw: HardwareProfile, plan: Plan, fill: int) -> tuple[float, float]:
+    """(uncalibrated decode tokens/s, predicted share of a token's time on the CPU) of a plan."""
+    e = _speed(info, hw, plan_gpus(hw, plan), plan.n_gpu_layers, plan.type_k, plan.n_threads, max(1, fill), 1.0)
+    return e.decode_tps, e.cpu_share
 
 
 def plan_gpus(hw: HardwareProfile, plan: Plan) -> GpuSet | None:
@@ -285,8 +291,11 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
     per_token = (speed.bytes_gpu + speed.bytes_cpu) / 1e9
     reasons.append(f"Predicted {speed.decode_tps:.1f} tokens/s decode ({per_token:.2f} GB of weights read per token) "
                    f"and {speed.prefill_tps:.0f} tokens/s prefill.")
-    if calibration is not None and speed.calibration != 1.0:
-        reasons.append(f"Speed calibrated from {calibration.samples} measurements on this machine (x{speed.calibration:.2f}).")
+    if calibration is not None and abs(speed.calibration - 1.0) > 1e-6:
+        cpu, gpu = calibration.factor(model_key)
+        parts = [f"CPU x{cpu:.2f}" if abs(cpu - 1) > 1e-6 else "", f"GPU x{gpu:.2f}" if abs(gpu - 1) > 1e-6 else ""]
+        reasons.append(f"Speed calibrated from {calibration.samples} measurements on this machine "
+                       f"({', '.join(p for p in parts if p)}: x{speed.calibration:.2f} for this placement).")
     for m in mem:
         cap = f"{m.capacity / GIB:.1f} GiB free" if m.capacity is not None else "free memory unknown"
         reasons.append(f"{m.device}: {m.total / GIB:.2f} GiB planned + {m.margin / GIB:.2f} GiB margin of {cap}.")

@@ -62,29 +62,77 @@ def cpu_efficiency(info: ModelInfo) -> float:
     return sum(b * CPU_TYPE_EFFICIENCY.get(t, DEFAULT_CPU_EFFICIENCY) for t, b in info.tensor_types.items()) / total
 
 
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _split(rows: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """Speed factors (CPU, GPU) from (predicted CPU share of a token's time, measured time /
+    predicted time) pairs, where time = share / cpu + (1 - share) / gpu: least squares on the
+    relative error. When every row is on one side, only that side's factor is known."""
+    rows = [(s, q) for s, q in rows if q > 0]
+    if not rows:
+        return (None, None)
+    if all(s >= 0.95 for s, _ in rows) or all(s <= 0.05 for s, _ in rows):
+        side = statistics.median(q for _, q in rows)
+        return (1 / side, None) if rows[0][0] >= 0.95 else (None, 1 / side)
+    # minimise sum((a x + b y - 1)^2) with a = s / q, b = (1 - s) / q; x, y are inverse factors
+    aa = sum((s / q) ** 2 for s, q in rows)
+    bb = sum(((1 - s) / q) ** 2 for s, q in rows)
+    ab = sum(s * (1 - s) / q ** 2 for s, q in rows)
+    a1 = sum(s / q for s, q in rows)
+    b1 = sum((1 - s) / q for s, q in rows)
+    det = aa * bb - ab * ab
+    if det <= 1e-12 * aa * bb:
+        side = statistics.median(q for _, q in rows)
+        return (1 / side, 1 / side)
+    x = (a1 * bb - b1 * ab) / det
+    y = (b1 * aa - a1 * ab) / det
+    return (1 / max(x, 0.05), 1 / max(y, 0.05))
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Measured/predicted ratios on this machine: per model, and the machine's median for others."""
+    """Measured/predicted speed on this machine, for the time spent on the CPU and on the GPU apart:
+    a host's kernels may reach another share of its bandwidth than predicted (a llama.cpp build
+    without the CPU's widest vectors, shared cores), a card its own; one ratio for both would
+    carry a CPU-bound plan's error into a GPU-bound one. Per model, and per machine (the median
+    over models) for what a model has not measured yet."""
 
-    per_model: dict = field(default_factory=dict)  # model key -> ratio
-    machine: float | None = None
+    per_model: dict = field(default_factory=dict)  # model key -> (cpu, gpu) factor, None where unmeasured
+    machine: tuple = (None, None)
     samples: int = 0
 
-    def factor(self, model_key: str | None) -> float:
-        if model_key and model_key in self.per_model:
-            return self.per_model[model_key]
-        return self.machine or 1.0
+    def factor(self, model_key: str | None) -> tuple[float, float]:
+        """(cpu, gpu) speed factors for a model: its own, else the machine's, else 1."""
+        mine = self.per_model.get(model_key, (None, None)) if model_key else (None, None)
+        return tuple(m if m is not None else (d if d is not None else 1.0) for m, d in zip(mine, self.machine))
 
     @classmethod
     def from_records(cls, records: list[dict]) -> "Calibration":
-        """records: {"model_id", "predicted_tps", "measured_tps"} (rows of the measurements table), oldest first."""
-        by_model: dict[str, list[float]] = {}
+        """records: {"model_id", "predicted_tps", "measured_tps", "cpu_share", "n_gpu_layers"} (rows
+        of the measurements table), oldest first. cpu_share is the predicted share of a token's time
+        on the CPU; where it was not recorded, a plan without GPU layers counts as all CPU and a
+        plan with them is left out."""
+        by_model: dict[str, list[tuple[float, float]]] = {}
         for r in records:
-            if r.get("predicted_tps") and r.get("measured_tps"):
-                by_model.setdefault(r["model_id"], []).append(r["measured_tps"] / r["predicted_tps"])
-        per_model = {k: statistics.median(v[-20:]) for k, v in by_model.items()}
-        machine = statistics.median(per_model.values()) if per_model else None
+            if not (r.get("predicted_tps") and r.get("measured_tps")):
+                continue
+            share = r.get("cpu_share")
+            if share is None:
+                if r.get("n_gpu_layers"):
+                    continue
+                share = 1.0
+            by_model.setdefault(r["model_id"], []).append((float(share), r["predicted_tps"] / r["measured_tps"]))
+        per_model = {k: _split(v[-40:]) for k, v in by_model.items()}
+        machine = tuple(_median(f[i] for f in per_model.values()) for i in (0, 1))
         return cls(per_model, machine, sum(len(v) for v in by_model.values()))
+
+    def apply(self, predicted_tps: float, cpu_share: float, model_key: str | None) -> float:
+        """A prediction made uncalibrated, calibrated."""
+        cpu, gpu = self.factor(model_key)
+        return 1.0 / (cpu_share / predicted_tps / cpu + (1 - cpu_share) / predicted_tps / gpu)
 
 
 @dataclass(frozen=True)
@@ -95,7 +143,8 @@ class SpeedEstimate:
     seconds_cpu: float
     bytes_gpu: int
     bytes_cpu: int
-    calibration: float
+    calibration: float  # calibrated / uncalibrated decode speed of this placement
+    cpu_share: float = 1.0  # uncalibrated share of a token's time spent on the CPU
 
 
 def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
@@ -111,11 +160,13 @@ def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
 
 
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
-             kv_read_gpu: int, kv_read_cpu: int, calibration: float = 1.0) -> SpeedEstimate:
+             kv_read_gpu: int, kv_read_cpu: int, calibration: float | tuple = 1.0) -> SpeedEstimate:
     """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token).
 
     gpu: a GpuInfo or a GpuSet; the GPUs run their layers one after the other, so their times add.
+    calibration: (cpu, gpu) speed factors (Calibration.factor), or one for both.
     """
+    cal_cpu, cal_gpu = calibration if isinstance(calibration, tuple) else (calibration, calibration)
     from runtime.planner.memory import GpuSet, assign_layers, output_weight_bytes
 
     gset = GpuSet.of(gpu)
@@ -143,7 +194,9 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
         bytes_gpu += b
     handoffs = max(0, used - 1) + (1 if used and n_cpu_layers else 0)
     seconds_gpu += handoffs * HANDOFF_S
-    decode = 1.0 / (seconds_cpu + seconds_gpu + BASE_S) * calibration
+    plain = seconds_cpu + seconds_gpu + BASE_S
+    share = (seconds_cpu + (BASE_S if not seconds_gpu else 0.0)) / plain
+    decode = 1.0 / (share * plain / cal_cpu + (1 - share) * plain / cal_gpu)
 
     params_total = max(1, info.n_params)
     cpu_share = bytes_cpu / max(1, bytes_gpu + bytes_cpu)
@@ -151,5 +204,5 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     prefill_s = 2 * params_total * cpu_share / cpu_flops + gpu_flop_seconds
     return SpeedEstimate(
         decode_tps=decode, prefill_tps=1.0 / prefill_s, seconds_gpu=seconds_gpu, seconds_cpu=seconds_cpu,
-        bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=calibration,
+        bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=decode * plain, cpu_share=share,
     )

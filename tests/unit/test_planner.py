@@ -156,11 +156,32 @@ def test_kv_bytes_are_exact(shapes):
 
 def test_calibration_corrects_per_model_then_per_machine():
     records = [{"model_id": "a", "predicted_tps": 100, "measured_tps": 80}] * 3 + [
-        {"model_id": "b", "predicted_tps": 50, "measured_tps": 60}]
+        {"model_id": "b", "predicted_tps": 50, "measured_tps": 60, "n_gpu_layers": 0}]
     cal = Calibration.from_records(records)
-    assert cal.factor("a") == 0.8 and cal.factor("b") == 1.2
-    assert cal.factor("unseen") == 1.0  # median of 0.8 and 1.2
-    assert cal.samples == 4 and Calibration().factor("a") == 1.0
+    assert cal.factor("a") == (0.8, 1.0) and cal.factor("b") == (1.2, 1.0)  # CPU-only plans: the CPU side
+    assert cal.factor("unseen") == (1.0, 1.0)  # median of 0.8 and 1.2; nothing measured on a GPU
+    assert cal.samples == 4 and Calibration().factor("a") == (1.0, 1.0)
+    # an old record of a GPU plan says nothing about which side was off: left out
+    assert Calibration.from_records([{"model_id": "a", "predicted_tps": 9, "measured_tps": 3, "n_gpu_layers": 9}]).samples == 0
+
+
+def test_calibration_corrects_the_cpu_and_the_gpu_apart():
+    """The H200 host: CPU layers ran at 0.45x the prediction, the GPU at 1.05x. One ratio for both
+    would slow a full offload down by half; two recover both sides from mixed placements."""
+    cpu, gpu = 0.45, 1.05
+
+    def record(share, predicted):  # measured time = share / cpu + (1 - share) / gpu of the predicted
+        measured = 1 / (share / predicted / cpu + (1 - share) / predicted / gpu)
+        return {"model_id": "7b", "predicted_tps": predicted, "measured_tps": measured, "cpu_share": share}
+
+    records = [record(1.0, 30.0), record(0.95, 55.0), record(0.9, 90.0), record(0.3, 230.0), record(0.0, 300.0)]
+    cal = Calibration.from_records(records)
+    c, g = cal.factor("7b")
+    assert c == pytest.approx(cpu, rel=0.02) and g == pytest.approx(gpu, rel=0.02)
+    for r in records:
+        assert cal.apply(r["predicted_tps"], r["cpu_share"], "7b") == pytest.approx(r["measured_tps"], rel=0.02)
+    # another model on the same machine starts from the machine's factors
+    assert cal.factor("13b") == pytest.approx((c, g))
 
 
 # n_ctx 2048, 16 threads: scripts/gpu_validate.py's offload curve (docs/gpu-validation.md)
@@ -183,6 +204,30 @@ def test_speed_model_reproduces_the_h200_offload_curve(shapes):
         assert abs(e.decode_tps - measured) / measured <= 0.15
     plan = plan_model(info, hw, 2048)
     assert plan.n_gpu_layers == info.n_layer + 1 and plan.offload_kqv
+
+
+def test_with_the_probes_own_reading_calibration_recovers_the_h200_curve(shapes):
+    """The same host as the probe read it (139 GB/s with numpy) under a CUDA build whose CPU code
+    is AVX2 only: its CPU layers run at under half the predicted speed. Calibrating the CPU and the
+    GPU apart on the measured curve brings every point within 15%; one ratio for both could not."""
+    hw = machine("h200-16core-host-probed")
+    info, gpu = shapes["7b"], hw.gpus[0]
+    assert "AVX512 = 1" not in hw.engine.system_info and "avx512f" in hw.cpu.features
+    curve = {0: 14.3, 8: 17.5, 16: 26.7, 20: 33.7, 24: 44.8, 28: 72.5, 32: 212.6, 33: 313.3}  # n_ctx 2048, run 2
+    records, predicted = [], {}
+    for ngl, measured in curve.items():
+        e = estimate(info, hw, n_gpu_layers=ngl, gpu=gpu, threads=16, kv_read_gpu=0, kv_read_cpu=0)
+        predicted[ngl] = (e.decode_tps, e.cpu_share)
+        records.append({"model_id": "7b", "predicted_tps": e.decode_tps, "measured_tps": measured, "cpu_share": e.cpu_share})
+    assert predicted[0][0] > 1.8 * curve[0]  # uncalibrated, the CPU side is far too hopeful here
+    split = Calibration.from_records(records)
+    cpu, gpu_factor = split.factor("7b")
+    assert 0.35 < cpu < 0.6 and 0.9 < gpu_factor < 1.25
+    for ngl, measured in curve.items():
+        assert split.apply(*predicted[ngl], "7b") == pytest.approx(measured, rel=0.15), ngl
+    # one ratio for both sides (every record counted as CPU time) misses the full offload by far
+    single = Calibration.from_records([{**r, "cpu_share": 1.0} for r in records])
+    assert single.apply(predicted[33][0], 1.0, "7b") != pytest.approx(curve[33], rel=0.3)
 
 
 def test_plan_round_trips_to_json(shapes):
