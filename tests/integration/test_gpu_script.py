@@ -34,3 +34,22 @@ def test_without_a_gpu_the_real_run_says_what_to_do(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_validate.py"), "--out", str(tmp_path / "x.json")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--cpu-smoke" in r.stderr
+
+
+def test_the_planner_still_agrees_with_the_measured_h200_run(tmp_path):
+    """docs/data/gpu-validate-h200-run2.json holds what an H200 measured; today's planner must still
+    predict it: GPU memory within 5% and under budget for every plan, decode speed within 15% once
+    calibrated (CPU and GPU apart), and the plan's layer count the best of its sweep."""
+    out = tmp_path / "again.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_validate.py"), "--reanalyze",
+                        str(ROOT / "docs" / "data" / "gpu-validate-h200-run2.json"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert len(report["summary"]) == 10
+    for s in report["summary"]:
+        assert abs(s["vram_error"]) <= 0.05 and s["within_budget"], s
+        assert abs(s["speed_error_calibrated"]) <= 0.15 and s["speed_error_calibrated_max"] <= 0.15, s
+        assert s["plan_vs_best"] >= 0.95 and s["planner_now_ngl"] == s["plan_ngl"], s
+    curve = [row for row in report["curve_7b"] if row.get("decode_tps")]
+    assert len(curve) == 8
