@@ -189,6 +189,36 @@ def _engine(model: Path, settings: Settings, tokens: int, threads: int):
     return run, session.close
 
 
+def _ceiling(model: Path, settings: Settings, tokens: int, threads: int):
+    """llama_decode and the native greedy sampler in a bare loop, nothing else: no text, no
+    events. What any engine on llama.cpp could reach on this machine."""
+    import llama_cpp
+
+    from runtime.engine import SamplingParams
+    from runtime.engine.native import NativeDecoder
+
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=settings.n_ctx or 4096, n_threads=threads,
+                          n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, verbose=False)
+    decoder = NativeDecoder(llm)
+    prompt = llm.tokenize(PROMPT.encode())
+
+    def pieces():
+        decoder.reset()
+        decoder.prefill(prompt)
+        with decoder.sampler(SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)) as sampler:
+            token = sampler.sample()
+            for _ in range(tokens):
+                yield "x"
+                decoder.decode([token])
+                token = sampler.sample()
+
+    def close():
+        decoder.close()
+        llm.close()
+
+    return (lambda: _measure(pieces())), close
+
+
 def _http(model: Path, settings: Settings, tokens: int, threads: int):
     import httpx
 
@@ -227,7 +257,7 @@ def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
     # round-robin over the runs so that the machine's drift hits every path alike. Each path runs
     # in a thread of its own that ends with it: a second live OpenMP team (say, the main thread's
     # after calling llama.cpp) makes libgomp stop spinning and costs a third of the decode speed.
-    paths = (("library", _library), ("engine", _engine), ("http", _http))
+    paths = (("library", _library), ("engine", _engine), ("http", _http), ("ceiling", _ceiling))
     results: dict[str, list[float]] = {name: [] for name, _ in paths}
     counts: dict[str, int] = {}
     def one(factory) -> tuple[int, float | None]:

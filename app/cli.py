@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the server without opening a window")
     bench = sub.add_parser("bench", parents=[common], help="measured against predicted: the plan, the sweep, the defaults")
     bench.add_argument("target", nargs="?", help="a .gguf path or an installed model id (default: the built-in model)")
-    bench.add_argument("--paths", action="store_true", help="compare llama-cpp-python, Tandem's engine and its HTTP API")
+    bench.add_argument("--paths", action="store_true", help="compare llama-cpp-python, Tandem's engine, its HTTP API and a bare llama_decode loop")
     bench.add_argument("--context", action="store_true",
                        help="conversations past the context under each policy, and returning to a saved one")
     bench.add_argument("--ctx", type=int, help="context length for --context (default 1024)")

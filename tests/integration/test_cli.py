@@ -94,3 +94,17 @@ def test_context_bench_runs_every_policy_and_both_returns(tmp_path, capsys, mode
     assert "refused at turn" in rows["stop"]
     assert re.search(r"saved cache restored\s+\d+\.\d+", out) and re.search(r"re-evaluated\s+\d+\.\d+", out)
     assert re.search(r"goal resume <= 0.2 x re-evaluation: (met|NOT met)", out)
+
+
+def test_paths_bench_measures_every_path_and_the_ceiling(tmp_path, capsys, model_path):
+    """A small run of `tandem bench --paths`: the library, the engine, HTTP and the bare loop each
+    decode the tokens asked for and get a speed relative to the library."""
+    from app.bench import run_paths
+    from app.config import Settings
+
+    assert run_paths(Settings(data_dir=tmp_path, n_ctx=1024), model_path, tokens=16, runs=1) == 0
+    out = capsys.readouterr().out
+    for path in ("library", "engine", "http", "ceiling"):
+        row = next(line for line in out.splitlines() if line.startswith(path))
+        count, median, best, ratio = row.split()[1:]
+        assert int(count) >= 8 and float(median) > 0 and float(ratio) > 0, row
