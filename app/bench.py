@@ -166,13 +166,15 @@ def _library(model: Path, settings: Settings, tokens: int, threads: int):
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=settings.n_ctx or 4096, n_threads=threads,
                           n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, verbose=False)
 
-    def run():
-        out = llm.create_chat_completion(
-            messages=[{"role": "user", "content": PROMPT}], temperature=0.0, max_tokens=tokens, stream=True
-        )
-        return _measure(c["choices"][0]["delta"].get("content") for c in out)
+    return (lambda: _measure(library_pieces(llm, PROMPT, tokens))), llm.close
 
-    return run, llm.close
+
+def library_pieces(llm, prompt: str, tokens: int):
+    """The text pieces (one per token) of create_chat_completion's greedy stream: llama-cpp-python
+    as a peer application calls it, the reference the benches compare with."""
+    for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0,
+                                            max_tokens=tokens, stream=True):
+        yield chunk["choices"][0]["delta"].get("content")
 
 
 def _engine(model: Path, settings: Settings, tokens: int, threads: int):

@@ -50,16 +50,14 @@ def _row(model: Path, mode: str, draft: Path | None, prompt: str, tokens: int, t
     if mode == "library":
         import llama_cpp
 
-        from app.bench import _measure
+        from app.bench import _measure, library_pieces
 
         llm = llama_cpp.Llama(model_path=str(model), verbose=False, **params)
         try:
             seen: list[str] = []
 
             def pieces():
-                for chunk in llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=tokens,
-                                                        stream=True):
-                    piece = chunk["choices"][0]["delta"].get("content")
+                for piece in library_pieces(llm, prompt, tokens):
                     seen.append(piece or "")
                     yield piece
             n, tps = _measure(pieces())

@@ -108,3 +108,17 @@ def test_paths_bench_measures_every_path_and_the_ceiling(tmp_path, capsys, model
         row = next(line for line in out.splitlines() if line.startswith(path))
         count, median, best, ratio = row.split()[1:]
         assert int(count) >= 8 and float(median) > 0 and float(ratio) > 0, row
+
+
+def test_spec_bench_compares_the_library_plain_and_lookup_on_both_tasks(tmp_path, capsys, model_path):
+    """A small run of `tandem bench --spec`: each task has its rows and its goal lines."""
+    from app.bench_spec import run_spec_bench
+    from app.config import Settings
+
+    assert run_spec_bench(Settings(data_dir=tmp_path), model_path, tokens=16, runs=1) == 0
+    out = capsys.readouterr().out
+    assert out.count("task: ") == 2
+    for name in ("library", "plain", "lookup"):
+        rows = [line.split() for line in out.splitlines() if line.startswith(name + " ")]
+        assert len(rows) == 2 and all(float(r[2]) > 0 for r in rows), rows
+    assert re.search(r"goal copy: lookup >= 1.3 x plain: (met|NOT met)", out)
