@@ -319,8 +319,8 @@ class EngineSession:
             out, _ = fit_conversation(messages, lambda m: len(fmt.render(m).tokens), budget,
                                       max(1, budget - policy.chunk(n_ctx)), job.evicted)
             if out:
-                dropped = tuple(out)
-                messages = [m for i, m in enumerate(messages) if i not in set(out)]
+                dropped, gone = tuple(out), set(out)
+                messages = [m for i, m in enumerate(messages) if i not in gone]
                 prompt = fmt.render(messages)
         tokens = prompt.tokens
         shift = policy.policy == "sink_window" and self._decoder.can_shift
@@ -349,7 +349,8 @@ class EngineSession:
         pieces: list[str] = []
         later_dropped: list[int] = []
         n_out, t_first, t_last, finish = 0, None, None, "length"
-        kept_index = [i for i in range(len(job.messages)) if i not in set(dropped)]
+        left_out = set(dropped)
+        kept_index = [i for i in range(len(job.messages)) if i not in left_out]
 
         def show(text: str) -> None:
             if text:
@@ -362,7 +363,7 @@ class EngineSession:
         context = list(tokens)  # what the reply continues: the prompt and the tokens so far
         generated: list[int] = []
         if source is not None and not source.cheap:
-            source.ignore_eos = job.sampling.ignore_eos
+            source.ignore_eos = sampling.ignore_eos
             source.sync(context)  # the draft model reads the prompt before the first token
 
         def take(token: int) -> bool:
@@ -397,9 +398,10 @@ class EngineSession:
                         break
                     shifted += cut[0]
                     evicted_tokens += cut[0]
+                    gone = set(cut[1])
                     later_dropped += [kept_index[i] for i in cut[1]]
-                    kept_index = [x for i, x in enumerate(kept_index) if i not in set(cut[1])]
-                    messages = [m for i, m in enumerate(messages) if i not in set(cut[1])]
+                    kept_index = [x for i, x in enumerate(kept_index) if i not in gone]
+                    messages = [m for i, m in enumerate(messages) if i not in gone]
                     tokens = tokens[:sink] + tokens[sink + cut[0]:]
                     n_prompt = max(sink, n_prompt - cut[0])
                 t0 = time.perf_counter()

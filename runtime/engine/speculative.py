@@ -10,6 +10,7 @@ controller drafts only while the expected gain is above 1.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -226,8 +227,6 @@ class DraftModel:
             self.decoder.prefill(context)
 
     def propose(self, context: list[int], k: int) -> list[int]:
-        import time
-
         if k <= 0 or len(context) + k >= self.n_ctx:
             return []
         self.sync(context)

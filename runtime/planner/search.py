@@ -186,11 +186,7 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
         except PlanError:
             return None
 
-    def plan_draft(d: ModelInfo, machine, on_gpu: bool):
-        gpu = None
-        if on_gpu:
-            from runtime.planner.speculative import _best_gpu
-            gpu = _best_gpu(machine)
+    def plan_draft(d: ModelInfo, machine, gpu: GpuInfo | None):
         c = _evaluate(d, machine, gpu, n_ctx=plan.n_ctx, ngl=d.n_layer + 1 if gpu else 0, kv="f16", ubatch=512,
                       threads=threads, cal=1.0)
         if c is None:

@@ -73,7 +73,8 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
 
     drafts: (model id, info, measured acceptance or None). plan_target(hw) plans the target on a
     machine (used with the GPU's free memory reduced by a draft placed there); plan_draft(info, hw,
-    on_gpu) returns (decode tokens/s, bytes on the GPU besides the CUDA context, bytes on the CPU) or None where it does not fit.
+    gpu) returns, for the draft entirely on that GPU (None: on the CPU), (decode tokens/s, bytes on
+    the GPU besides the CUDA context, bytes on the CPU), or None where it does not fit.
     """
     reasons = []
     best = None
@@ -85,13 +86,13 @@ def choose_draft(target: ModelInfo, plan: Plan, drafts: list[tuple[str, ModelInf
         source = "measured" if measured is not None else "expected"
         options = []
         # both models share the host's memory: the draft gets what the model's plan leaves
-        cpu_draft = plan_draft(info, _less_host_memory(hw, _cpu_bytes(plan)), False)
+        cpu_draft = plan_draft(info, _less_host_memory(hw, _cpu_bytes(plan)), None)
         if cpu_draft is not None:
             tps, k = speculative_speed(target, plan, cpu_draft[0], a, hw, _plan_gpu(hw, plan))
             options.append((tps, k, plan, "CPU", 0))
         gpu = _best_gpu(hw)
         if gpu is not None:
-            on_gpu = plan_draft(info, hw, True)
+            on_gpu = plan_draft(info, hw, gpu)
             if on_gpu is not None:
                 draft_tps, draft_bytes, draft_cpu_bytes = on_gpu
                 shrunk = replace(_less_host_memory(hw, draft_cpu_bytes), gpus=tuple(

@@ -131,8 +131,13 @@ class Calibration:
 
     def apply(self, predicted_tps: float, cpu_share: float, model_key: str | None) -> float:
         """A prediction made uncalibrated, calibrated."""
-        cpu, gpu = self.factor(model_key)
-        return 1.0 / (cpu_share / predicted_tps / cpu + (1 - cpu_share) / predicted_tps / gpu)
+        return calibrated(predicted_tps, cpu_share, self.factor(model_key))
+
+
+def calibrated(tps: float, cpu_share: float, factors: tuple[float, float]) -> float:
+    """Tokens/s with the CPU's share of a token's time sped up by factors[0], the rest by factors[1]."""
+    cpu, gpu = factors
+    return 1.0 / (cpu_share / tps / cpu + (1 - cpu_share) / tps / gpu)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     gpu: a GpuInfo or a GpuSet; the GPUs run their layers one after the other, so their times add.
     calibration: (cpu, gpu) speed factors (Calibration.factor), or one for both.
     """
-    cal_cpu, cal_gpu = calibration if isinstance(calibration, tuple) else (calibration, calibration)
+    factors = calibration if isinstance(calibration, tuple) else (calibration, calibration)
     from runtime.planner.memory import GpuSet, assign_layers, output_weight_bytes
 
     gset = GpuSet.of(gpu)
@@ -194,9 +199,9 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
         bytes_gpu += b
     handoffs = max(0, used - 1) + (1 if used and n_cpu_layers else 0)
     seconds_gpu += handoffs * HANDOFF_S
-    plain = seconds_cpu + seconds_gpu + BASE_S
-    share = (seconds_cpu + (BASE_S if not seconds_gpu else 0.0)) / plain
-    decode = 1.0 / (share * plain / cal_cpu + (1 - share) * plain / cal_gpu)
+    seconds = seconds_cpu + seconds_gpu + BASE_S
+    share = (seconds_cpu + (BASE_S if not seconds_gpu else 0.0)) / seconds
+    decode = calibrated(1.0 / seconds, share, factors)
 
     params_total = max(1, info.n_params)
     cpu_share = bytes_cpu / max(1, bytes_gpu + bytes_cpu)
@@ -204,5 +209,5 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     prefill_s = 2 * params_total * cpu_share / cpu_flops + gpu_flop_seconds
     return SpeedEstimate(
         decode_tps=decode, prefill_tps=1.0 / prefill_s, seconds_gpu=seconds_gpu, seconds_cpu=seconds_cpu,
-        bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=decode * plain, cpu_share=share,
+        bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=decode * seconds, cpu_share=share,
     )
