@@ -178,8 +178,8 @@ def _print_row(shape, budget, ngl, chosen, row):
 
 def dovetail(bench: Bench, target_path: Path, info, draft_path: Path, machine, plain_plan, on_gpu: bool) -> dict:
     """The draft entirely on the GPU and the model verifying (a) with the VRAM the draft leaves,
-    (b) on the CPU alone; each against plain decoding of the same placement, and the planner's
-    prediction at the measured acceptance. The planner's own choice is recorded too."""
+    (b) on the CPU alone; each against plain decoding of the same placement (analyse() adds the
+    planner's predictions at the measured acceptance). The planner's own choice is recorded too."""
     dinfo = inspect_model(draft_path)
     tokens = bench.tokens * 2
     out = {"draft": str(draft_path.name), "draft_params": dinfo.n_params, "options": []}
@@ -215,21 +215,13 @@ def dovetail(bench: Bench, target_path: Path, info, draft_path: Path, machine, p
                                    "skipped": (spec or plain or {}).get("error") or "out of time"})
             continue
         a = spec["accepted"] / spec["drafted"] if spec["drafted"] else 0.0
-        gpu = machine.gpus[0] if machine.gpus and tplan.n_gpu_layers else None
-        tplan_pred = replace(tplan, decode_tps=predict_decode(info, machine, tplan, 600))
-        pred, k = speculative_speed(info, tplan_pred, d_pred, a, machine, gpu)
-        pred_prior, k_prior = speculative_speed(info, tplan_pred, d_pred, 0.7, machine, gpu)
         opt = {"target": label, "target_ngl": tplan.n_gpu_layers, "target_load": tplan.load_kwargs(),
-               "plain_tps": plain["decode_tps"],
-               "spec_tps": spec["decode_tps"], "speedup": round(spec["decode_tps"] / plain["decode_tps"], 2),
-               "acceptance": round(a, 3), "drafted": spec["drafted"], "accepted": spec["accepted"],
-               "predicted_plain_tps": round(tplan_pred.decode_tps, 1), "predicted_spec_tps": round(pred, 1),
-               "predicted_k": k, "predicted_spec_tps_at_0.7": round(pred_prior, 1), "predicted_k_at_0.7": k_prior,
-               "vram_bytes": spec["vram_bytes"]}
+               "plain_tps": plain["decode_tps"], "spec_tps": spec["decode_tps"],
+               "speedup": round(spec["decode_tps"] / plain["decode_tps"], 2), "acceptance": round(a, 3),
+               "drafted": spec["drafted"], "accepted": spec["accepted"], "vram_bytes": spec["vram_bytes"]}
         out["options"].append(opt)
         print(f"dovetail: draft ngl {d_ngl}, model {label} (ngl {tplan.n_gpu_layers}): plain {plain['decode_tps']:.1f} "
-              f"-> speculative {spec['decode_tps']:.1f} tok/s ({opt['speedup']:.2f}x), acceptance {a:.2f}; "
-              f"predicted {tplan_pred.decode_tps:.1f} -> {pred:.1f} (k {k})", flush=True)
+              f"-> speculative {spec['decode_tps']:.1f} tok/s ({opt['speedup']:.2f}x), acceptance {a:.2f}", flush=True)
     return out
 
 
@@ -324,12 +316,9 @@ def analyse(report: dict, hw, models: dict) -> None:
 def _dovetail_again(dov: dict, hw, models: dict, cal) -> None:
     """The Dovetail predictions at the measured acceptance, uncalibrated and calibrated."""
     info = models["7b"][1]
-    dinfo = models.get("draft-1b", (None, None))[1]
-    if dinfo is None:
-        return
     machine = with_budget(hw, dov["budget_gib"])
     print("\ndovetail (draft entirely on the GPU): model placement, plain and speculative tok/s measured, predicted, calibrated")
-    d_tps = dov["draft_alone"].get("decode_tps")
+    d_tps = dov["draft_alone"].get("decode_tps") or dov["draft_alone"]["predicted_tps"]  # the draft as measured
     for opt in dov["options"]:
         if "spec_tps" not in opt:
             continue
@@ -338,10 +327,9 @@ def _dovetail_again(dov: dict, hw, models: dict, cal) -> None:
         tplan = replace(base, n_gpu_layers=opt["target_ngl"], **{k: load[k] for k in ("type_k", "type_v", "n_ubatch") if k in load})
         raw, share = predict_split(info, machine, tplan, 600)
         gpu = machine.gpus[0] if tplan.n_gpu_layers else None
-        d_pred = predict_decode(dinfo, machine, replace(plan_model(dinfo, machine, tplan.n_ctx), n_gpu_layers=dinfo.n_layer + 1), 600)
         out = {}
         for name, plain in (("uncalibrated", raw), ("calibrated", cal.apply(raw, share, "7b"))):
-            tps, k = speculative_speed(info, replace(tplan, decode_tps=plain), d_tps or d_pred, opt["acceptance"], machine, gpu)
+            tps, k = speculative_speed(info, replace(tplan, decode_tps=plain), d_tps, opt["acceptance"], machine, gpu)
             out[name] = (round(plain, 1), round(tps, 1), k)
         opt["predicted_now"] = out
         print(f"  {opt['target']:<17} ngl {opt['target_ngl']:>2}: measured {opt['plain_tps']:.1f} -> {opt['spec_tps']:.1f} "
@@ -357,11 +345,9 @@ def reanalyze(path: Path, out: Path | None) -> int:
     hw = HardwareProfile.from_dict(report["hardware"])
     work = Path(tempfile.mkdtemp(prefix="tandem-reanalyze-"))
     try:
-        shapes = {r["shape"] for r in report["runs"]}
         models = {}
-        for shape in shapes | ({"draft-1b"} if report.get("dovetail") else set()):
-            spec = preset("1b") if shape == "draft-1b" else preset(shape)
-            p = write_model(work / f"{shape}.gguf", spec, fill="zeros")  # sparse: headers only on disk
+        for shape in {r["shape"] for r in report["runs"]}:
+            p = write_model(work / f"{shape}.gguf", preset(shape), fill="zeros")  # sparse: headers only on disk
             models[shape] = (p, inspect_model(p))
         for run in report["runs"]:
             run["rows"] = {r["ngl"]: r for r in run["rows"]}
@@ -417,6 +403,7 @@ def main(argv=None) -> int:
 
     # 1. the plan at every budget, and CPU-only
     models = {}
+    plans = {}  # (shape, budget) -> the plan measured
     for shape in shapes:
         path = work / f"{shape}.gguf"
         if not path.exists():
@@ -431,8 +418,8 @@ def main(argv=None) -> int:
                 print(f"{shape} at {budget} GiB: {err}", flush=True)
                 report["runs"].append({"shape": shape, "budget_gib": budget, "error": str(err), "rows": {}})
                 continue
-            run = {"shape": shape, "budget_gib": budget, "plan": plan.to_dict(), "predicted_gpu_bytes": gpu_bytes(plan.memory),
-                   "rows": {}}
+            plans[shape, budget] = plan
+            run = {"shape": shape, "budget_gib": budget, "plan": plan.to_dict(), "rows": {}}
             report["runs"].append(run)
             for ngl in dict.fromkeys((plan.n_gpu_layers, 0)):
                 m = bench.measure(path, replace(plan, n_gpu_layers=ngl).load_kwargs())
@@ -455,8 +442,7 @@ def main(argv=None) -> int:
             draft_path = work / "draft-1b.gguf"
             if not draft_path.exists():
                 write_model(draft_path, preset("1b"), fill="zeros")
-            models["draft-1b"] = (draft_path, inspect_model(draft_path))
-            tplan = plan_model(tinfo, with_budget(hw, budgets[0]), args.n_ctx)
+            tplan = plans.get((target, budgets[0])) or plan_model(tinfo, with_budget(hw, budgets[0]), args.n_ctx)
         try:
             report["dovetail"] = {"budget_gib": budgets[0], **dovetail(
                 bench, tpath, tinfo, draft_path, with_budget(hw, budgets[0]), tplan, on_gpu=bool(hw.gpus))}
@@ -472,7 +458,7 @@ def main(argv=None) -> int:
             continue
         path, info = models[run["shape"]]
         machine = with_budget(hw, run["budget_gib"])
-        plan = plan_model(info, machine, args.n_ctx)
+        plan = plans[run["shape"], run["budget_gib"]]
         chosen = plan.n_gpu_layers
         for ngl in range(max(0, chosen - args.sweep), min(info.n_layer + 1, chosen + args.sweep) + 1):
             if ngl in run["rows"]:
