@@ -59,7 +59,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
         return run_paths(settings, model, tokens, runs)
     from app.services.models import model_id_for
     from app.store import Store
-    from runtime.engine import EngineSession, LoadParams, SamplingParams
+    from runtime.engine import ModelWorker, LoadParams, SamplingParams
     from runtime.hardware import load_profile, probe
     from runtime.model_info import inspect_model
     from runtime.planner import Calibration, candidates, plan_model
@@ -111,7 +111,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     for _ in range(runs):
         for i, (label, p) in enumerate(rows):
             with LogCapture() as log:
-                session = EngineSession.open(LoadParams(model, **p.load_kwargs()))
+                session = ModelWorker.open(LoadParams(model, **p.load_kwargs()))
             reported[i] = log.report()
             try:
                 session.complete([{"role": "user", "content": PROMPT}], SamplingParams(temperature=0, max_tokens=8))
@@ -178,9 +178,9 @@ def library_pieces(llm, prompt: str, tokens: int):
 
 
 def _engine(model: Path, settings: Settings, tokens: int, threads: int):
-    from runtime.engine import EngineSession, LoadParams, SamplingParams, Token
+    from runtime.engine import ModelWorker, LoadParams, SamplingParams, Token
 
-    session = EngineSession.open(LoadParams(model, n_ctx=settings.n_ctx or 4096, n_threads=threads,
+    session = ModelWorker.open(LoadParams(model, n_ctx=settings.n_ctx or 4096, n_threads=threads,
                                             n_threads_batch=threads, flash_attn=True))
     sampling = SamplingParams(temperature=0.0, max_tokens=tokens)
 

@@ -34,9 +34,9 @@ def _note(turn: int) -> dict:
 
 
 def _policy_run(model: Path, threads: int, n_ctx: int, policy: str, factor: int, reply: int) -> dict:
-    from runtime.engine import EngineSession, Failed, Finished, LoadParams, SamplingParams
+    from runtime.engine import ModelWorker, Failed, Finished, LoadParams, SamplingParams
 
-    session = EngineSession.open(LoadParams(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+    session = ModelWorker.open(LoadParams(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                             flash_attn=True))
     sampling = SamplingParams(temperature=0.0, max_tokens=reply, ignore_eos=True)
     conv = [{"role": "system", "content": "You are a concise assistant keeping a list of door words."}]
@@ -69,13 +69,13 @@ def _policy_run(model: Path, threads: int, n_ctx: int, policy: str, factor: int,
 
 
 def _resume_run(model: Path, threads: int, resume_tokens: int, rounds: int) -> dict:
-    from runtime.engine import EngineSession, LoadParams, SamplingParams
+    from runtime.engine import ModelWorker, LoadParams, SamplingParams
     from runtime.engine.kvstate import state_path
 
     states = tempfile.TemporaryDirectory()
     state_dir = Path(states.name)
     n_ctx = max(4096, resume_tokens * 2)
-    session = EngineSession.open(LoadParams(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+    session = ModelWorker.open(LoadParams(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                             flash_attn=True), saved_states=state_dir)
     sampling = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     words = FILLER.split()

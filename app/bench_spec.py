@@ -43,7 +43,7 @@ TASKS = {
 
 
 def _row(model: Path, mode: str, draft: Path | None, prompt: str, tokens: int, threads: int, n_ctx: int) -> dict:
-    from runtime.engine import EngineSession, LoadParams, SamplingParams
+    from runtime.engine import ModelWorker, LoadParams, SamplingParams
 
     params = dict(n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, flash_attn=True)
     messages = [{"role": "user", "content": prompt}]
@@ -64,7 +64,7 @@ def _row(model: Path, mode: str, draft: Path | None, prompt: str, tokens: int, t
             return {"tps": tps, "text": "".join(seen), "drafted": 0, "accepted": 0, "tokens": n}
         finally:
             llm.close()
-    session = EngineSession.open(LoadParams(model, **params),
+    session = ModelWorker.open(LoadParams(model, **params),
                                  draft=LoadParams(draft, **params) if mode == "draft" else None)
     try:
         spec = {"plain": "off", "lookup": "lookup", "draft": "draft"}[mode]

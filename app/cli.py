@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plain against speculative decoding (prompt lookup, a draft model) on a copy-heavy "
                             "and a free-form task")
     bench.add_argument("--draft", help="with --spec: a draft model (.gguf path or installed model id)")
+    bench.add_argument("--serve", action="store_true",
+                       help="the serving core through a real server: stop latency, abandoned requests, 16 "
+                            "concurrent clients, two models under a memory budget")
     bench.add_argument("--hardware", type=Path, help="a saved hardware profile to plan for")
     bench.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
     bench.add_argument("--runs", type=int, default=3, help="runs per path (best and median are shown)")
@@ -88,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 draft = resolve_target(settings, args.draft) if args.draft else None
                 return run_spec_bench(settings, target or settings.model or embedded.default_model_path(), draft,
                                       tokens=args.tokens if args.tokens != 128 else 256, runs=args.runs)
+            if args.serve:
+                from app.bench_serve import run_serve_bench
+
+                return run_serve_bench(settings)
             if args.context:
                 from app.bench_context import run_context_bench
                 from runtime import embedded

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     context_cache_mb: int = Field(2048, ge=0)
     # A hardware profile (or raw capture) to use instead of probing this machine: plan for another one.
     hardware_profile: Path | None = None
+    # Requests that may wait for a model while it writes another reply (past this: 429).
+    max_queue: int = Field(16, ge=1, le=1024)
+    # The most tokens one reply may have when the context shifts (under "stop" the context bounds it).
+    max_reply_tokens: int = Field(8192, ge=16)
+    # An idle model is unloaded after this many seconds (a request may set its own keep_alive;
+    # negative: never).
+    keep_alive_s: float = 15 * 60.0
+    # The most RAM (MiB) loaded models may take together; 0: whatever is free.
+    memory_budget_mb: int = Field(0, ge=0)
     # Extra Host header values to accept (e.g. a LAN name when serving beyond loopback).
     allowed_hosts: list[str] = []
 

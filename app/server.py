@@ -88,11 +88,12 @@ class ServerThread:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{url_host(settings.host)}:{self.port}"
         try:
-            app = create_app(Services.open(settings))
+            self.services = Services.open(settings)
+            app = create_app(self.services)
         except BaseException:
             self.sock.close()
             raise
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # the main thread owns signals
         self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
@@ -121,6 +122,9 @@ class ServerThread:
     def stop(self) -> None:
         """Shut down: requests end, the model is freed and the database closed."""
         self.server.should_exit = True
+        # Replies in progress end now (as stopped, their text stored), so that their streams close
+        # and uvicorn need not wait for them.
+        self.services.models.close()
         if self._thread.ident is not None:
             self._exited.wait(30)
         self.sock.close()

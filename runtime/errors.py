@@ -30,13 +30,14 @@ class ContextOverflow(RuntimeFailure):
 
     code = "context_overflow"
 
-    def __init__(self, prompt_tokens: int, n_ctx: int):
+    def __init__(self, prompt_tokens: int, n_ctx: int, at_least: bool = False):
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
         over = prompt_tokens - n_ctx + 1
+        size = f"at least {prompt_tokens}" if at_least else f"{prompt_tokens}"
         super().__init__(
-            f"The conversation is {prompt_tokens} tokens long but the model's context holds "
-            f"{n_ctx} (with room for at least one reply token): {over} tokens too many. "
+            f"The conversation is {size} tokens long but the model's context holds "
+            f"{n_ctx} (with room for at least one reply token): {'at least ' if at_least else ''}{over} tokens too many. "
             "Start a new conversation, shorten the message, or load the model with a larger "
             "context length."
         )
@@ -58,3 +59,28 @@ class DraftModelError(RuntimeFailure):
     """The draft model for speculative decoding cannot be loaded or cannot serve this model."""
 
     code = "draft_unusable"
+
+
+class Interrupted(RuntimeFailure):
+    """The request was stopped while llama.cpp was working on it (not an error for the person)."""
+
+    code = "cancelled"
+
+
+class QueueFull(RuntimeFailure):
+    """Too many requests are waiting for this model."""
+
+    code = "queue_full"
+
+    def __init__(self, waiting: int, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"{waiting} request{'s are' if waiting != 1 else ' is'} already waiting for this model. Try again in about "
+            f"{retry_after_s} s, or stop a reply that is no longer needed."
+        )
+
+
+class ModelUnavailable(RuntimeFailure):
+    """The model cannot be loaded now: what it needs is held by models in use, or it failed."""
+
+    code = "model_unavailable"

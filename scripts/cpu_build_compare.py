@@ -7,7 +7,7 @@ import time
 
 sys.path.insert(0, os.getcwd())
 import llama_cpp  # noqa: E402
-from runtime.engine import EngineSession, LoadParams, SamplingParams  # noqa: E402
+from runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
 from runtime.synth import preset, write_model  # noqa: E402
 
 shape = os.environ.get("SHAPE", "7b")
@@ -18,7 +18,7 @@ if not os.path.exists(path):
 info = llama_cpp.llama_print_system_info()
 print("build:", info.decode() if isinstance(info, bytes) else info, flush=True)
 for threads in [int(t) for t in os.environ.get("THREADS", "16,8,4").split(",")]:
-    s = EngineSession.open(LoadParams(path=path, n_ctx=2048, n_gpu_layers=0, n_threads=threads,
+    s = ModelWorker.open(LoadParams(path=path, n_ctx=2048, n_gpu_layers=0, n_threads=threads,
                                       n_threads_batch=threads, flash_attn=True))
     try:
         r = s.submit([{"role": "user", "content": "Write about the sea."}],

@@ -54,7 +54,7 @@ def nvml_used(index: int = 0) -> int | None:
 
 BASELINE = nvml_used()  # before this process touches the GPU: later readings minus this = what it holds
 
-from runtime.engine import EngineSession, LoadParams, SamplingParams  # noqa: E402
+from runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
 from runtime.hardware import probe  # noqa: E402
 from runtime.model_info import inspect_model  # noqa: E402
 from runtime.planner import Calibration, plan_model  # noqa: E402
@@ -120,7 +120,7 @@ def _measure(path: Path, load: dict, tokens: int, draft: dict | None) -> dict:
     before = nvml_used(load.get("main_gpu", 0))
     t0 = time.perf_counter()
     draft_params = LoadParams(path=Path(draft["path"]), **draft["load"]) if draft else None
-    session = EngineSession.open(LoadParams(path=path, **load), draft=draft_params)
+    session = ModelWorker.open(LoadParams(path=path, **load), draft=draft_params)
     load_s = time.perf_counter() - t0
     try:
         r = session.submit([{"role": "user", "content": PROMPT}],

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.api.sse import parse_sse
 from app.config import Settings
 from app.server import ServerThread
 from runtime.embedded import default_model_path
-from runtime.engine import EngineSession, LoadParams
+from runtime.engine import ModelWorker, LoadParams
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(model_path):
-    session = EngineSession.open(LoadParams(model_path, n_ctx=2048))
+    session = ModelWorker.open(LoadParams(model_path, n_ctx=2048))
     yield session
     session.close()
 
@@ -44,16 +44,7 @@ def client(server):
 
 def read_sse(response: httpx.Response):
     """(event, data) pairs from a streaming response, as they arrive."""
-    event, data = "message", []
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line == "" and data:
-            payload = "\n".join(data)
-            yield event, (payload if payload == "[DONE]" else json.loads(payload))
-            event, data = "message", []
+    return parse_sse(response.iter_lines())
 
 
 @pytest.fixture(scope="session")

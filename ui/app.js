@@ -4,7 +4,11 @@ import { renderMarkdown } from "./markdown.js";
 import { renderHardware } from "./hardware.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { conversations: [], current: null, streaming: false, model: null };
+// streams: the replies being written, by conversation id: each goes on while another
+// conversation is open, and shows again when its own is reopened.
+const state = { conversations: [], current: null, streams: new Map(), model: null };
+
+const streamingHere = () => !!state.current && state.streams.has(state.current.id);
 
 function showError(message) {
   const banner = $("error-banner");
@@ -134,8 +138,8 @@ function showChat() {
 }
 
 async function showHardware() {
-  if (state.streaming) return;
   state.current = null;
+  updateComposer();
   renderList();
   $("chat-title").textContent = "Hardware";
   $("context-setting").hidden = true;
@@ -169,6 +173,14 @@ function showConversation(conv) {
     const latest = [...conv.messages].reverse().find((m) => m.role === "assistant");
     markEvicted(latest?.evicted_ids ? JSON.parse(latest.evicted_ids) : []);
   }
+  const live = conv && state.streams.get(conv.id);
+  if (live) {  // a reply still being written here: its nodes come back, still updating
+    $("empty-state")?.remove();
+    const stored = conv.messages.some((m) => String(m.id) === live.userNode.dataset.id);
+    if (!stored) box.append(live.userNode);
+    box.append(live.reply);
+  }
+  updateComposer();
   renderList();
   loadContextSetting(conv);
   box.scrollTop = box.scrollHeight;
@@ -227,7 +239,6 @@ async function changeContextPolicy() {
 }
 
 async function openConversation(id) {
-  if (state.streaming) return;
   try {
     showError("");
     showConversation(await api("GET", `/api/conversations/${id}`));
@@ -237,30 +248,34 @@ async function openConversation(id) {
   }
 }
 
-function setStreaming(on) {
-  state.streaming = on;
-  $("send").hidden = on;
-  $("stop").hidden = !on;
-  $("prompt").disabled = on;
-  $("context-policy").disabled = on;
+// The message box stays usable while replies stream; Send becomes Stop in a conversation whose
+// reply is being written (one reply at a time per conversation).
+function updateComposer() {
+  const busy = streamingHere();
+  $("send").hidden = busy;
+  $("stop").hidden = !busy;
+  $("context-policy").disabled = busy;
+}
+
+function waitingText(position) {
+  return position === 1 ? "Waiting for another reply to finish…" : `Waiting for ${position - 1} other replies and one being written…`;
 }
 
 async function send(content) {
   showError("");
-  setStreaming(true);  // from here on, nothing else may start or switch conversations
-  if (!state.current) {
+  let conv = state.current;
+  if (!conv) {
     try {
-      const conv = await api("POST", "/api/conversations", {});
-      state.current = { ...conv, messages: [] };
+      const created = await api("POST", "/api/conversations", {});
+      conv = state.current = { ...created, messages: [] };
     } catch (err) {
-      setStreaming(false);
       $("prompt").value = content;
       showError(err.message);
       return;
     }
   }
-  const conv = state.current;
   const box = $("messages");
+  const here = () => state.current?.id === conv.id;
   $("empty-state")?.remove();
   const userNode = messageNode({ role: "user", content });
   box.append(userNode);
@@ -268,46 +283,62 @@ async function send(content) {
   reply.classList.add("streaming");
   box.append(reply);
   box.scrollTop = box.scrollHeight;
+  const live = { userNode, reply };
+  state.streams.set(conv.id, live);
+  updateComposer();
   const body = reply.querySelector(".body");
   let text = "";
   let frame = 0;
   try {
     await streamReply(conv.id, content, (event, data) => {
-      if (event === "start") {
+      if (event === "queued") {
+        reply.classList.add("queued");
+        body.replaceChildren(el("span", "waiting", waitingText(data.position)));
+      } else if (event === "start") {
+        reply.classList.remove("queued");
+        body.replaceChildren();
         userNode.dataset.id = data.user_message.id;
-        markEvicted(data.evicted_message_ids || []);
+        if (here()) markEvicted(data.evicted_message_ids || []);
         loadList();
       } else if (event === "token") {
         text += data.text;
         if (!frame) frame = requestAnimationFrame(() => {
           frame = 0;
           body.replaceChildren(renderMarkdown(text));
-          box.scrollTop = box.scrollHeight;
+          if (here()) box.scrollTop = box.scrollHeight;
         });
       } else if (event === "done" || event === "error") {
         cancelAnimationFrame(frame);
         frame = 0;
-        reply.replaceWith(messageNode(data.message));
-        // messages the context shifted past while this reply was written
-        markEvicted(data.message?.evicted_ids ? JSON.parse(data.message.evicted_ids) : []);
-        if (event === "error") showError(data.error.message);
+        if (!data.message) {  // it never left the queue: nothing was stored, the text goes back
+          userNode.remove();
+          reply.remove();
+          if (here() && !$("prompt").value) $("prompt").value = content;
+        } else {
+          reply.replaceWith(messageNode(data.message));
+          // messages the context shifted past while this reply was written
+          if (here()) markEvicted(data.message?.evicted_ids ? JSON.parse(data.message.evicted_ids) : []);
+        }
+        if (event === "error" && here()) showError(data.error.message);
       }
     });
     await loadList();
   } catch (err) {
     userNode.remove();
     reply.remove();
-    $("prompt").value = content;  // nothing is lost: the message goes back into the box
-    showError(err instanceof ApiError ? err.message : String(err));
+    if (here()) {
+      if (!$("prompt").value) $("prompt").value = content;  // nothing is lost: the message goes back into the box
+      showError(err instanceof ApiError ? err.message : String(err));
+    }
   } finally {
-    setStreaming(false);
-    box.scrollTop = box.scrollHeight;
-    $("prompt").focus();
+    state.streams.delete(conv.id);
+    updateComposer();
+    if (here()) box.scrollTop = box.scrollHeight;
   }
 }
 
 async function stop() {
-  if (!state.current) return;
+  if (!streamingHere()) return;
   try {
     await api("POST", `/api/conversations/${state.current.id}/stop`);
   } catch (err) {
@@ -320,10 +351,12 @@ async function loadHealth() {
     const health = await api("GET", "/api/health");
     state.model = health.model;
     $("model-name").textContent = health.model ? health.model.name : "No model loaded";
-    $("model-dot").classList.toggle("ok", !!health.model);
-    $("model-status").title = health.model
-      ? `${health.model.name}\ncontext ${health.model.n_ctx} tokens · ${health.model.n_threads} threads · ${health.model.n_gpu_layers} GPU layers`
-      : "";
+    $("model-dot").classList.toggle("ok", !!health.model && health.status === "ok");
+    const m = health.model;
+    const failure = health.engine?.failures?.[m?.id];
+    $("model-status").title = !m ? "" : failure ? `${m.name}: ${failure}`
+      : m.n_ctx == null ? `${m.name}\nloads with the first message`
+      : `${m.name}\ncontext ${m.n_ctx} tokens · ${m.n_threads} threads · ${m.n_gpu_layers} GPU layers`;
   } catch (err) {
     $("model-name").textContent = "Server not answering";
   }
@@ -339,7 +372,7 @@ function init() {
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     const content = $("prompt").value;
-    if (!content.trim() || state.streaming) return;
+    if (!content.trim() || streamingHere()) return;
     $("prompt").value = "";
     autoGrow();
     send(content);
@@ -351,11 +384,13 @@ function init() {
     }
   });
   $("prompt").addEventListener("input", autoGrow);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && streamingHere()) stop();
+  });
   $("stop").addEventListener("click", stop);
   $("show-hardware").addEventListener("click", showHardware);
   $("context-policy").addEventListener("change", changeContextPolicy);
   $("new-chat").addEventListener("click", () => {
-    if (state.streaming) return;
     showError("");
     showConversation(null);
     $("prompt").focus();

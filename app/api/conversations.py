@@ -1,6 +1,9 @@
 """Conversations and their messages; posting a message streams the reply as server-sent events.
 
 Events of POST /api/conversations/{id}/messages, in order:
+  queued {"position"}                  (only while other replies are ahead: 1 is next; repeated
+                                       as it moves up; stopping it here stores nothing and ends
+                                       with done {"message": null})
   start  {"user_message", "prompt_tokens", "model", "evicted_message_ids", "evicted_tokens",
          "context_policy"}: earlier messages left out to fit the context (never silently)
   token  {"text"}                      (many)
@@ -14,14 +17,16 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from app.api.deps import ChatDep, SettingsDep, StoreDep
+from app.api.disconnect import ClientWatch
 from app.api.errors import error_body, runtime_status
 from app.api.sse import SSE_HEADERS, sse
-from runtime.engine import Failed, Finished, SamplingParams, Token
+from app.errors import InvalidRequest
+from runtime.engine import Failed, Finished, Queued, SamplingParams, Started, Token
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
@@ -41,6 +46,8 @@ class PostMessage(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
+    # seconds the model stays loaded once idle (0: unload after this reply; negative: always)
+    keep_alive: float | None = None
 
 
 @router.get("")
@@ -88,16 +95,46 @@ def stop_reply(conversation_id: str, chat: ChatDep) -> dict:
 
 
 @router.post("/{conversation_id}/messages")
-async def post_message(conversation_id: str, body: PostMessage, chat: ChatDep, settings: SettingsDep):
+async def post_message(conversation_id: str, body: PostMessage, request: Request, chat: ChatDep,
+                       settings: SettingsDep):
+    if body.max_tokens is not None and body.max_tokens > settings.max_reply_tokens:
+        raise InvalidRequest(f"max_tokens is at most {settings.max_reply_tokens} (TANDEM_MAX_REPLY_TOKENS).")
     sampling = SamplingParams(
         temperature=settings.temperature if body.temperature is None else body.temperature,
         max_tokens=body.max_tokens or settings.max_tokens,
         seed=body.seed,
     )
-    reply = await chat.start_reply(conversation_id, body.content, sampling)
+    watch = ClientWatch(request)
+    try:
+        reply = await chat.start_reply(conversation_id, body.content, sampling, watch, body.keep_alive)
+    except BaseException:
+        watch.close()
+        raise
+
+    async def wait_turn():
+        """Queued events until the engine takes the prompt; False when it ended before that."""
+        yield sse({"position": reply.queued}, "queued")
+        async for event in reply.stream:
+            if isinstance(event, Queued):
+                yield sse({"position": event.position}, "queued")
+            elif isinstance(event, Started):
+                chat.accept(reply, event)
+                return
+            else:  # stopped while waiting, or refused once its turn came
+                chat.end_unstarted(reply)
+                if isinstance(event, Failed):
+                    yield sse(error_body(event.error.code, str(event.error), runtime_status(event.error)), "error")
+                else:
+                    yield sse({"message": None, "stats": event.stats.as_dict()}, "done")
+                return
 
     async def events():
         try:
+            if reply.user_message is None:
+                async for frame in wait_turn():
+                    yield frame
+                if reply.user_message is None:
+                    return
             yield sse(
                 {"user_message": reply.user_message, "prompt_tokens": reply.prompt_tokens, "model": reply.model.id,
                  "evicted_message_ids": reply.evicted_ids, "evicted_tokens": reply.evicted_tokens,
@@ -116,6 +153,7 @@ async def post_message(conversation_id: str, body: PostMessage, chat: ChatDep, s
                     body = error_body(event.error.code, str(event.error), runtime_status(event.error))
                     yield sse({**body, "message": saved}, "error")
         finally:
+            watch.close()
             if reply.saved is None:  # the client disconnected mid-reply
                 chat.save_abandoned(reply)
 

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import TandemError
-from runtime.errors import ChatTemplateError, ContextOverflow, EngineClosed, ModelFileError, RuntimeFailure
+from runtime.errors import (ChatTemplateError, ContextOverflow, EngineClosed, Interrupted, ModelFileError,
+                            ModelUnavailable, QueueFull, RuntimeFailure)
 from runtime.planner import PlanError
 
 log = logging.getLogger("tandem")
@@ -24,6 +25,9 @@ RUNTIME_STATUS = {
     ChatTemplateError: 400,
     ModelFileError: 409,
     EngineClosed: 503,
+    QueueFull: 429,
+    ModelUnavailable: 503,
+    Interrupted: 499,  # the client went away: nobody reads this answer
 }
 
 
@@ -32,8 +36,8 @@ def error_body(code: str, message: str, status: int) -> dict:
     return {"error": {"code": code, "message": message, "type": kind}}
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(error_body(code, message, status), status_code=status)
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, status), status_code=status, headers=headers)
 
 
 def runtime_status(err: RuntimeFailure) -> int:
@@ -61,9 +65,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RuntimeFailure)
     async def _runtime(request: Request, err: RuntimeFailure):
         status = runtime_status(err)
-        if status >= 500:
+        if status >= 500 and status != 503:
             log.error("engine failure on %s: %s", request.url.path, err)
-        return error_response(status, err.code, str(err))
+        headers = {"Retry-After": str(err.retry_after_s)} if isinstance(err, QueueFull) else None
+        return error_response(status, err.code, str(err), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError):

@@ -12,9 +12,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from app.api.deps import ModelsDep, SettingsDep, StoreDep
+from app.api.disconnect import ClientWatch
 from app.api.errors import error_body, runtime_status
 from app.api.sse import SSE_HEADERS, sse
-from runtime.engine import Failed, Finished, SamplingParams, Started, Token
+from app.errors import InvalidRequest
+from runtime.engine import Failed, Finished, Queued, SamplingParams, Token
+from runtime.errors import Interrupted
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -52,6 +55,8 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1)
+    # seconds the model stays loaded once idle (Tandem and Ollama extension; negative: always)
+    keep_alive: float | None = None
 
     def sampling(self, default_temperature: float, default_max: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -77,47 +82,63 @@ def list_models(store: StoreDep) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, models: ModelsDep, settings: SettingsDep):
-    loaded = await asyncio.to_thread(models.engine_for, body.model)
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is not None and asked > settings.max_reply_tokens:
+        raise InvalidRequest(f"max_tokens is at most {settings.max_reply_tokens} (TANDEM_MAX_REPLY_TOKENS).")
     sampling = body.sampling(settings.temperature, settings.max_tokens)
-    stream = loaded.session.submit([m.plain() for m in body.messages], sampling, loop=asyncio.get_running_loop(),
-                                   speculative=models.speculative_for(loaded))
-    first = await stream.next_event()
-    if isinstance(first, Failed):
-        raise first.error
+    with ClientWatch(request) as watch:
+        lease = await asyncio.to_thread(models.acquire, body.model, body.keep_alive, watch.cancelled)
+        with lease:
+            loaded = lease.value
+            stream = watch.attach(lease.submit([m.plain() for m in body.messages], sampling,
+                                               loop=asyncio.get_running_loop(),
+                                               speculative=models.speculative_for(loaded)))
+        first = await stream.next_event()
+        while isinstance(first, Queued):  # waiting for the model: the client may still leave
+            first = await stream.next_event()
+        if isinstance(first, Failed):
+            raise first.error
+        if isinstance(first, Finished) and first.finish_reason == "cancelled" and watch.cancelled():
+            raise Interrupted("The client went away.")
+        if not body.stream:
+            return await _complete(stream, first, loaded, models)
+    return _stream(body, request, stream, loaded, models)
+
+
+async def _complete(stream, first, loaded, models) -> dict:
+    text, finished = [], first if isinstance(first, Finished) else None
+    try:
+        async for event in stream:
+            if isinstance(event, Token):
+                text.append(event.text)
+            elif isinstance(event, Finished):
+                finished = event
+                models.record(loaded, event.stats, "api")
+            elif isinstance(event, Failed):
+                raise event.error
+    finally:
+        if finished is None:
+            stream.cancel()
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": loaded.id,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": finished.text},
+                "finish_reason": _finish(finished.finish_reason),
+            }
+        ],
+        "usage": _usage(finished),
+        "tandem": {**finished.stats.as_dict(), "predicted_tps": loaded.plan.decode_tps},
+    }
+
+
+def _stream(body: ChatCompletionRequest, request: Request, stream, loaded, models) -> StreamingResponse:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    assert isinstance(first, (Started, Finished))
-
-    if not body.stream:
-        text, finished = [], first if isinstance(first, Finished) else None
-        try:
-            async for event in stream:
-                if isinstance(event, Token):
-                    text.append(event.text)
-                elif isinstance(event, Finished):
-                    finished = event
-                    models.record(loaded, event.stats, "api")
-                elif isinstance(event, Failed):
-                    raise event.error
-        finally:
-            if finished is None:
-                stream.cancel()
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": loaded.id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": finished.text},
-                    "finish_reason": _finish(finished.finish_reason),
-                }
-            ],
-            "usage": _usage(finished),
-            "tandem": {**finished.stats.as_dict(), "predicted_tps": loaded.plan.decode_tps},
-        }
-
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: dict, finish: str | None = None) -> dict:
@@ -131,6 +152,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
 
     async def events():
         done = False
+        watch = ClientWatch(request)
+        watch.attach(stream)
         try:
             yield sse(chunk({"role": "assistant", "content": ""}))
             async for event in stream:
@@ -148,6 +171,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
                     yield sse(error_body(event.error.code, str(event.error), runtime_status(event.error)))
             yield sse("[DONE]")
         finally:
+            watch.close()
             if not done:
                 stream.cancel()
 

@@ -11,3 +11,18 @@ def sse(data: object, event: str | None = None) -> str:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {payload}\n\n"
+
+
+def parse_sse(lines):
+    """(event, data) pairs from the lines of a server-sent events response, as they arrive
+    (for clients: benchmarks and tests); data is JSON, or the text "[DONE]"."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and data:
+            payload = "\n".join(data)
+            yield event, (payload if payload == "[DONE]" else json.loads(payload))
+            event, data = "message", []

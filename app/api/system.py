@@ -17,20 +17,28 @@ router = APIRouter(prefix="/api", tags=["system"])
 
 @router.get("/health")
 def health(models: ModelsDep) -> dict:
-    loaded = models.loaded
+    """status "ok", or "failed" when a model's engine stopped or its last load failed (the reason
+    is in engine); model: the default model (loaded or not), engine: what each loaded model does."""
+    engine = models.status()
+    default = models.resolve(None)
+    loaded = models.loaded_model(default["id"])
+    model = loaded.describe() if loaded is not None else {"id": default["id"], "name": default["name"]}
+    state = next((m["state"] for m in engine["models"] if m["id"] == default["id"]), "unloaded")
+    failed = engine["state"] == "failed" or default["id"] in engine["failures"]
     return {
-        "status": "ok",
+        "status": "failed" if failed else "ok",
         "version": __version__,
-        "model": loaded.describe() if loaded is not None else None,
+        "model": {**model, "state": state},
+        "engine": engine,
     }
 
 
 @router.get("/models")
 def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
     """Installed models; each names the installed models that can draft for it (speculative decoding)."""
-    loaded_id = models.loaded.id if models.loaded is not None else None
+    loaded = {m.id for m in models.loaded_models()}
     drafts = models.draft_pairs()
-    return [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] == loaded_id, "drafts": drafts.get(m["id"], [])}
+    return [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] in loaded, "drafts": drafts.get(m["id"], [])}
             for m in store.list_models()]
 
 
@@ -51,8 +59,8 @@ async def model_info(model_id: str, store: StoreDep) -> dict:
 async def model_plan(model_id: str, models: ModelsDep, store: StoreDep, n_ctx: int | None = None) -> dict:
     """The plan the model runs with (when loaded and no context is asked), or a fresh plan."""
     model = store.get_model(model_id)
-    loaded = models.loaded
-    if loaded is not None and loaded.id == model_id and n_ctx is None:
+    loaded = models.loaded_model(model_id)
+    if loaded is not None and n_ctx is None:
         plan, is_loaded = loaded.plan, True
     else:
         plan, is_loaded = await asyncio.to_thread(models.plan_for, model, n_ctx), False

@@ -27,8 +27,8 @@ class Services:
         hardware = HardwareService(settings)
         models = ModelService(settings, store, hardware.profile)
         try:
-            default = models.register_startup_models()
-            models.engine_for(default["id"])
+            models.register_startup_models()
+            models.acquire().release()  # the default model, loaded before the first request
         except BaseException:
             models.close()
             store.close()

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.services.models import LoadedModel, ModelService
+from app.services.models import ModelService, ServedModel
 from app.store import Store
-from runtime.engine import Failed, Finished, ReplyStats, ReplyStream, SamplingParams, Started
+from runtime.engine import Failed, Finished, Queued, ReplyStats, ReplyStream, SamplingParams, Started
 from runtime.engine.context import POLICIES, POLICY_NAMES, ContextPolicy
-from runtime.errors import RuntimeFailure
+from runtime.errors import Interrupted, RuntimeFailure
 
 STATUS_FOR_FINISH = {"stop": "complete", "length": "complete", "cancelled": "stopped"}
 
@@ -26,10 +26,12 @@ class Reply:
     """A reply being generated for a conversation."""
 
     conversation_id: str
-    model: LoadedModel
+    model: ServedModel
     stream: ReplyStream
-    prompt_tokens: int
-    user_message: dict
+    content: str
+    prompt_tokens: int = 0
+    user_message: dict | None = None  # stored once the engine accepts the prompt (Started)
+    queued: int = 0  # requests ahead of it while it waits for the model
     evicted_ids: list[int] = field(default_factory=list)  # earlier messages left out to fit the context
     evicted_tokens: int = 0
     policy: str = "stop"
@@ -53,13 +55,17 @@ class ChatService:
         before = set(json.loads(last["evicted_ids"])) if last else set()
         return ids, [{"role": m["role"], "content": m["content"]} for m in rows], [i for i, x in enumerate(ids) if x in before]
 
-    def policy_for(self, conversation: dict, model: LoadedModel) -> ContextPolicy:
+    def policy_for(self, conversation: dict, model: ServedModel) -> ContextPolicy:
         """The conversation's own context policy, or the plan's."""
         plan = model.plan
         return ContextPolicy(conversation.get("context_policy") or plan.context_policy, plan.sink_tokens, plan.evict_chunk)
 
-    async def start_reply(self, conversation_id: str, content: str, sampling: SamplingParams) -> Reply:
-        """Submit the conversation plus the new message; return once the engine accepted it."""
+    async def start_reply(self, conversation_id: str, content: str, sampling: SamplingParams,
+                          watch=None, keep_alive: float | None = None) -> Reply:
+        """Submit the conversation plus the new message; return once the engine accepted it
+        (Started: the user message is stored) or queued it behind other replies (Queued: it is
+        stored when its turn comes, see accept()). watch: the client's ClientWatch; when the
+        client leaves, the request is cancelled wherever it is."""
         conversation = self.store.get_conversation(conversation_id)
         if conversation_id in self._active:
             raise Conflict(
@@ -70,34 +76,53 @@ class ChatService:
         try:
             ids, messages, before = self.history(conversation_id)
             messages.append({"role": "user", "content": content})
-            model = await asyncio.to_thread(self.models.engine_for, conversation.get("model_id"))
-            stream = model.session.submit(messages, sampling, loop=asyncio.get_running_loop(),
-                                          overflow=self.policy_for(conversation, model), key=conversation_id,
-                                          evicted=before, speculative=self.models.speculative_for(model))
+            cancelled = watch.cancelled if watch is not None else (lambda: False)
+            lease = await asyncio.to_thread(self.models.acquire, conversation.get("model_id"), keep_alive, cancelled)
+            with lease:
+                model = lease.value
+                stream = lease.submit(messages, sampling, loop=asyncio.get_running_loop(),
+                                      overflow=self.policy_for(conversation, model), key=conversation_id,
+                                      evicted=before, speculative=self.models.speculative_for(model))
+            if watch is not None:
+                watch.attach(stream)
             first = await stream.next_event()
             if isinstance(first, Failed):
                 raise first.error
-            if not isinstance(first, Started):  # cancelled before it began (engine shutting down)
-                raise RuntimeFailure("The engine stopped before replying; send the message again.")
-            user_message = self.store.add_message(conversation_id, "user", content)
+            if isinstance(first, Finished):  # cancelled before it began
+                raise Interrupted("The reply was stopped before it began.")
+            reply = Reply(conversation_id, model, stream, content, ids=ids)
+            if isinstance(first, Queued):
+                reply.queued = first.position
+            else:
+                self.accept(reply, first)
         except BaseException:  # refused, failed, or the client left before the reply began
             self._active.pop(conversation_id, None)
             if stream is not None:
                 stream.cancel()
             raise
-        reply = Reply(conversation_id, model, stream, first.prompt_tokens, user_message,
-                      evicted_ids=[ids[i] for i in first.dropped], evicted_tokens=first.evicted_tokens,
-                      policy=first.policy, ids=ids)
         self._active[conversation_id] = reply
         return reply
+
+    def accept(self, reply: Reply, started: Started) -> None:
+        """The engine took the prompt: store the user's message and what was left out to fit."""
+        reply.user_message = self.store.add_message(reply.conversation_id, "user", reply.content)
+        reply.prompt_tokens = started.prompt_tokens
+        reply.evicted_ids = [reply.ids[i] for i in started.dropped]
+        reply.evicted_tokens = started.evicted_tokens
+        reply.policy = started.policy
+
+    def end_unstarted(self, reply: Reply) -> None:
+        """A queued reply ended before its turn (stopped or refused): nothing was stored."""
+        self._active.pop(reply.conversation_id, None)
+        reply.stream.cancel()
 
     def context_info(self, conversation_id: str | None = None) -> dict:
         """The conversation's context policy, where it comes from, and the plan's budget (None:
         what a new conversation gets)."""
         conversation = self.store.get_conversation(conversation_id) if conversation_id else {}
         model = self.models.resolve(conversation.get("model_id"))
-        loaded = self.models.loaded
-        plan = loaded.plan if loaded is not None and loaded.id == model["id"] else self.models.plan_for(model, dry_run=False)
+        loaded = self.models.loaded_model(model["id"])
+        plan = loaded.plan if loaded is not None else self.models.plan_for(model, dry_run=False)
         own = conversation.get("context_policy")
         return {
             "policy": own or plan.context_policy, "source": "conversation" if own else "plan",
@@ -136,9 +161,12 @@ class ChatService:
     def save_failed(self, reply: Reply, event: Failed) -> dict:
         return self._save(reply, "".join(reply.parts), "error", "error", None)
 
-    def save_abandoned(self, reply: Reply) -> dict:
+    def save_abandoned(self, reply: Reply) -> dict | None:
         """The client went away mid-reply: stop generating and keep what it was shown."""
         reply.stream.cancel()
+        if reply.user_message is None:  # it never left the queue
+            self.end_unstarted(reply)
+            return None
         return self._save(reply, "".join(reply.parts), "stopped", "cancelled", None)
 
     def _save(self, reply: Reply, text: str, status: str, finish: str, stats: ReplyStats | None) -> dict:

@@ -1,14 +1,14 @@
 """Which models Tandem knows, and the one loaded in the engine.
 
 The built-in model is registered at every start (its path moves when the package is
-reinstalled); a model asked for by name is loaded on demand, replacing the current one.
+reinstalled); a model asked for by name is planned and loaded on demand by the scheduler
+(runtime.engine.Scheduler), which keeps several loaded while they fit and unloads idle ones.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -17,11 +17,13 @@ from app.config import Settings
 from app.errors import NotFound
 from app.store import Store
 from runtime import embedded
-from runtime.engine import EngineSession, LoadParams, ReplyStats
+from runtime.engine import Lease, LoadParams, ModelWorker, ReplyStats, Scheduler
+from runtime.engine.scheduler import Prepared
 from runtime.engine.kvstate import state_path
 from runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
 from runtime.gguf import check_model_file
 from runtime.hardware import HardwareProfile
+from runtime.hardware.probe import refresh_memory
 from runtime.model_info import ModelInfo, inspect_model
 from runtime.planner import Calibration, Plan, candidates, plan_model, verify
 from runtime.planner.search import plan_from_candidate, plan_gpus, predict_split
@@ -29,19 +31,22 @@ from runtime.planner.speculative import draft_compatible
 
 log = logging.getLogger("tandem")
 MIN_TOKENS_TO_RECORD = 16
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class ServedModel:
+    """A model loaded by the scheduler, with the plan it was loaded with."""
+
     id: str
     name: str
-    session: EngineSession
+    worker: ModelWorker
     plan: Plan
     info: ModelInfo
     hardware: HardwareProfile
 
     def describe(self) -> dict:
-        p = self.session.params
+        p = self.worker.params
         return {
             "id": self.id,
             "name": self.name,
@@ -49,7 +54,7 @@ class LoadedModel:
             "n_ctx": p.n_ctx,
             "n_threads": p.n_threads,
             "n_gpu_layers": p.n_gpu_layers,
-            "load_s": None if self.session.load_s is None else round(self.session.load_s, 3),
+            "load_s": None if self.worker.load_s is None else round(self.worker.load_s, 3),
             "predicted_tps": self.plan.decode_tps,
             "context_policy": self.plan.context_policy,
         }
@@ -67,8 +72,8 @@ class ModelService:
         self.settings = settings
         self.store = store
         self.hardware = hardware
-        self._lock = threading.Lock()
-        self.loaded: LoadedModel | None = None
+        budget = {"CPU": settings.memory_budget_mb * MIB} if settings.memory_budget_mb else None
+        self.scheduler = Scheduler(self.free_memory, keep_alive_s=settings.keep_alive_s, budget=budget)
 
     def register_startup_models(self) -> dict:
         """Register the built-in model, and TANDEM_MODEL when given; return the default one."""
@@ -101,8 +106,10 @@ class ModelService:
     def resolve(self, name: str | None) -> dict:
         """The registered model a client means: by id, by display or file name, or the default."""
         models = self.store.list_models()
-        if not name:
-            return next((m for m in models if m["is_default"]), models[0])
+        if not name:  # the default, unless its file is gone: then the built-in model
+            present = [m for m in models if Path(m["path"]).is_file()] or models
+            return next((m for m in present if m["is_default"]),
+                        next((m for m in present if m["source"] == "embedded"), present[0]))
         for m in models:
             if name in (m["id"], m["name"], Path(m["path"]).name):
                 return m
@@ -110,13 +117,13 @@ class ModelService:
         raise NotFound(f"Model {name!r} is not installed. Available: {known}.")
 
     def plan_for(self, model: dict, n_ctx: int | None = None, info: ModelInfo | None = None,
-                 dry_run: bool = True) -> Plan:
+                 dry_run: bool = True, hardware: HardwareProfile | None = None) -> Plan:
         """The planner's choice for a model ({"id", "path"}) on this machine, checked by a dry run.
 
         n_ctx None: the context from the settings; 0: the longest that costs no speed.
         """
         info = info or inspect_model(Path(model["path"]))
-        hw = self.hardware()
+        hw = hardware or self.hardware()
         calibration = Calibration.from_records(self.store.measurements(hw.machine_id))
         asked = (n_ctx if n_ctx is not None else self.settings.n_ctx) or None
         drafts = tuple(self.drafts_for(model, info)) if self.settings.speculative == "auto" else ()
@@ -156,38 +163,82 @@ class ModelService:
                 for other_id, (other, d) in installed.items()
                 if other_id != model_id and d is not None and draft_compatible(info, d) is None]
 
-    def fallbacks(self, info: ModelInfo, plan: Plan) -> list[Plan]:
+    def fallbacks(self, info: ModelInfo, plan: Plan, hw: HardwareProfile | None = None) -> list[Plan]:
         """Plans with fewer GPU layers, for when the chosen one fails to load."""
-        hw = self.hardware()
+        hw = hw or self.hardware()
         found = candidates(info, hw, plan.n_ctx, threads=plan.n_threads, cal=plan.calibration, gpu=plan_gpus(hw, plan))
         lower = [c for c in found if c["ngl"] < plan.n_gpu_layers]
         return [plan_from_candidate(info, hw, None, c, plan.n_threads) for c in lower[:3]]
 
-    def engine_for(self, name: str | None = None) -> LoadedModel:
-        """The loaded model for `name`, planning and loading it first (and unloading another) when needed."""
-        model = self.resolve(name)
-        with self._lock:
-            if self.loaded is not None and self.loaded.id == model["id"] and not self.loaded.session.closed:
-                return self.loaded
-            info = inspect_model(Path(model["path"]))
-            session, plan = self._open(model, info, self.plan_for(model, info=info))
-            loaded = LoadedModel(model["id"], model["name"], session, plan, info, self.hardware())
-            previous, self.loaded = self.loaded, loaded
-        if previous is not None:
-            previous.session.close()
-        return loaded
+    # --- loaded models, through the scheduler
+    def free_memory(self) -> dict[str, int]:
+        """Bytes free now per device, read fresh (a saved profile for another machine: as saved)."""
+        hw = self.hardware()
+        if self.settings.hardware_profile is None:
+            hw = refresh_memory(hw)
+        free = {"CPU": hw.memory.available_bytes or 0}
+        for g in hw.gpus:
+            if not g.unified and g.memory_free_bytes is not None:
+                free[f"GPU{g.index}"] = g.memory_free_bytes
+        return free
 
-    def _open(self, model: dict, info: ModelInfo, plan: Plan) -> tuple[EngineSession, Plan]:
+    def acquire(self, name: str | None = None, keep_alive: float | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> Lease:
+        """The model `name` (None: the default) loaded, held until the lease and the replies
+        submitted through it end; `lease.value` is its ServedModel. Loading plans it against the
+        memory free now, unloading idle models when they are in the way."""
+        model = self.resolve(name)
+        return self.scheduler.acquire(model["id"], lambda available: self._prepare(model, available),
+                                      keep_alive=keep_alive, cancelled=cancelled)
+
+    def _prepare(self, model: dict, available: dict[str, int]) -> Prepared:
+        path = check_model_file(model["path"])
+        info = inspect_model(path)
+        hw = self.hardware()
+        hw = replace(hw, memory=replace(hw.memory, available_bytes=available.get("CPU", hw.memory.available_bytes)),
+                     gpus=tuple(replace(g, memory_free_bytes=available.get(f"GPU{g.index}", g.memory_free_bytes))
+                                for g in hw.gpus))
+        plan = self.plan_for(model, info=info, hardware=hw)
+
+        def open_model() -> tuple[ServedModel, ModelWorker]:
+            worker, used = self._open(model, info, plan, hw)
+            return ServedModel(model["id"], model["name"], worker, used, info, hw), worker
+
+        return Prepared({m.device: m.total for m in plan.memory}, open_model,
+                        {m.device: m.margin for m in plan.memory})
+
+    def loaded_models(self) -> list[ServedModel]:
+        return [e["value"] for e in self.scheduler.loaded() if e["value"] is not None]
+
+    def loaded_model(self, model_id: str) -> ServedModel | None:
+        """The model when it is loaded now (without holding it)."""
+        return self.scheduler.get(model_id)
+
+    def status(self) -> dict:
+        """What the engine is doing: each loaded (or loading) model's state, and failed loads."""
+        rows = []
+        for e in self.scheduler.loaded():
+            served = e["value"]
+            rows.append({"id": e["key"], "name": served.name if served else e["key"], "state": e["state"],
+                         "queued": e["queued"], "running": e["running"], "error": e["error"], "holds": e["holds"],
+                         "unload_in_s": e["expires_in_s"], "memory": e["memory"]})
+        states = {r["state"] for r in rows}
+        overall = ("failed" if "failed" in states else "busy" if "busy" in states else
+                   "loading" if "loading" in states else "idle" if rows else "unloaded")
+        return {"state": overall, "models": rows, "failures": dict(self.scheduler.failures)}
+
+    def _open(self, model: dict, info: ModelInfo, plan: Plan,
+              hw: HardwareProfile | None = None) -> tuple[ModelWorker, Plan]:
         tried = []
-        for attempt in [plan] + (self.fallbacks(info, plan) if plan.n_gpu_layers else []):
+        for attempt in [plan] + (self.fallbacks(info, plan, hw) if plan.n_gpu_layers else []):
             try:
                 try:
-                    session = self._start(model, attempt)
+                    worker = self._start(model, attempt)
                 except DraftModelError as err:  # the model is fine: run it without the draft
                     log.warning("the draft model %s could not be used: %s", attempt.draft["model"], err)
                     attempt = replace(attempt, speculative="prompt_lookup", draft=None, reasons=attempt.reasons + (
                         f"The draft model {attempt.draft['model']} could not be used ({err}); prompt lookup instead.",))
-                    session = self._start(model, attempt)
+                    worker = self._start(model, attempt)
             except ModelLoadError as err:
                 tried.append(f"{attempt.n_gpu_layers} GPU layers ({err})")
                 log.warning("loading %s with %d GPU layers failed; trying fewer", model["id"], attempt.n_gpu_layers)
@@ -195,10 +246,10 @@ class ModelService:
             if tried:
                 attempt = replace(attempt, fallback_from="; ".join(tried),
                                   reasons=attempt.reasons + (f"Loaded with fewer GPU layers after: {'; '.join(tried)}.",))
-            return session, attempt
+            return worker, attempt
         raise ModelLoadError(f"{model['name']} could not be loaded: {'; '.join(tried)}")
 
-    def speculative_for(self, loaded: LoadedModel) -> str:
+    def speculative_for(self, loaded: ServedModel) -> str:
         """The engine's speculative mode for a reply: the setting, or the plan's choice."""
         if self.settings.speculative != "auto":
             return self.settings.speculative
@@ -207,26 +258,28 @@ class ModelService:
 
     def forget_context(self, conversation_id: str) -> None:
         """A conversation is gone: drop its saved cache, and keep the engine from saving it again."""
-        loaded = self.loaded
-        if loaded is not None:
-            loaded.session.forget(conversation_id)
+        for served in self.loaded_models():
+            served.worker.forget(conversation_id)
         state_path(self.settings.context_cache_dir, conversation_id).unlink(missing_ok=True)
 
-    def _start(self, model: dict, plan: Plan) -> EngineSession:
+    def _start(self, model: dict, plan: Plan) -> ModelWorker:
         draft = None
         if plan.draft:
             draft = LoadParams(path=Path(plan.draft["path"]), n_ctx=plan.n_ctx, n_gpu_layers=plan.draft["n_gpu_layers"],
                                n_threads=plan.n_threads, n_threads_batch=plan.n_threads_batch, flash_attn=True,
                                main_gpu=plan.gpu_index or 0)
-        return EngineSession.open(
+        return ModelWorker.open(
             LoadParams(path=Path(model["path"]), **plan.load_kwargs()),
             saved_states=self.settings.context_cache_dir if self.settings.context_cache_mb else None,
             saved_cap_bytes=self.settings.context_cache_mb * 1024 * 1024, draft=draft,
+            max_queue=self.settings.max_queue, max_reply=self.settings.max_reply_tokens,
         )
 
-    def record(self, loaded: LoadedModel, stats: ReplyStats, source: str) -> None:
-        """Keep the measured decode speed of a real reply for the planner's calibration."""
-        if not stats.decode_tps or stats.completion_tokens < MIN_TOKENS_TO_RECORD:
+    def record(self, loaded: ServedModel, stats: ReplyStats, source: str) -> None:
+        """Keep the measured decode speed of a plain reply for the planner's calibration. A reply
+        that drafted tokens decoded at another speed: its acceptance is what it teaches (stored
+        with the message), not the plain speed."""
+        if not stats.decode_tps or stats.completion_tokens < MIN_TOKENS_TO_RECORD or stats.drafted_tokens:
             return
         plan = loaded.plan
         fill = stats.prompt_tokens + stats.completion_tokens // 2  # the context's mean fill while decoding
@@ -240,7 +293,5 @@ class ModelService:
         )
 
     def close(self) -> None:
-        with self._lock:
-            loaded, self.loaded = self.loaded, None
-        if loaded is not None:
-            loaded.session.close()
+        """Unload every model: running replies end as cancelled, waiting ones are told."""
+        self.scheduler.close()

@@ -25,25 +25,57 @@ def oldest_turn(messages: list[dict]) -> list[int]:
     return turn
 
 
+def turn_cuts(messages: list[dict]) -> list[list[int]]:
+    """The droppable turns, oldest first, as lists of indices: what repeated oldest_turn calls
+    drop, found in one pass (everything before a turn is gone when it is dropped, so what follows
+    it in the kept list is what follows it here)."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    cuts: list[list[int]] = []
+    i, n = 0, len(messages)
+    while True:
+        while i < n and messages[i]["role"] == "system":
+            i += 1
+        if i >= n or i == last_user:
+            return cuts
+        turn = [i]
+        i += 1
+        while i < n and messages[i]["role"] == "assistant" and i != last_user:
+            turn.append(i)
+            i += 1
+        cuts.append(turn)
+
+
 def fit_turns(messages: list[dict], count: Callable[[list[dict]], int], budget: int) -> tuple[list[int], int]:
-    """Drop the oldest turns until `count(kept) <= budget`.
+    """Drop the fewest oldest turns so that `count(kept) <= budget`.
 
     Returns (indices of the dropped messages in the original list, token count of what is kept).
-    The result may still be over budget when only the latest user message is left.
+    The result may still be over budget when only the latest user message is left. Dropping more
+    turns never makes the rest longer, so the number of turns is found by bisection: a handful of
+    renders, not one per turn, whatever the length of the conversation.
     """
-    index = list(range(len(messages)))
-    kept = list(messages)
-    dropped: list[int] = []
-    n = count(kept)
-    while n > budget:
-        turn = oldest_turn(kept)
-        if not turn:
-            break
-        dropped += [index[i] for i in turn]
-        kept = [m for i, m in enumerate(kept) if i not in turn]
-        index = [x for i, x in enumerate(index) if i not in turn]
-        n = count(kept)
-    return sorted(dropped), n
+    n = count(messages)
+    if n <= budget:
+        return [], n
+    cuts = turn_cuts(messages)
+
+    def without(k: int) -> tuple[list[int], list[dict]]:
+        gone = {i for cut in cuts[:k] for i in cut}
+        return sorted(gone), [m for i, m in enumerate(messages) if i not in gone]
+
+    lo, hi = 1, len(cuts)  # the answer lies in [lo, hi]; hi: everything droppable
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        dropped, kept = without(mid)
+        n_mid = count(kept)
+        if n_mid <= budget:
+            best, hi = (dropped, n_mid), mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        dropped, kept = without(len(cuts))
+        return dropped, count(kept)
+    return best
 
 
 POLICIES = ("sink_window", "drop_turns", "stop")
@@ -92,7 +124,8 @@ def fit_conversation(messages: list[dict], count: Callable[[list[dict]], int], b
     gone = sorted({i for i in already if 0 <= i < len(messages) and messages[i]["role"] != "system"})
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     gone = [i for i in gone if i != last_user]
-    index = [i for i in range(len(messages)) if i not in set(gone)]
+    gone_set = set(gone)
+    index = [i for i in range(len(messages)) if i not in gone_set]
     kept = [messages[i] for i in index]
     n = count(kept)
     if n <= budget:

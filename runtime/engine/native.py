@@ -9,11 +9,13 @@ else top-k, top-p, min-p, temperature, seeded draw), so greedy output is the sam
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import sys
 
 import llama_cpp
 
 from runtime.engine.params import SamplingParams
-from runtime.errors import RuntimeFailure
+from runtime.errors import Interrupted, RuntimeFailure
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
 MIN_SHIFT_MATCH = 16  # a shift pays when at least this many cached tokens are reused after the gap
@@ -44,11 +46,55 @@ def _find_gap(cached: list[int], tokens: list[int], at: int) -> tuple[int, int]:
     return best
 
 
+def _c_strlen():
+    """The C library's strlen, or None where it cannot be found."""
+    try:
+        libc = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(ctypes.util.find_library("c") or None)
+        return ctypes.cast(libc.strlen, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+_STRLEN = _c_strlen()
+
+
+class AbortSwitch:
+    """Interrupts llama_decode from another thread, between two operations of the graph.
+
+    llama.cpp asks its abort callback before every graph node on the first compute thread. A
+    Python callback would take the GIL there hundreds of times per token; instead the callback is
+    the C library's strlen over a two-byte buffer: it returns 0 (go on) while the first byte is
+    zero and 1 (abort) once set() writes 1 there, with no Python involved in the check.
+    """
+
+    def __init__(self, ctx):
+        self._flag = ctypes.create_string_buffer(2)
+        self._py_callback = None
+        if _STRLEN is not None:
+            callback = llama_cpp.ggml_abort_callback(_STRLEN)
+        else:  # no C library found: the same check in Python (slower, still correct)
+            flag = self._flag
+            callback = self._py_callback = llama_cpp.ggml_abort_callback(lambda _data: flag.raw[0] != 0)
+        self._callback = callback  # kept alive as long as the context uses it
+        llama_cpp.llama_set_abort_callback(ctx, callback, ctypes.cast(self._flag, ctypes.c_void_p))
+
+    def set(self) -> None:
+        self._flag[0] = b"\x01"
+
+    def clear(self) -> None:
+        self._flag[0] = b"\x00"
+
+    @property
+    def is_set(self) -> bool:
+        return self._flag.raw[0] != 0
+
+
 class NativeDecoder:
     """Owns the KV cache of sequence 0 of one context and knows which tokens it holds."""
 
     def __init__(self, llama: "llama_cpp.Llama"):
         self.ctx = llama._ctx.ctx
+        self.abort = AbortSwitch(self.ctx)
         self.vocab = llama._model.vocab
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_batch = llama.n_batch
@@ -65,6 +111,9 @@ class NativeDecoder:
 
     def prefill(self, tokens: list[int], allow_shift: bool = False) -> int:
         """Evaluate a prompt, reusing the cached prefix it shares; returns how many were reused.
+
+        Evaluated in batches of n_batch; the abort switch interrupts it at any moment (Interrupted,
+        with the cache holding the prefix evaluated so far, which the next prompt reuses).
 
         allow_shift: when the prompt continues the cache after a run of cached tokens it no longer
         has (older messages left out), remove that run and shift what follows into place instead
@@ -86,6 +135,8 @@ class NativeDecoder:
             self.cached = self.cached[:keep]
         rest = tokens[keep:]
         for i in range(0, len(rest), self.n_batch):
+            if self.abort.is_set:
+                raise Interrupted("Stopped while reading the prompt.")
             self.decode(rest[i : i + self.n_batch])
         return keep
 
@@ -124,9 +175,18 @@ class NativeDecoder:
         arr = (llama_cpp.llama_token * len(tokens))(*tokens)
         rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
         if rc != 0:
-            self.reset()
-            raise RuntimeFailure(f"llama.cpp could not evaluate the tokens (llama_decode returned {rc}).")
+            self._failed(rc, tokens)
         self.cached.extend(tokens)
+
+    def _failed(self, rc: int, tokens: list[int]) -> None:
+        if rc == 2:  # aborted: llama.cpp keeps the micro-batches it finished, drops the one it was in
+            held = llama_cpp.llama_memory_seq_pos_max(self.memory, 0) + 1
+            self.cached = (self.cached + list(tokens))[: max(0, held)]
+            if len(self.cached) != held:  # not what we know it holds: start over rather than guess
+                self.reset()
+            raise Interrupted("Stopped while llama.cpp was evaluating.")
+        self.reset()
+        raise RuntimeFailure(f"llama.cpp could not evaluate the tokens (llama_decode returned {rc}).")
 
     def decode_all(self, tokens: list[int]) -> None:
         """Evaluate tokens keeping the logits of every position (Sampler.sample(i) reads the i-th):
@@ -147,8 +207,7 @@ class NativeDecoder:
         b.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx, b)
         if rc != 0:
-            self.reset()
-            raise RuntimeFailure(f"llama.cpp could not evaluate the tokens (llama_decode returned {rc}).")
+            self._failed(rc, tokens)
         self.cached.extend(tokens)
 
     def truncate(self, n: int) -> None:

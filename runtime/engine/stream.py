@@ -10,7 +10,7 @@ import asyncio
 import queue
 import threading
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator, Union
+from typing import AsyncIterator, Callable, Iterator, Union
 
 from runtime.errors import RuntimeFailure
 
@@ -66,6 +66,14 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """The request waits for the model: `position` requests run or wait ahead of it (1: next).
+    Sent when it is queued behind another and again each time it moves up."""
+
+    position: int
+
+
+@dataclass(frozen=True)
 class Token:
     text: str
 
@@ -88,7 +96,7 @@ class Failed:
     error: RuntimeFailure
 
 
-Event = Union[Started, Token, Finished, Failed]
+Event = Union[Queued, Started, Token, Finished, Failed]
 
 
 class ReplyStream:
@@ -97,23 +105,67 @@ class ReplyStream:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
         self._loop = loop
         self._cancel = threading.Event()
+        self._hooks_lock = threading.Lock()
+        self._on_cancel: list[Callable[[], None]] = []
+        self._on_end: list[Callable[[], None]] = []
+        self._ended = False
         self._sync_q: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._async_q: asyncio.Queue[Event] | None = asyncio.Queue() if loop else None
         self.done = False
 
     # --- worker side
     def emit(self, event: Event) -> None:
+        terminal = isinstance(event, (Finished, Failed))
+        if terminal:
+            with self._hooks_lock:
+                if self._ended:  # exactly one terminal event per request
+                    return
+                self._ended = True
+                hooks, self._on_end, self._on_cancel = self._on_end, [], []
+            for hook in hooks:  # before the caller sees the end: what it does next finds them done
+                hook()
         if self._async_q is None:
             self._sync_q.put(event)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async_q.put_nowait, event)
-        except RuntimeError:  # the loop is gone: nobody is listening any more
-            self._cancel.set()
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._async_q.put_nowait, event)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                self.cancel()
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Call `hook` (on the cancelling thread) when the request is cancelled before it ends:
+        a queued request leaves its queue, a running one interrupts llama.cpp."""
+        with self._hooks_lock:
+            if self._ended:
+                return
+            if not self._cancel.is_set():
+                self._on_cancel.append(hook)
+                return
+        hook()  # cancelled already
+
+    def on_end(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when the terminal event is emitted, before the caller can read it (at once
+        if it was emitted already)."""
+        with self._hooks_lock:
+            if not self._ended:
+                self._on_end.append(hook)
+                return
+        hook()
+
+    @property
+    def ended(self) -> bool:
+        """The terminal event was emitted (the caller may not have read it yet)."""
+        return self._ended
 
     # --- caller side
     def cancel(self) -> None:
-        self._cancel.set()
+        with self._hooks_lock:
+            if self._cancel.is_set():
+                return
+            self._cancel.set()
+            hooks = list(self._on_cancel)
+        for hook in hooks:
+            hook()
 
     @property
     def cancelled(self) -> bool:
@@ -135,9 +187,13 @@ class ReplyStream:
             self.done = isinstance(event, (Finished, Failed))
             yield event
 
-    async def next_event(self) -> Event:
-        """The next event (async streams only), for callers that must see the first one early."""
-        event = await self._async_q.get()
+    async def next_event(self, timeout: float | None = None) -> Event:
+        """The next event (async streams only), for callers that must see the first ones early.
+        With a timeout, asyncio.TimeoutError when none came in time (the stream goes on)."""
+        if timeout is None:
+            event = await self._async_q.get()
+        else:
+            event = await asyncio.wait_for(self._async_q.get(), timeout)
         self.done = isinstance(event, (Finished, Failed))
         return event
 

@@ -254,3 +254,29 @@ def load_profile(path: Path) -> HardwareProfile:
 
     data = json.loads(Path(path).read_text())
     return HardwareProfile.from_dict(data) if "gpus" in data else build_profile(data)
+
+
+def refresh_memory(profile: HardwareProfile) -> HardwareProfile:
+    """The profile with free RAM and each GPU's free memory read again (a few milliseconds):
+    other programs and loaded models change them between loads."""
+    from dataclasses import replace
+
+    raw = {"memory": None, "nvml": None, "drm": None}
+    for name, fn in (("memory", collect_memory), ("nvml", collect_nvml), ("drm", collect_drm)):
+        try:
+            raw[name] = fn()
+        except Exception:  # an unreadable source keeps the earlier reading
+            pass
+    memory = profile.memory
+    if raw["memory"]:
+        memory = replace(memory, available_bytes=raw["memory"].get("available"))
+    fresh = (gpus_from_nvml(raw["nvml"]) if raw["nvml"] else []) + (gpus_from_drm(raw["drm"]) if raw["drm"] else [])
+    gpus = []
+    for g in profile.gpus:
+        same = next((f for f in fresh if f.name == g.name and f.vendor == g.vendor), None)
+        if same is not None:
+            fresh.remove(same)
+            g = replace(g, memory_free_bytes=same.memory_free_bytes,
+                        memory_used_by_others_bytes=same.memory_used_by_others_bytes)
+        gpus.append(g)
+    return replace(profile, memory=memory, gpus=tuple(gpus))

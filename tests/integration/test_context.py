@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.engine import EngineSession, Finished, LoadParams, SamplingParams, Started
+from runtime.engine import ModelWorker, Finished, LoadParams, SamplingParams, Started
 from runtime.engine.context import ContextPolicy
 from runtime.engine.kvstate import state_path
 from runtime.errors import ContextOverflow
@@ -14,8 +14,8 @@ REPLY = SamplingParams(temperature=0.0, max_tokens=16)
 WORDS = ["apple", "river", "stone", "cloud"]
 
 
-def small(model_path, **kw) -> EngineSession:
-    return EngineSession.open(LoadParams(model_path, n_ctx=N_CTX, flash_attn=True), **kw)
+def small(model_path, **kw) -> ModelWorker:
+    return ModelWorker.open(LoadParams(model_path, n_ctx=N_CTX, flash_attn=True), **kw)
 
 
 def note(turn: int) -> dict:
@@ -188,7 +188,7 @@ def test_a_damaged_or_foreign_saved_cache_is_discarded_and_the_history_evaluated
         assert r.stats.restored_tokens == 0 and r.text == ref.text
         path.write_bytes(good)
     # the same file under another plan (a different context length) is not used either
-    other = EngineSession.open(LoadParams(model_path, n_ctx=512, flash_attn=True), saved_states=tmp_path)
+    other = ModelWorker.open(LoadParams(model_path, n_ctx=512, flash_attn=True), saved_states=tmp_path)
     try:
         r = other.submit(a, REPLY, key="a").result()
     finally:

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from runtime.engine import EngineSession, Failed, Finished, LoadParams, SamplingParams, Started, Token
+from runtime.engine import ModelWorker, Failed, Finished, LoadParams, SamplingParams, Started, Token
 from runtime.errors import ContextOverflow, EngineClosed, InvalidModelFile, ModelFileError, ModelLoadError
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
@@ -85,7 +85,7 @@ def test_cancel_before_start_produces_nothing(engine):
 
 
 def test_prompt_longer_than_the_context_is_refused_before_generating(model_path):
-    small = EngineSession.open(LoadParams(model_path, n_ctx=64))
+    small = ModelWorker.open(LoadParams(model_path, n_ctx=64))
     try:
         with pytest.raises(ContextOverflow, match="tokens too many") as info:
             small.complete([{"role": "user", "content": "word " * 200}], GREEDY)
@@ -113,7 +113,7 @@ def test_requests_from_several_threads_are_served_one_at_a_time(engine):
 
 
 def test_closed_session_answers_with_engine_closed(model_path):
-    s = EngineSession.open(LoadParams(model_path, n_ctx=256))
+    s = ModelWorker.open(LoadParams(model_path, n_ctx=256))
     s.close()
     events = list(s.submit(HAIKU, GREEDY))
     assert isinstance(events[0], Failed) and isinstance(events[0].error, EngineClosed)
@@ -127,14 +127,14 @@ def test_bad_role_is_a_clear_error(engine):
 
 def test_missing_model_file(tmp_path):
     with pytest.raises(ModelFileError, match="not found"):
-        EngineSession.open(LoadParams(tmp_path / "missing.gguf"))
+        ModelWorker.open(LoadParams(tmp_path / "missing.gguf"))
 
 
 def test_truncated_model_file_is_refused_before_llama_cpp(tmp_path, model_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(model_path.read_bytes()[: 2_000_000])
     with pytest.raises(InvalidModelFile, match="cut.gguf is truncated"):
-        EngineSession.open(LoadParams(cut, n_ctx=256))
+        ModelWorker.open(LoadParams(cut, n_ctx=256))
 
 
 def test_a_file_llama_cpp_refuses_is_a_clear_load_error(tmp_path):
@@ -143,7 +143,7 @@ def test_a_file_llama_cpp_refuses_is_a_clear_load_error(tmp_path):
     odd = tmp_path / "odd.gguf"  # a valid GGUF container, but no model llama.cpp knows
     odd.write_bytes(gguf_bytes([("w", (32,), 0, 0)], data=b"\0" * 128))
     with pytest.raises(ModelLoadError, match="could not load odd.gguf"):
-        EngineSession.open(LoadParams(odd, n_ctx=256))
+        ModelWorker.open(LoadParams(odd, n_ctx=256))
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma"])
@@ -154,7 +154,7 @@ def test_a_later_turn_reuses_the_cached_prefix(which, model_path, gemma_path):
     path = model_path if which == "smollm2" else gemma_path
     greedy = SamplingParams(temperature=0, max_tokens=32)
     first = [{"role": "user", "content": "Name three colours."}]
-    session = EngineSession.open(LoadParams(path, n_ctx=2048, flash_attn=True))
+    session = ModelWorker.open(LoadParams(path, n_ctx=2048, flash_attn=True))
     try:
         answer = session.complete(first, greedy)
         second = first + [{"role": "assistant", "content": answer.text}, {"role": "user", "content": "And three animals?"}]
@@ -180,7 +180,7 @@ def test_seeded_sampling_repeats_and_differs_by_seed(engine):
 
 
 def test_drop_turns_leaves_out_the_oldest_turns_and_says_which(model_path):
-    small = EngineSession.open(LoadParams(model_path, n_ctx=256))
+    small = ModelWorker.open(LoadParams(model_path, n_ctx=256))
     try:
         long_turns = []
         for i in range(6):

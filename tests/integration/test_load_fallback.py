@@ -10,14 +10,14 @@ import pytest
 
 from app.config import Settings
 from app.services import Services
-from runtime.engine import session as engine_session
+from runtime.engine import worker as engine_worker
 from runtime.errors import ModelLoadError
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "hardware" / "rtx3060-desktop.json"
 
 
 def test_failed_load_falls_back_to_fewer_gpu_layers(tmp_path, monkeypatch):
-    real_open = engine_session.EngineSession.open.__func__
+    real_open = engine_worker.ModelWorker.open.__func__
     attempts = []
 
     def flaky_open(cls, params, **kw):
@@ -26,10 +26,10 @@ def test_failed_load_falls_back_to_fewer_gpu_layers(tmp_path, monkeypatch):
             raise ModelLoadError("llama.cpp could not load the model (out of memory)")
         return real_open(cls, params, **kw)
 
-    monkeypatch.setattr(engine_session.EngineSession, "open", classmethod(flaky_open))
+    monkeypatch.setattr(engine_worker.ModelWorker, "open", classmethod(flaky_open))
     services = Services.open(Settings(data_dir=tmp_path, port=0, hardware_profile=FIXTURE))
     try:
-        plan = services.models.loaded.plan
+        plan = services.models.loaded_models()[0].plan
         assert attempts[0] == 31 and attempts[1] < 31  # all 30 layers + output first, then fewer
         assert plan.n_gpu_layers == attempts[1]
         assert "out of memory" in plan.fallback_from
@@ -42,6 +42,6 @@ def test_no_plan_loads_is_one_clear_error(tmp_path, monkeypatch):
     def always_fails(cls, params, **kw):
         raise ModelLoadError("out of memory")
 
-    monkeypatch.setattr(engine_session.EngineSession, "open", classmethod(always_fails))
+    monkeypatch.setattr(engine_worker.ModelWorker, "open", classmethod(always_fails))
     with pytest.raises(ModelLoadError, match="could not be loaded: 31 GPU layers"):
         Services.open(Settings(data_dir=tmp_path, port=0, hardware_profile=FIXTURE))

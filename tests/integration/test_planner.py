@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from runtime.engine import EngineSession, LoadParams, SamplingParams
+from runtime.engine import ModelWorker, LoadParams, SamplingParams
 from runtime.hardware import probe
 from runtime.planner import plan_model, verify
 from runtime.planner.dryrun import LogCapture, dry_run
@@ -55,7 +55,7 @@ def test_a_real_load_allocates_what_the_plan_predicts(shapes, here):
     info = shapes["smollm2"]
     plan = plan_model(info, here, 8192)
     with LogCapture() as log:
-        session = EngineSession.open(LoadParams(info.path, **plan.load_kwargs()))
+        session = ModelWorker.open(LoadParams(info.path, **plan.load_kwargs()))
     try:
         reported = log.report()
         r = session.complete([{"role": "user", "content": "Hello"}], SamplingParams(temperature=0, max_tokens=8))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.engine import EngineSession, LoadParams, SamplingParams
+from runtime.engine import ModelWorker, LoadParams, SamplingParams
 from runtime.errors import RuntimeFailure
 from runtime.synth import preset, write_model
 
@@ -49,7 +49,7 @@ def run(path, messages_list, speculative, draft=None, sampling=GREEDY):
     def go():
         out = []
         for messages in messages_list:
-            s = EngineSession.open(params(path), draft=params(draft) if draft else None)
+            s = ModelWorker.open(params(path), draft=params(draft) if draft else None)
             try:
                 out.append(s.submit(messages, sampling, speculative=speculative).result())
             finally:
@@ -122,7 +122,7 @@ def test_continuing_after_a_speculative_reply_gives_the_plain_text(model_path, t
     first = [{"role": "user", "content": PROMPTS[0]}]
 
     def conversation():
-        s = EngineSession.open(params(model_path), draft=params(tiny_draft) if speculative == "draft" else None)
+        s = ModelWorker.open(params(model_path), draft=params(tiny_draft) if speculative == "draft" else None)
         try:
             r1 = s.submit(first, GREEDY, speculative=speculative).result()
             second = first + [{"role": "assistant", "content": r1.text},
@@ -163,7 +163,7 @@ def test_the_model_as_its_own_draft_is_always_right_but_not_worth_it(model_path)
 
 def test_a_draft_with_another_vocabulary_is_refused(model_path, gemma_path):
     with pytest.raises(RuntimeFailure, match="cannot draft for this model"):
-        EngineSession.open(params(model_path), draft=params(gemma_path))
+        ModelWorker.open(params(model_path), draft=params(gemma_path))
 
 
 def test_speculative_mode_is_checked(engine):

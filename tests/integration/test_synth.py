@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.engine import EngineSession, LoadParams, SamplingParams
+from runtime.engine import ModelWorker, LoadParams, SamplingParams
 from runtime.errors import ChatTemplateError, InvalidModelFile
 from runtime.model_info import inspect_model
 from runtime.synth import HOSTILE_TEMPLATE, SynthSpec, preset, write_model
@@ -11,7 +11,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def run(path, n_ctx=256, tokens=6):
-    session = EngineSession.open(LoadParams(path, n_ctx=n_ctx))
+    session = ModelWorker.open(LoadParams(path, n_ctx=n_ctx))
     try:
         return session.complete(HI, SamplingParams(temperature=0, max_tokens=tokens))
     finally:
@@ -57,7 +57,7 @@ def test_8b_shape_loads(tmp_path):
     info = inspect_model(path)
     assert info.n_layer == 32 and info.n_head_kv == (8,) * 32
     assert 4.0e9 < info.weight_bytes < 4.4e9
-    session = EngineSession.open(LoadParams(path, n_ctx=256))
+    session = ModelWorker.open(LoadParams(path, n_ctx=256))
     session.close()
 
 
@@ -71,4 +71,4 @@ def test_hostile_chat_template_cannot_escape_the_sandbox(tmp_path):
 def test_truncated_synthetic_file_is_rejected_before_llama_cpp(tmp_path):
     path = write_model(tmp_path / "cut.gguf", preset("tiny"), truncate_to=3_000_000)
     with pytest.raises(InvalidModelFile, match="truncated"):
-        EngineSession.open(LoadParams(path))
+        ModelWorker.open(LoadParams(path))

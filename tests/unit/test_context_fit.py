@@ -50,3 +50,51 @@ def test_finding_the_gap_left_by_removed_messages():
     assert _find_gap(cached, sink + [9] * 30, 3) == (0, 0)  # nothing to reuse after the sink
     short = sink + gone + kept[:MIN_SHIFT_MATCH - 1]
     assert _find_gap(short, prompt, 3)[1] < MIN_SHIFT_MATCH  # too little to be worth a shift
+
+
+def _one_turn_at_a_time(messages, count, budget):
+    """The plain way: drop the oldest turn, count again, until it fits."""
+    index, kept, dropped = list(range(len(messages))), list(messages), []
+    while count(kept) > budget:
+        turn = oldest_turn(kept)
+        if not turn:
+            break
+        dropped += [index[i] for i in turn]
+        gone = set(turn)
+        kept = [m for i, m in enumerate(kept) if i not in gone]
+        index = [x for i, x in enumerate(index) if i not in gone]
+    return sorted(dropped), count(kept)
+
+
+def test_turn_cuts_and_bisection_agree_with_dropping_one_turn_at_a_time():
+    import random
+
+    from runtime.engine.context import turn_cuts
+
+    rng = random.Random(7)
+    weight = lambda kept: sum(len(m["content"]) for m in kept)  # noqa: E731
+    for _ in range(2000):
+        roles = [rng.choice(["system", "user", "assistant", "user"]) for _ in range(rng.randint(0, 14))]
+        conversation = [{"role": r, "content": "x" * rng.randint(1, 9)} for r in roles]
+        budget = rng.randint(0, 60)
+        assert fit_turns(conversation, weight, budget) == _one_turn_at_a_time(conversation, weight, budget)
+        cuts, kept = turn_cuts(conversation), list(conversation)
+        for cut in cuts:  # each cut is what oldest_turn drops from what the earlier ones left
+            turn = oldest_turn(kept)
+            assert [kept[i] for i in turn] == [conversation[i] for i in cut]
+            kept = [m for i, m in enumerate(kept) if i not in set(turn)]
+        assert oldest_turn(kept) == []
+
+
+def test_bisection_renders_a_handful_of_times_for_a_long_conversation():
+    calls = []
+
+    def count(kept):
+        calls.append(1)
+        return len(kept)
+
+    conversation = [{"role": r, "content": ""} for _ in range(5000) for r in ("user", "assistant")]
+    conversation.append({"role": "user", "content": "latest"})
+    dropped, n = fit_turns(conversation, count, budget=101)
+    assert n == 101 and len(dropped) == 10_001 - 101
+    assert len(calls) <= 20  # not one count per dropped turn

@@ -1,0 +1,148 @@
+"""One model loaded through llama.cpp, with what a reply needs from it: the chat formatter, the
+native decoder, the speculative sources and the token pieces.
+
+Everything here runs on the thread that loaded it (llama.cpp contexts are not thread-safe); the
+worker owns that thread. The generation step (generate.py) works on a LoadedModel directly, so
+it is testable without threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+
+from runtime.engine.chat_format import ChatFormatter
+from runtime.engine.native import NativeDecoder
+from runtime.engine.params import KV_TYPES, LoadParams
+from runtime.engine.speculative import Controller, DraftModel, PromptLookup
+from runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
+
+MAX_CONTROLLERS = 64
+
+
+class LoadedModel:
+    """A llama_cpp.Llama and its helpers. Use load(); close() frees it (and the draft)."""
+
+    def __init__(self, llama, params: LoadParams, draft: DraftModel | None, load_s: float):
+        self.llama = llama
+        self.params = params
+        self.draft = draft
+        self.load_s = load_s
+        self.metadata: dict[str, str] = dict(llama.metadata)
+        self.formatter = ChatFormatter(llama)
+        self.decoder = NativeDecoder(llama)
+        self.lookup = PromptLookup()
+        self._controllers: dict = {}
+        self._vocab = llama._model.vocab
+        self._piece_buf = ctypes.create_string_buffer(256)
+        # llama.cpp may pad the context (64 -> 256), but llama-cpp-python's token buffer keeps the
+        # size asked for: the smaller of the two is the real limit.
+        self.n_ctx = min(llama.n_ctx(), len(llama.input_ids))
+        self._longest: int | None = None
+        self._longest_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, params: LoadParams, draft: LoadParams | None = None) -> "LoadedModel":
+        t0 = time.perf_counter()
+        llama = _open_llama(params)
+        try:
+            draft_model = _load_draft(llama, draft) if draft is not None else None
+        except BaseException:
+            llama.close()
+            raise
+        return cls(llama, params, draft_model, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.decoder.close()
+        if self.draft is not None:
+            self.draft.close()
+        self.llama.close()
+
+    def piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:  # a piece longer than the buffer: grow it and ask again
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, -n, 0, False)
+        return self._piece_buf.raw[:n]
+
+    @property
+    def max_piece_bytes(self) -> int:
+        """The most bytes of text one token stands for, control tokens' text included: a prompt
+        of B bytes is at least B / this many tokens, known before tokenizing anything. Read from
+        the vocabulary on first use (0.1-0.3 s; reading the vocabulary is safe on any thread)."""
+        with self._longest_lock:
+            if self._longest is None:
+                self._longest = self._longest_piece()
+            return self._longest
+
+    def _longest_piece(self) -> int:
+        import llama_cpp
+
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        buf = ctypes.create_string_buffer(512)
+        longest = 1
+        for t in range(n_vocab):
+            n = llama_cpp.llama_token_to_piece(self._vocab, t, buf, len(buf), 0, True)
+            longest = max(longest, n if n >= 0 else -n)
+        return longest
+
+    def source(self, speculative: str):
+        """The draft source a reply asked for: "off", "lookup", "draft" or "auto" (the draft model
+        when one is loaded, else prompt lookup)."""
+        if speculative == "off":
+            return None
+        if speculative in ("draft", "auto") and self.draft is not None:
+            return self.draft
+        if speculative == "draft":
+            raise RuntimeFailure("No draft model is loaded for this model; use speculative \"lookup\" or \"off\".")
+        return self.lookup
+
+    def controller(self, key: str | None, source) -> Controller:
+        """Acceptance is tracked per conversation and source: it differs by what is being written."""
+        name = (key, source.name)
+        controller = self._controllers.pop(name, None) or Controller()
+        self._controllers[name] = controller  # most recent last
+        while len(self._controllers) > MAX_CONTROLLERS:
+            self._controllers.pop(next(iter(self._controllers)))
+        return controller
+
+
+def _llama_kwargs(p: LoadParams) -> dict:
+    return dict(
+        model_path=str(p.path), n_ctx=p.n_ctx, n_threads=p.n_threads, n_threads_batch=p.n_threads_batch,
+        n_gpu_layers=p.n_gpu_layers, n_batch=p.n_batch, n_ubatch=p.n_ubatch, flash_attn=p.flash_attn,
+        type_k=KV_TYPES[p.type_k], type_v=KV_TYPES[p.type_v], main_gpu=p.main_gpu, use_mmap=p.use_mmap,
+        verbose=False,
+    )
+
+
+def _open_llama(p: LoadParams):
+    import llama_cpp
+
+    try:
+        return llama_cpp.Llama(
+            **_llama_kwargs(p), offload_kqv=p.offload_kqv, swa_full=p.swa_full,
+            tensor_split=list(p.tensor_split) if p.tensor_split else None,
+        )
+    except Exception as err:
+        raise ModelLoadError(
+            f"llama.cpp could not load {p.path.name} ({err}). The file may be damaged or "
+            "need a newer engine; download it again, or lower the context length."
+        ) from err
+
+
+def _load_draft(llama, p: LoadParams) -> DraftModel:
+    import llama_cpp
+
+    try:
+        draft = llama_cpp.Llama(**_llama_kwargs(p))
+    except Exception as err:
+        raise DraftModelError(f"llama.cpp could not load the draft model {p.path.name} ({err}).") from err
+    try:
+        return DraftModel(draft, llama._model.vocab, p.path.name)
+    except BaseException:
+        draft.close()
+        raise
