@@ -79,23 +79,28 @@ def stop_latency(c: httpx.Client, where: str) -> float:
     return done - pressed
 
 
-def _ttft(base: str, content: str, max_tokens: int = 8) -> tuple[int, float | None]:
+def _ttft(base: str, content: str, max_tokens: int = 8) -> tuple[int, float | None, float | None]:
+    """(status, seconds to the first token, seconds the request waited for the model)."""
     t0 = time.perf_counter()
     with httpx.Client(base_url=base, timeout=600) as c:
         with c.stream("POST", "/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "stream": True}) as r:
             if r.status_code != 200:
                 r.read()
-                return r.status_code, None
-            first = None
-            for line in r.iter_lines():
-                if first is None and line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                return r.status_code, None, None
+            first = queued = None
+            for _, data in _sse(r):
+                if data == "[DONE]":
+                    continue
+                if first is None and data.get("choices") and data["choices"][0]["delta"].get("content"):
                     first = time.perf_counter() - t0
-            return 200, first
+                if "tandem" in data:
+                    queued = data["tandem"]["queue_s"]
+            return 200, first, queued
 
 
 def abandoned(base: str) -> dict:
-    alone = _ttft(base, essay(300, " alone"))[1]
+    _, alone, _ = _ttft(base, essay(300, " alone"))
     codes = []
 
     def give_up(i: int):
@@ -112,8 +117,9 @@ def abandoned(base: str) -> dict:
         t.start()
     for t in threads:
         t.join()
-    after = _ttft(base, essay(300, " after"))[1]
-    return {"alone_ttft_s": alone, "after_ttft_s": after, "outcomes": {str(k): codes.count(k) for k in set(codes)}}
+    _, after, waited = _ttft(base, essay(300, " after"))
+    return {"alone_ttft_s": alone, "after_ttft_s": after, "after_queue_s": waited,
+            "outcomes": {str(k): codes.count(k) for k in set(codes)}}
 
 
 def concurrent(base: str, clients: int = 16) -> dict:
@@ -163,7 +169,9 @@ def concurrent(base: str, clients: int = 16) -> dict:
 
 
 def alternating(settings: Settings) -> dict:
-    """Two synthetic models (1B and 3B shapes, zero-filled) under a budget that holds only one."""
+    """Two synthetic models (1B and 3B shapes, Q4_1, zero-filled) under a budget that holds only one.
+    Q4_1, as the built-in model: llama.cpp repacks Q4_0 weights on many CPUs into a second copy,
+    which would measure the repacking rather than the scheduler."""
     import psutil
 
     from app.services import Services
@@ -171,7 +179,8 @@ def alternating(settings: Settings) -> dict:
     from runtime.synth import preset, write_model
 
     folder = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
-    paths = {name: write_model(folder / f"{name}.gguf", preset(name), fill="zeros") for name in ("1b", "3b")}
+    paths = {name: write_model(folder / f"{name}.gguf", preset(name, quant="Q4_1"), fill="zeros")
+             for name in ("1b", "3b")}
     services = Services.open(settings)
     try:
         models = services.models
@@ -190,11 +199,14 @@ def alternating(settings: Settings) -> dict:
         proc = psutil.Process()
         baseline = proc.memory_info().rss
         peak, stop = [baseline], threading.Event()
+        both = []  # moments when both models were loaded
 
         def sample():
             while not stop.is_set():
                 peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.01)
+                if len(models.scheduler.loaded()) > 1:
+                    both.append(time.perf_counter())
+                time.sleep(0.005)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -211,7 +223,7 @@ def alternating(settings: Settings) -> dict:
         sampler.join()
         return {"plan_cpu_mib": {k: round(v / 2**20) for k, v in cpu.items()},
                 "budget_mib": round(budget / 2**20), "peak_above_baseline_mib": round((peak[0] - baseline) / 2**20),
-                "larger_plan_mib": round(larger / 2**20), "loads": loads}
+                "larger_plan_mib": round(larger / 2**20), "loads": loads, "both_loaded_samples": len(both)}
     finally:
         services.close()
 
@@ -231,7 +243,8 @@ def run_serve_bench(settings: Settings) -> int:
         a = abandoned(srv.url)
         print("\nAfter 20 requests abandoned at 2 s:")
         print(f"  next request's first token {a['after_ttft_s']:.3f} s; the same request alone {a['alone_ttft_s']:.3f} s"
-              f" (difference {a['after_ttft_s'] - a['alone_ttft_s']:+.3f} s); abandoned: {a['outcomes']}")
+              f" (difference {a['after_ttft_s'] - a['alone_ttft_s']:+.3f} s); it waited {a['after_queue_s']:.3f} s for the"
+              f" model; abandoned: {a['outcomes']}")
         k = concurrent(srv.url)
         print("\n16 concurrent streaming clients:")
         print(f"  completed {k['completed']}, 429 {k['429']}, 5xx {k['5xx']}, replies equal to the request alone "
@@ -239,5 +252,6 @@ def run_serve_bench(settings: Settings) -> int:
     m = alternating(settings.model_copy(update={"data_dir": Path(tempfile.mkdtemp(prefix="tandem-bench-"))}))
     print("\nTwo models alternating under a RAM budget that holds one (6 loads):")
     print(f"  planned CPU memory {m['plan_cpu_mib']} MiB, budget {m['budget_mib']} MiB; peak RSS above the baseline "
-          f"{m['peak_above_baseline_mib']} MiB against the larger plan's {m['larger_plan_mib']} MiB")
+          f"{m['peak_above_baseline_mib']} MiB against the larger plan's {m['larger_plan_mib']} MiB; samples with both "
+          f"loaded: {m['both_loaded_samples']}")
     return 0

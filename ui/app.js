@@ -268,6 +268,7 @@ async function send(content) {
     try {
       const created = await api("POST", "/api/conversations", {});
       conv = state.current = { ...created, messages: [] };
+      loadList();
     } catch (err) {
       $("prompt").value = content;
       showError(err.message);

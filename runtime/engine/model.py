@@ -122,6 +122,10 @@ def _llama_kwargs(p: LoadParams) -> dict:
 def _open_llama(p: LoadParams):
     import llama_cpp
 
+    from runtime import llama_log
+
+    llama_log.install()  # after llama_cpp's import, which installs its own
+
     try:
         return llama_cpp.Llama(
             **_llama_kwargs(p), offload_kqv=p.offload_kqv, swa_full=p.swa_full,

@@ -117,9 +117,6 @@ def _tail(lines: list[str]) -> str:
 
 
 def _restore_default_logging(llama_cpp) -> None:
-    try:
-        from llama_cpp._logger import llama_log_callback
+    from runtime import llama_log
 
-        llama_cpp.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
-    except ImportError:
-        pass
+    llama_log.install()

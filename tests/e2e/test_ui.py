@@ -162,3 +162,25 @@ def test_speculative_decoding_is_shown_under_the_reply(page):
     expect(stats).to_contain_text("tokens", timeout=60_000)
     expect(stats).to_contain_text("x plan")
     expect(stats).to_contain_text(re.compile(r"lookup: \d+/\d+ drafted accepted \(\d+%\)"))
+
+
+def test_the_page_stays_usable_while_a_reply_streams_and_shows_a_wait(page, server, tmp_path):
+    send(page, "Count from 1 to 1000, one number per line.")
+    page.wait_for_function("document.querySelector('.message.assistant.streaming .body')?.textContent.length > 10")
+    first = page.locator("#conversation-list .conversation.active").get_attribute("data-id")
+    expect(page.locator("#prompt")).to_be_enabled()  # one can write the next message meanwhile
+    page.click("#new-chat")  # and open another conversation while the reply goes on
+    send(page, "Say hello.")
+    waiting = page.locator(".message.assistant.queued .waiting")
+    expect(waiting).to_have_text("Waiting for another reply to finish…")
+    page.screenshot(path=str(tmp_path / "waiting.png"))
+    page.keyboard.press("Escape")  # stops the reply of the open conversation: the waiting one
+    expect(waiting).to_have_count(0, timeout=10_000)
+    expect(page.locator("#prompt")).to_have_value("Say hello.")  # nothing stored, nothing lost
+    expect(page.locator("#send")).to_be_visible()
+    # back to the first conversation: its reply is still being written, and shows so
+    page.click(f"#conversation-list .conversation[data-id='{first}'] .title")
+    expect(page.locator(".message.assistant.streaming")).to_have_count(1)
+    expect(page.locator("#stop")).to_be_visible()
+    page.click("#stop")
+    expect(page.locator(".message.assistant").last.locator(".badge.stopped")).to_be_visible(timeout=15_000)
