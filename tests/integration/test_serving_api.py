@@ -213,3 +213,22 @@ def test_sigterm_ends_the_server_cleanly_mid_reply(tmp_path):
             proc.kill()
     assert rc == 0, err
     assert "Traceback" not in err, err
+
+
+def test_only_plain_replies_calibrate_the_plain_speed(srv):
+    from dataclasses import replace
+
+    from runtime.engine import ReplyStats
+
+    models = srv.services.models
+    with models.acquire() as lease:
+        served = lease.value
+    machine = served.hardware.machine_id
+    before = len(models.store.measurements(machine))
+    plain = ReplyStats(prompt_tokens=20, completion_tokens=64, cached_tokens=0, queue_s=0.0, ttft_s=0.05,
+                       decode_tps=90.0, total_s=0.8)
+    models.record(served, replace(plain, spec_source="prompt_lookup", drafted_tokens=40, accepted_tokens=30), "chat")
+    assert len(models.store.measurements(machine)) == before  # drafted tokens: not a plain speed
+    models.record(served, plain, "chat")
+    rows = models.store.measurements(machine)
+    assert len(rows) == before + 1 and rows[-1]["measured_tps"] == 90.0
