@@ -60,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--hardware", type=Path, help="plan for another machine: a saved `tandem hardware --json` or --raw file")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--no-dry-run", action="store_true", help="skip the check through llama.cpp")
+    search = sub.add_parser("search", parents=[common], help="find GGUF models on the Hugging Face hub")
+    search.add_argument("query", help="words in the repo name, e.g. 'llama 3.2 instruct'")
+    search.add_argument("--sort", choices=["downloads", "likes", "recent", "trending"], default="downloads")
+    search.add_argument("--limit", type=int, default=20)
+    search.add_argument("--json", action="store_true", help="print as JSON")
+    pull = sub.add_parser("pull", parents=[common],
+                          help="download a model from the hub (how it runs here first, then a progress bar)")
+    pull.add_argument("spec", metavar="REPO[:QUANT|FILE]",
+                      help="e.g. bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M; without a quant: the repo's files "
+                           "with their verdicts, and the one recommended here is downloaded")
+    pull.add_argument("--json", action="store_true", help="print the finished download as JSON")
+    models = sub.add_parser("models", parents=[common], help="installed models: size, quant, where, how they run here")
+    models.add_argument("--json", action="store_true", help="print as JSON")
+    rm = sub.add_parser("rm", parents=[common], help="remove a model (its files only when Tandem downloaded them)")
+    rm.add_argument("model_id", help="an installed model id (see `tandem models`)")
+    imp = sub.add_parser("import", parents=[common], help="register GGUF models already on this machine, where they are")
+    imp.add_argument("path", nargs="?", type=Path, help="a .gguf file or a folder holding some")
+    imp.add_argument("--from", dest="source", choices=["lmstudio", "ollama", "hf-cache"],
+                     help="import from LM Studio's models folder, Ollama's store or the Hugging Face cache")
     return parser
 
 
@@ -107,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_inspect(settings, args.target, as_json=args.json)
         if args.command == "plan":
             return run_plan(settings, args.target, args.ctx, as_json=args.json, dry_run=not args.no_dry_run)
+        if args.command in ("search", "pull", "models", "rm", "import"):
+            return run_hub_command(settings, args)
         if args.command == "serve":
             return run_server(settings)
         return run_app(settings, browser=args.browser)
@@ -116,6 +137,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # settings validation
         print(f"tandem: error: {_first_line(err)}", file=sys.stderr)
         return 2
+
+
+def run_hub_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        return _hub_command(settings, args)
+    except KeyboardInterrupt:  # a download under way was paused already; nothing else to keep
+        print("tandem: stopped.", file=sys.stderr)
+        return 130
+
+
+def _hub_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.hub import commands
+
+    if args.command == "search":
+        return commands.run_search(settings, args.query, args.sort, args.limit, args.json)
+    if args.command == "pull":
+        return commands.run_pull(settings, args.spec, args.json)
+    if args.command == "models":
+        return commands.run_models(settings, args.json)
+    if args.command == "rm":
+        return commands.run_rm(settings, args.model_id)
+    if (args.path is None) == (args.source is None):
+        print("tandem: error: give a PATH or --from lmstudio|ollama|hf-cache, not both or neither.", file=sys.stderr)
+        return 2
+    return commands.run_import(settings, args.path, args.source)
 
 
 def _first_line(err: Exception) -> str:

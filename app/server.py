@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
-from app.api import conversations, errors, openai, system
+from app.api import conversations, errors, hub, openai, system
 from app.config import Settings
 from app.errors import TandemError
 from app.paths import ui_dir
@@ -47,6 +47,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(system.router)
     app.include_router(conversations.router)
     app.include_router(openai.router)
+    app.include_router(hub.router)
     app.mount("/", StaticFiles(directory=ui_dir(), html=True), name="ui")
     allowed = set(settings.allowed_hosts) if settings.loopback else None
     app.add_middleware(HostGuard, allowed_hosts=allowed)

@@ -33,12 +33,15 @@ router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
 class NewConversation(BaseModel):
     title: str | None = Field(None, max_length=200)
+    model_id: str | None = Field(None, max_length=200)  # None: the default model
 
 
 class ConversationChanges(BaseModel):
     title: str | None = Field(None, max_length=200)
     # sink_window, drop_turns or stop; null: the plan's choice
     context_policy: Literal["sink_window", "drop_turns", "stop"] | None = None
+    # an installed model's id; null: the default model
+    model_id: str | None = Field(None, max_length=200)
 
 
 class PostMessage(BaseModel):
@@ -57,7 +60,10 @@ def list_conversations(store: StoreDep) -> list[dict]:
 
 @router.post("", status_code=201)
 def create_conversation(store: StoreDep, body: NewConversation | None = None) -> dict:
-    return store.create_conversation(title=body.title if body else None)
+    model_id = body.model_id if body else None
+    if model_id is not None:
+        store.get_model(model_id)  # an unknown model is a clear 404, not a conversation that fails later
+    return store.create_conversation(title=body.title if body else None, model_id=model_id)
 
 
 @router.get("/{conversation_id}")
@@ -68,10 +74,14 @@ def get_conversation(conversation_id: str, store: StoreDep) -> dict:
 
 @router.patch("/{conversation_id}")
 def change_conversation(conversation_id: str, body: ConversationChanges, store: StoreDep, chat: ChatDep) -> dict:
-    """Rename, and/or set the context policy (null goes back to the plan's)."""
+    """Rename, set the model (null: the default) and/or the context policy (null: the plan's)."""
     conversation = store.get_conversation(conversation_id)
     if body.title is not None:
         conversation = store.rename_conversation(conversation_id, body.title)
+    if "model_id" in body.model_fields_set:
+        if body.model_id is not None:
+            store.get_model(body.model_id)
+        conversation = store.set_conversation_model(conversation_id, body.model_id)
     if "context_policy" in body.model_fields_set:
         conversation = chat.set_policy(conversation_id, body.context_policy)
     return conversation

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.hub import HubService
 from app.services.chat import ChatService
 from app.services.hardware import HardwareService
 from app.services.models import ModelService
@@ -20,21 +21,28 @@ class Services:
     hardware: HardwareService
     models: ModelService
     chat: ChatService
+    hub: HubService
 
     @classmethod
     def open(cls, settings: Settings) -> "Services":
         store = Store(settings.db_path)
         hardware = HardwareService(settings)
         models = ModelService(settings, store, hardware.profile)
+        hub = None
         try:
             models.register_startup_models()
             models.acquire().release()  # the default model, loaded before the first request
+            hub = HubService(settings, store, hardware.profile, unload=models.scheduler.unload)
+            hub.downloads.resume_interrupted()  # downloads cut short by a restart go on
         except BaseException:
+            if hub is not None:
+                hub.close()
             models.close()
             store.close()
             raise
-        return cls(settings, store, hardware, models, ChatService(store, models))
+        return cls(settings, store, hardware, models, ChatService(store, models), hub)
 
     def close(self) -> None:
+        self.hub.close()
         self.models.close()
         self.store.close()

@@ -92,6 +92,36 @@ def m008_measurement_share(db: Database) -> None:
     db["measurements"].add_column("cpu_share", float)
 
 
+def m009_hub(db: Database) -> None:
+    """Downloads from the hub (state that survives a restart), their files, headers read from the hub,
+    and where a model came from: its repo, quant, SHA-256 and whether Tandem owns its files."""
+    db["downloads"].create(
+        {
+            "id": str, "repo_id": str, "revision": str, "model_key": str, "quant": str, "status": str,
+            "error": str, "error_code": str, "total_bytes": int, "done_bytes": int, "model_id": str,
+            "created_at": str, "updated_at": str,
+        },
+        pk="id",
+        not_null={"repo_id", "model_key", "status"},
+        defaults={"done_bytes": 0},
+    )
+    db["download_files"].create(
+        {"id": int, "download_id": str, "name": str, "size": int, "sha256": str, "done_bytes": int, "status": str},
+        pk="id",
+        foreign_keys=[("download_id", "downloads", "id")],
+        not_null={"download_id", "name"},
+        defaults={"done_bytes": 0, "status": "pending"},
+    )
+    db["download_files"].create_index(["download_id", "name"], unique=True)
+    db["hub_headers"].create(
+        {"key": str, "repo_id": str, "model_key": str, "size": int, "fetched_bytes": int, "info_json": str,
+         "created_at": str},
+        pk="key",
+    )
+    for column, kind in (("repo_id", str), ("quant", str), ("sha256", str), ("owned", int)):
+        db["models"].add_column(column, kind)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -101,6 +131,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m006_context_policy,
     m007_speculative,
     m008_measurement_share,
+    m009_hub,
 ]
 
 

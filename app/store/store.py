@@ -84,6 +84,13 @@ class Store:
             )
         return self.get_conversation(conversation_id)
 
+    def set_conversation_model(self, conversation_id: str, model_id: str | None) -> dict:
+        """The model the conversation is answered with; None: the default model."""
+        self.get_conversation(conversation_id)
+        with self._lock, self.db.atomic():
+            self.db["conversations"].update(conversation_id, {"model_id": model_id, "updated_at": now_iso()})
+        return self.get_conversation(conversation_id)
+
     def set_context_policy(self, conversation_id: str, policy: str | None) -> dict:
         self.get_conversation(conversation_id)
         with self._lock, self.db.atomic():
@@ -158,6 +165,94 @@ class Store:
         if not rows:
             raise NotFound(f"No model with id {model_id!r}; GET /v1/models lists the models Tandem has.")
         return rows[0]
+
+    def delete_model(self, model_id: str) -> None:
+        """Unregister a model; when it was the default, the built-in model becomes the default again."""
+        model = self.get_model(model_id)
+        with self._lock, self.db.atomic():
+            self.db.execute("delete from models where id = ?", [model_id])
+            if model["is_default"]:
+                self.db.execute("update models set is_default = 1 where source = 'embedded'")
+
+    # --- hub: headers read from remote files
+    def cached_header(self, key: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["hub_headers"].rows_where("key = ?", [key]))
+        return rows[0] if rows else None
+
+    def cache_header(self, key: str, repo_id: str, model_key: str, size: int, fetched_bytes: int, info_json: str) -> None:
+        with self._lock, self.db.atomic():
+            self.db["hub_headers"].upsert({"key": key, "repo_id": repo_id, "model_key": model_key, "size": size,
+                                           "fetched_bytes": fetched_bytes, "info_json": info_json,
+                                           "created_at": now_iso()}, pk="key")
+
+    # --- hub: downloads (state kept so that a download goes on after a restart)
+    def create_download(self, row: dict, files: list[dict]) -> dict:
+        stamp = now_iso()
+        with self._lock, self.db.atomic():
+            self.db["downloads"].insert({"created_at": stamp, "updated_at": stamp, "done_bytes": 0, **row})
+            for f in files:
+                self.db["download_files"].insert({"download_id": row["id"], **f})
+        return self.get_download(row["id"])
+
+    def get_download(self, download_id: str) -> dict:
+        with self._lock:
+            rows = list(self.db["downloads"].rows_where("id = ?", [download_id]))
+            if not rows:
+                raise NotFound(f"No download with id {download_id!r}; GET /api/hub/downloads lists them.")
+            row = rows[0]
+            row["files"] = list(self.db["download_files"].rows_where("download_id = ?", [download_id], order_by="id"))
+        return row
+
+    def list_downloads(self, statuses: tuple[str, ...] | None = None) -> list[dict]:
+        with self._lock:
+            if statuses:
+                marks = ", ".join("?" for _ in statuses)
+                ids = [r["id"] for r in self.db["downloads"].rows_where(
+                    f"status in ({marks})", list(statuses), order_by="created_at")]
+            else:
+                ids = [r["id"] for r in self.db["downloads"].rows_where(order_by="created_at")]
+            return [self.get_download(i) for i in ids]
+
+    def find_download(self, repo_id: str, model_key: str, statuses: tuple[str, ...]) -> dict | None:
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = list(self.db["downloads"].rows_where(
+                f"repo_id = ? and model_key = ? and status in ({marks})", [repo_id, model_key, *statuses],
+                order_by="created_at desc", limit=1))
+        return self.get_download(rows[0]["id"]) if rows else None
+
+    def update_download(self, download_id: str, **changes) -> None:
+        with self._lock, self.db.atomic():
+            self.db["downloads"].update(download_id, {**changes, "updated_at": now_iso()})
+
+    def update_download_file(self, download_id: str, name: str, **changes) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                f"update download_files set {', '.join(f'{k} = ?' for k in changes)} where download_id = ? and name = ?",
+                [*changes.values(), download_id, name])
+
+    def update_download_file_all(self, download_id: str, **changes) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(f"update download_files set {', '.join(f'{k} = ?' for k in changes)} where download_id = ?",
+                            [*changes.values(), download_id])
+
+    def finish_download(self, download_id: str, model: dict) -> bool:
+        """Mark a download complete and register its model in one transaction, once: False when
+        it was already complete (another worker or an earlier run got there first)."""
+        with self._lock, self.db.atomic():
+            cur = self.db.execute("update downloads set status = 'complete', error = null, error_code = null,"
+                                  " model_id = ?, updated_at = ? where id = ? and status != 'complete'",
+                                  [model["id"], now_iso(), download_id])
+            if cur.rowcount != 1:
+                return False
+            self.db["models"].upsert({"added_at": now_iso(), **model}, pk="id")
+        return True
+
+    def delete_download(self, download_id: str) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("delete from download_files where download_id = ?", [download_id])
+            self.db.execute("delete from downloads where id = ?", [download_id])
 
 
 def title_from(text: str, limit: int = 60) -> str:
