@@ -4,6 +4,7 @@ clear message."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -12,6 +13,26 @@ from app.services.chat import ChatService
 from app.services.hardware import HardwareService
 from app.services.models import ModelService
 from app.store import Store
+from runtime import embedded
+
+log = logging.getLogger("tandem")
+
+
+def _load_default(settings: Settings, store: Store, models: ModelService) -> None:
+    """Load the default model before the first request. A default chosen earlier that no longer
+    loads gives way to the built-in model (and stops being the default), so Tandem still starts;
+    a model asked for now (TANDEM_MODEL, --model) that fails is an error to show."""
+    try:
+        models.acquire().release()
+    except Exception as err:  # noqa: BLE001 - whatever a broken default file does, Tandem starts
+        default = models.resolve(None)
+        if settings.model is not None or default["source"] == "embedded":
+            raise
+        log.warning("the default model %s could not be loaded (%s); starting with the built-in model",
+                    default["id"], err)
+        builtin = store.get_model(embedded.MODEL_ID)
+        store.upsert_model({**builtin, "is_default": 1})
+        models.acquire(embedded.MODEL_ID).release()
 
 
 @dataclass
@@ -31,7 +52,7 @@ class Services:
         hub = None
         try:
             models.register_startup_models()
-            models.acquire().release()  # the default model, loaded before the first request
+            _load_default(settings, store, models)
             hub = HubService(settings, store, hardware.profile, unload=models.scheduler.unload)
             hub.downloads.resume_interrupted()  # downloads cut short by a restart go on
         except BaseException:

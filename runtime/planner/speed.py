@@ -206,7 +206,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     params_total = max(1, info.n_params)
     cpu_share = bytes_cpu / max(1, bytes_gpu + bytes_cpu)
     cpu_flops = CPU_FLOPS_PER_CORE * min(threads, hw.cpu.physical_cores or threads)
-    prefill_s = 2 * params_total * cpu_share / cpu_flops + gpu_flop_seconds
+    prefill_s = max(1e-6, 2 * params_total * cpu_share / cpu_flops + gpu_flop_seconds)  # no weights: not 0
     return SpeedEstimate(
         decode_tps=decode, prefill_tps=1.0 / prefill_s, seconds_gpu=seconds_gpu, seconds_cpu=seconds_cpu,
         bytes_gpu=bytes_gpu, bytes_cpu=bytes_cpu, calibration=decode * seconds, cpu_share=share,

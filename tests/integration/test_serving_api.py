@@ -232,3 +232,27 @@ def test_only_plain_replies_calibrate_the_plain_speed(srv):
     models.record(served, plain, "chat")
     rows = models.store.measurements(machine)
     assert len(rows) == before + 1 and rows[-1]["measured_tps"] == 90.0
+
+
+def test_a_default_model_that_no_longer_loads_gives_way_to_the_built_in_one(tmp_path):
+    from app.services import Services
+    from app.store import Store
+    from tests.unit.test_gguf import gguf_bytes
+
+    odd = tmp_path / "odd.gguf"  # a valid GGUF container, but no model llama.cpp knows
+    odd.write_bytes(gguf_bytes([("w", (32,), 0, 0)], data=b"\0" * 128))
+    settings = make_settings(tmp_path / "data")
+    Services.open(settings).close()
+    store = Store(settings.db_path)
+    store.upsert_model({"id": "odd", "name": "odd.gguf", "path": str(odd), "source": "local",
+                        "size_bytes": odd.stat().st_size, "is_default": 1})
+    store.close()
+    services = Services.open(settings)  # starts, with the built-in model
+    try:
+        [loaded] = services.models.loaded_models()
+        assert loaded.id == "smollm2-135m-instruct-q4_1"
+        defaults = [m["id"] for m in services.store.list_models() if m["is_default"]]
+        assert defaults == ["smollm2-135m-instruct-q4_1"]
+        assert "odd" in services.models.status()["failures"]
+    finally:
+        services.close()
