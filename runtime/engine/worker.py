@@ -284,15 +284,20 @@ class ModelWorker:
         model = self._model
         while True:
             with self._cond:
-                while not self._waiting and not self._closed:
-                    if not self._cond.wait(self._idle_save_s) and not self._waiting and not self._closed:
-                        self._save_owner()  # idle: keep the current conversation's cache
+                idle = not self._waiting and not self._closed and not self._cond.wait(self._idle_save_s)
                 if self._closed:
                     return
-                req = self._running = self._waiting.popleft()
-                model.decoder.abort.clear()
-                self.state = "busy"
-                positions = self._positions()
+                if not self._waiting:
+                    req = None
+                else:
+                    req = self._running = self._waiting.popleft()
+                    model.decoder.abort.clear()
+                    self.state = "busy"
+                    positions = self._positions()
+            if req is None:
+                if idle and not self._waiting:
+                    self._save_owner()  # idle: keep the current conversation's cache (outside the lock)
+                continue
             self._announce(positions)
             t0 = time.perf_counter()
             req.stream.on_end(lambda req=req, t0=t0: self._ended(req, t0))
