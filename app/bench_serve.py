@@ -187,14 +187,18 @@ def alternating(settings: Settings) -> dict:
         for name, path in paths.items():
             services.store.upsert_model({"id": f"synth-{name}", "name": path.name, "path": str(path), "source": "local",
                                          "size_bytes": path.stat().st_size, "is_default": 0})
-        plans = {name: models.plan_for(services.store.get_model(f"synth-{name}"), 512, dry_run=False)
-                 for name in paths}
-        cpu_mem = {name: next(m for m in p.memory if m.device == "CPU") for name, p in plans.items()}
-        cpu = {name: m.total for name, m in cpu_mem.items()}
+        models.scheduler.unload(models.resolve(None)["id"])
+        cpu: dict[str, int] = {}
+        with models.acquire("synth-1b") as small:  # the plans they load with, and what each needs
+            cpu_small = next(m for m in small.value.plan.memory if m.device == "CPU")
+        models.scheduler.unload("synth-1b")
+        with models.acquire("synth-3b") as big:
+            cpu_big = next(m for m in big.value.plan.memory if m.device == "CPU")
+        models.scheduler.unload("synth-3b")
+        cpu = {"1b": cpu_small.total, "3b": cpu_big.total}
         larger = max(cpu.values())
         # the larger fits with its margin, both together never do
-        budget = max(m.total + m.margin for m in cpu_mem.values()) + min(cpu.values()) // 2
-        models.scheduler.unload(models.resolve(None)["id"])
+        budget = max(m.total + m.margin for m in (cpu_small, cpu_big)) + min(cpu.values()) // 2
         models.scheduler.budget = {"CPU": budget}
         proc = psutil.Process()
         baseline = proc.memory_info().rss
@@ -204,7 +208,7 @@ def alternating(settings: Settings) -> dict:
         def sample():
             while not stop.is_set():
                 peak[0] = max(peak[0], proc.memory_info().rss)
-                if len(models.scheduler.loaded()) > 1:
+                if sum(e["state"] != "loading" for e in models.scheduler.loaded()) > 1:
                     both.append(time.perf_counter())
                 time.sleep(0.005)
 
