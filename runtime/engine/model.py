@@ -16,9 +16,14 @@ from runtime.engine.chat_format import ChatFormatter
 from runtime.engine.native import NativeDecoder
 from runtime.engine.params import KV_TYPES, LoadParams
 from runtime.engine.speculative import Controller, DraftModel, PromptLookup
+from runtime import llama_log
 from runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
 
 MAX_CONTROLLERS = 64
+
+# llama.cpp's log at its true levels, once, after llama_cpp's import installed its own callback
+# (a LogCapture around a load replaces it for its duration and puts it back).
+llama_log.install()
 
 
 class LoadedModel:
@@ -121,10 +126,6 @@ def _llama_kwargs(p: LoadParams) -> dict:
 
 def _open_llama(p: LoadParams):
     import llama_cpp
-
-    from runtime import llama_log
-
-    llama_log.install()  # after llama_cpp's import, which installs its own
 
     try:
         return llama_cpp.Llama(
