@@ -2,11 +2,13 @@ import { el } from "./dom.js";
 import { api, streamReply, ApiError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { renderHardware } from "./hardware.js";
+import { renderModels, hideModels, planSummary, watchActiveDownloads } from "./models.js";
 
 const $ = (id) => document.getElementById(id);
 // streams: the replies being written, by conversation id: each goes on while another
 // conversation is open, and shows again when its own is reopened.
-const state = { conversations: [], current: null, streams: new Map(), model: null };
+// pendingModel: the model picked for a new chat not yet created (null: the default).
+const state = { conversations: [], current: null, streams: new Map(), model: null, models: [], missing: new Set(), pendingModel: null };
 
 const streamingHere = () => !!state.current && state.streams.has(state.current.id);
 
@@ -110,6 +112,7 @@ function messageNode(m) {
   else body.textContent = m.content;
   node.append(body);
   if (m.role === "assistant") {
+    if (m.model_id) node.dataset.model = m.model_id;
     const meta = el("div", "meta");
     if (m.status === "stopped") meta.append(el("span", "badge stopped", "stopped"));
     if (m.status === "error") meta.append(el("span", "badge error", "failed"));
@@ -124,36 +127,138 @@ function messageNode(m) {
       note.title = "A message longer than the context: its start and its end were kept, the middle left out.";
       meta.append(note);
     }
-    meta.append(el("span", "stats", statsLine(m)));
+    const stats = el("span", "stats", statsLine(m));
+    if (m.model_id) stats.title = `Written by ${modelName(m.model_id)}`;
+    meta.append(stats);
     node.append(meta);
   }
   return node;
 }
 
-function showChat() {
-  $("hardware-view").hidden = true;
-  $("messages").hidden = false;
-  $("composer").hidden = false;
-  $("show-hardware").classList.remove("active");
+const PAGES = [["hardware", "hardware-view", "show-hardware"], ["models", "models-view", "show-models"]];
+
+// "chat", "hardware" or "models": one shows at a time in the main area.
+function showPage(name) {
+  for (const [page, view, link] of PAGES) {
+    $(view).hidden = page !== name;
+    $(link).classList.toggle("active", page === name);
+  }
+  $("messages").hidden = name !== "chat";
+  $("composer").hidden = name !== "chat";
+  $("model-setting").hidden = name !== "chat";
+  if (name !== "chat") $("context-setting").hidden = true;
+  if (name !== "models") hideModels();
 }
 
-async function showHardware() {
+function showChat() {
+  showPage("chat");
+}
+
+function leaveChat(title) {
   state.current = null;
   updateComposer();
   renderList();
-  $("chat-title").textContent = "Hardware";
-  $("context-setting").hidden = true;
-  $("messages").hidden = true;
-  $("composer").hidden = true;
-  $("show-hardware").classList.add("active");
-  const view = $("hardware-view");
-  view.hidden = false;
+  $("chat-title").textContent = title;
+}
+
+async function showHardware() {
+  leaveChat("Hardware");
+  showPage("hardware");
   try {
     showError("");
-    await renderHardware(view, state.model?.id);
+    await renderHardware($("hardware-view"), state.model?.id);
   } catch (err) {
     showError(err.message);
   }
+}
+
+async function showModels() {
+  leaveChat("Models");
+  showPage("models");
+  try {
+    showError("");
+    await renderModels($("models-view"));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+// ---- the chat's model picker: installed models, each with how it runs here
+const pickedModel = () => (state.current ? state.current.model_id ?? null : state.pendingModel);
+const modelName = (id) => state.models.find((m) => m.id === id)?.name ?? id;
+
+async function loadModels() {
+  try {
+    const [models, hub] = await Promise.all([api("GET", "/api/models"), api("GET", "/api/hub/models").catch(() => [])]);
+    state.models = models;
+    state.missing = new Set(hub.filter((m) => m.missing).map((m) => m.id));
+  } catch {
+    return;
+  }
+  renderPicker();
+}
+
+function renderPicker() {
+  const select = $("model-picker");
+  const chosen = pickedModel();
+  const byDefault = state.models.find((m) => m.is_default);
+  const option = (value, text) => {
+    const o = el("option", "", text);
+    o.value = value;
+    return o;
+  };
+  const summarize = (o, m, prefix) => {
+    if (!m || state.missing.has(m.id)) return;
+    planSummary(m.id).then((s) => (o.textContent = `${prefix}${m.name} · ${s.short}`), () => {});
+  };
+  const first = option("", byDefault ? `Default: ${byDefault.name}` : "Default model");
+  summarize(first, byDefault, "Default: ");
+  const options = [first];
+  for (const m of state.models) {
+    const o = option(m.id, state.missing.has(m.id) ? `${m.name} (missing)` : m.name);
+    o.disabled = state.missing.has(m.id);
+    summarize(o, m, "");
+    options.push(o);
+  }
+  if (chosen && !state.models.some((m) => m.id === chosen)) options.push(option(chosen, `${chosen} (not installed)`));
+  select.replaceChildren(...options);
+  select.value = chosen ?? "";
+  showModelName();
+}
+
+// The sidebar footer names the model answering in the conversation on screen.
+function showModelName() {
+  const id = pickedModel();
+  $("model-name").textContent = id ? modelName(id) : state.model ? state.model.name : "No model loaded";
+}
+
+async function pickModel() {
+  const value = $("model-picker").value || null;
+  if (!state.current) {
+    state.pendingModel = value;
+    showModelName();
+    loadContextSetting(null);
+    return;
+  }
+  const conv = state.current;
+  try {
+    const updated = await api("PATCH", `/api/conversations/${conv.id}`, { model_id: value });
+    conv.model_id = updated.model_id;
+    showError("");
+  } catch (err) {
+    showError(err.message);
+  }
+  if (state.current === conv) {
+    renderPicker();
+    loadContextSetting(conv);
+  }
+}
+
+// A new conversation, created with the model picked for it.
+async function createConversation() {
+  const created = await api("POST", "/api/conversations", state.pendingModel ? { model_id: state.pendingModel } : {});
+  state.pendingModel = null;
+  return { ...created, messages: [] };
 }
 
 function showConversation(conv) {
@@ -182,6 +287,7 @@ function showConversation(conv) {
   }
   updateComposer();
   renderList();
+  renderPicker();
   loadContextSetting(conv);
   box.scrollTop = box.scrollHeight;
 }
@@ -225,8 +331,7 @@ async function changeContextPolicy() {
   const value = $("context-policy").value || null;
   try {
     if (!state.current) {
-      const conv = await api("POST", "/api/conversations", {});
-      state.current = { ...conv, messages: [] };
+      state.current = await createConversation();
       await loadList();
     }
     const conv = state.current;
@@ -255,6 +360,7 @@ function updateComposer() {
   $("send").hidden = busy;
   $("stop").hidden = !busy;
   $("context-policy").disabled = busy;
+  $("model-picker").disabled = busy;
 }
 
 function waitingText(position) {
@@ -266,8 +372,7 @@ async function send(content) {
   let conv = state.current;
   if (!conv) {
     try {
-      const created = await api("POST", "/api/conversations", {});
-      conv = state.current = { ...created, messages: [] };
+      conv = state.current = await createConversation();
       loadList();
     } catch (err) {
       $("prompt").value = content;
@@ -299,6 +404,7 @@ async function send(content) {
         reply.classList.remove("queued");
         body.replaceChildren();
         userNode.dataset.id = data.user_message.id;
+        reply.dataset.model = data.model;
         if (here()) markEvicted(data.evicted_message_ids || []);
         loadList();
       } else if (event === "token") {
@@ -351,7 +457,7 @@ async function loadHealth() {
   try {
     const health = await api("GET", "/api/health");
     state.model = health.model;
-    $("model-name").textContent = health.model ? health.model.name : "No model loaded";
+    showModelName();
     $("model-dot").classList.toggle("ok", !!health.model && health.status === "ok");
     const m = health.model;
     const failure = health.engine?.failures?.[m?.id];
@@ -390,13 +496,26 @@ function init() {
   });
   $("stop").addEventListener("click", stop);
   $("show-hardware").addEventListener("click", showHardware);
+  $("show-models").addEventListener("click", showModels);
+  $("model-picker").addEventListener("change", pickModel);
+  document.addEventListener("tandem:models-changed", loadModels);
+  document.addEventListener("tandem:installed", (e) => {
+    const missing = new Set(e.detail.filter((m) => m.missing).map((m) => m.id));
+    if ([...missing].join() !== [...state.missing].join()) {
+      state.missing = missing;
+      renderPicker();
+    }
+  });
   $("context-policy").addEventListener("change", changeContextPolicy);
   $("new-chat").addEventListener("click", () => {
     showError("");
+    state.pendingModel = null;
     showConversation(null);
     $("prompt").focus();
   });
   loadHealth();
+  loadModels();
+  watchActiveDownloads();
   loadContextSetting(null);
   loadList().catch((err) => showError(err.message));
   $("prompt").focus();

@@ -313,7 +313,7 @@ class DownloadManager:
             self.store.update_download_file_all(job.id, status="pending", done_bytes=0)
             raise TransferError(f"{err} The files were deleted.", "invalid_model") from err
         d = self.store.get_download(job.id)
-        model = {"id": self._model_id(d["repo_id"], paths[0]), "name": PurePosixPath(d["model_key"]).name,
+        model = {"id": self._model_id(d["repo_id"], paths[0]), "name": _display_name(d["repo_id"], d["quant"], d["model_key"]),
                  "path": str(paths[0]), "source": "download", "size_bytes": sum(p.stat().st_size for p in paths),
                  "is_default": 0, "repo_id": d["repo_id"], "quant": d["quant"], "sha256": d["files"][0]["sha256"],
                  "owned": 1}
@@ -336,3 +336,14 @@ class DownloadManager:
         if len(w) < 2 or w[-1][0] <= w[0][0]:
             return 0.0
         return (w[-1][1] - w[0][1]) / (w[-1][0] - w[0][0])
+
+
+def _display_name(repo_id: str, quant: str | None, model_key: str) -> str:
+    """What people see in the picker: the repo's name without the GGUF suffix, and the quant
+    ('SmolLM2-135M-Instruct Q4_1'); the file name when the quant is unknown."""
+    if not quant:
+        return PurePosixPath(model_key).name
+    repo = repo_id.split("/")[-1]
+    for suffix in ("-GGUF", "_GGUF", "-gguf", ".gguf"):
+        repo = repo.removesuffix(suffix)
+    return f"{repo} {quant}"
