@@ -17,10 +17,21 @@ GB = 1e9
 @contextmanager
 def open_hub(settings: Settings, run_all: bool = False):
     from app.services.hardware import HardwareService
+    from app.services.models import ModelService
     from app.store import Store
 
     store = Store(settings.db_path)
-    hub = HubService(settings, store, HardwareService(settings).profile, run_all=run_all)
+    hardware = HardwareService(settings).profile
+    models = ModelService(settings, store, hardware)
+    try:
+        # the built-in model (and TANDEM_MODEL) are installed models too, before the app first starts
+        models.register_startup_models()
+    except BaseException:
+        store.close()
+        raise
+    finally:
+        models.close()
+    hub = HubService(settings, store, hardware, run_all=run_all)
     try:
         yield hub
     finally:
