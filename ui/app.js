@@ -166,6 +166,7 @@ async function showHardware() {
   showPage("hardware");
   try {
     showError("");
+    if (!state.model) await loadHealth();  // opened before the page's first health check answered
     await renderHardware($("hardware-view"), state.model?.id);
   } catch (err) {
     showError(err.message);
