@@ -78,9 +78,10 @@ def test_lm_studio_folder_through_the_command(tmp_path, model_path, gemma_path):
     assert r.stdout.count("registered ") == 2
     store = Store(tmp_path / "data" / "tandem.db")
     try:
-        repos = sorted(m["repo_id"] for m in store.list_models())
-        assert repos == ["bartowski/SmolLM2-135M-Instruct-GGUF", "unsloth/gemma-3-270m-it-GGUF"]
-        gemma = next(m for m in store.list_models() if m["repo_id"].startswith("unsloth"))
+        imported = [m for m in store.list_models() if m["source"] != "embedded"]  # the built-in is listed too
+        assert sorted(m["repo_id"] for m in imported) == ["bartowski/SmolLM2-135M-Instruct-GGUF",
+                                                          "unsloth/gemma-3-270m-it-GGUF"]
+        gemma = next(m for m in imported if m["repo_id"].startswith("unsloth"))
     finally:
         store.close()
     rm = subprocess.run([sys.executable, "-m", "app", "rm", gemma["id"]], env=env, capture_output=True, text=True)
