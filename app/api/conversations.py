@@ -21,11 +21,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from app.api.deps import ChatDep, SettingsDep, StoreDep
+from app.api.deps import ChatDep, SettingsDep, StoreDep, check_max_tokens
 from app.api.disconnect import ClientWatch
 from app.api.errors import error_body, runtime_status
 from app.api.sse import SSE_HEADERS, sse
-from app.errors import InvalidRequest
 from runtime.engine import Failed, Finished, Queued, SamplingParams, Started, Token
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
@@ -107,8 +106,7 @@ def stop_reply(conversation_id: str, chat: ChatDep) -> dict:
 @router.post("/{conversation_id}/messages")
 async def post_message(conversation_id: str, body: PostMessage, request: Request, chat: ChatDep,
                        settings: SettingsDep):
-    if body.max_tokens is not None and body.max_tokens > settings.max_reply_tokens:
-        raise InvalidRequest(f"max_tokens is at most {settings.max_reply_tokens} (TANDEM_MAX_REPLY_TOKENS).")
+    check_max_tokens(body.max_tokens, settings)
     sampling = SamplingParams(
         temperature=settings.temperature if body.temperature is None else body.temperature,
         max_tokens=body.max_tokens or settings.max_tokens,
@@ -122,7 +120,8 @@ async def post_message(conversation_id: str, body: PostMessage, request: Request
         raise
 
     async def wait_turn():
-        """Queued events until the engine takes the prompt; False when it ended before that."""
+        """Queued events until the engine takes the prompt (reply.user_message is then set), or the
+        reply's end when it never got its turn (stopped while waiting, or refused)."""
         yield sse({"position": reply.queued}, "queued")
         async for event in reply.stream:
             if isinstance(event, Queued):

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.config import Settings
+from app.errors import InvalidRequest
+from app.hub import HubService
 from app.services.chat import ChatService
 from app.services.hardware import HardwareService
 from app.services.models import ModelService
@@ -29,8 +31,18 @@ def _hardware(request: Request) -> HardwareService:
     return request.app.state.services.hardware
 
 
+def _hub(request: Request) -> HubService:
+    return request.app.state.services.hub
+
+
 def _chat(request: Request) -> ChatService:
     return request.app.state.chat
+
+
+def check_max_tokens(asked: int | None, settings: Settings) -> None:
+    """A reply's max_tokens past the configured bound is refused, whichever API asked."""
+    if asked is not None and asked > settings.max_reply_tokens:
+        raise InvalidRequest(f"max_tokens is at most {settings.max_reply_tokens} (TANDEM_MAX_REPLY_TOKENS).")
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -38,3 +50,4 @@ StoreDep = Annotated[Store, Depends(_store)]
 ModelsDep = Annotated[ModelService, Depends(_models)]
 ChatDep = Annotated[ChatService, Depends(_chat)]
 HardwareDep = Annotated[HardwareService, Depends(_hardware)]
+HubDep = Annotated[HubService, Depends(_hub)]

@@ -11,34 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from app.hub import HubService
+from app.api.deps import HubDep
+from app.api.sse import SSE_HEADERS, sse
 
 router = APIRouter(prefix="/api/hub", tags=["hub"])
-_lock = threading.Lock()
 EVENT_INTERVAL_S = 0.5
-
-
-def _hub(request: Request) -> HubService:
-    """One HubService per app, opened on first use; downloads cut short by a restart go on then."""
-    state = request.app.state
-    with _lock:
-        hub = getattr(state, "hub", None) or getattr(state.services, "hub", None)
-        if hub is None:
-            hub = HubService(state.settings, state.store, state.services.hardware.profile)
-            hub.downloads.resume_interrupted()
-            state.hub = hub
-    return hub
-
-
-HubDep = Annotated[HubService, Depends(_hub)]
 
 
 class NewDownload(BaseModel):
@@ -99,16 +83,15 @@ async def download_events(request: Request, hub: HubDep, id: str | None = None) 
             text = json.dumps(items, default=str)
             if text != last:
                 last = text
-                yield f"event: downloads\ndata: {text}\n\n"
+                yield sse(text, "downloads")
             if id is not None:
                 mine = next((d for d in items if d["id"] == id), None)
                 if mine is None or mine["status"] not in ("queued", "downloading"):
-                    yield f"event: end\ndata: {json.dumps(mine, default=str)}\n\n"
+                    yield sse(json.dumps(mine, default=str), "end")
                     return
             await asyncio.sleep(EVENT_INTERVAL_S)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.get("/downloads/{download_id}")

@@ -11,11 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from app.api.deps import ModelsDep, SettingsDep, StoreDep
+from app.api.deps import ModelsDep, SettingsDep, StoreDep, check_max_tokens
 from app.api.disconnect import ClientWatch
 from app.api.errors import error_body, runtime_status
 from app.api.sse import SSE_HEADERS, sse
-from app.errors import InvalidRequest
 from runtime.engine import Failed, Finished, Queued, SamplingParams, Token
 from runtime.errors import Interrupted
 
@@ -82,9 +81,7 @@ def list_models(store: StoreDep) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, models: ModelsDep, settings: SettingsDep):
-    asked = body.max_completion_tokens or body.max_tokens
-    if asked is not None and asked > settings.max_reply_tokens:
-        raise InvalidRequest(f"max_tokens is at most {settings.max_reply_tokens} (TANDEM_MAX_REPLY_TOKENS).")
+    check_max_tokens(body.max_completion_tokens or body.max_tokens, settings)
     sampling = body.sampling(settings.temperature, settings.max_tokens)
     with ClientWatch(request) as watch:
         lease = await asyncio.to_thread(models.acquire, body.model, body.keep_alive, watch.cancelled)

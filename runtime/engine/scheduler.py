@@ -75,10 +75,6 @@ class Lease:
     def worker(self) -> ModelWorker:
         return self._entry.worker
 
-    @property
-    def key(self) -> str:
-        return self._entry.key
-
     def submit(self, *args, **kwargs):
         """ModelWorker.submit, holding the model until the reply ends."""
         self._scheduler._hold(self._entry)
@@ -113,8 +109,7 @@ class Scheduler:
         self._loading: str | None = None
         self.failures: dict[str, str] = {}  # key -> why its last load failed
         self._closed = False
-        self._reaper = threading.Thread(target=self._reap, name="scheduler-expiry", daemon=True)
-        self._reaper.start()
+        self._reaper: threading.Thread | None = None  # started with the first load
 
     # --- asking for a model
     def acquire(self, key: str, prepare: Callable[[dict[str, int]], Prepared], keep_alive: float | None = None,
@@ -193,6 +188,9 @@ class Scheduler:
             self._entries[key] = entry
             self._hold(entry)
             self._cond.notify_all()
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="scheduler-expiry", daemon=True)
+                self._reaper.start()
         return Lease(self, entry, keep_alive)
 
     def _fits(self, prepared: Prepared, available: dict[str, int]) -> bool:

@@ -187,13 +187,9 @@ class ReplyStream:
             self.done = isinstance(event, (Finished, Failed))
             yield event
 
-    async def next_event(self, timeout: float | None = None) -> Event:
-        """The next event (async streams only), for callers that must see the first ones early.
-        With a timeout, asyncio.TimeoutError when none came in time (the stream goes on)."""
-        if timeout is None:
-            event = await self._async_q.get()
-        else:
-            event = await asyncio.wait_for(self._async_q.get(), timeout)
+    async def next_event(self) -> Event:
+        """The next event (async streams only), for callers that must see the first ones early."""
+        event = await self._async_q.get()
         self.done = isinstance(event, (Finished, Failed))
         return event
 

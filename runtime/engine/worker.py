@@ -215,14 +215,6 @@ class ModelWorker:
     def complete(self, messages: list[dict], sampling: SamplingParams | None = None) -> Finished:
         return self.submit(messages, sampling).result()
 
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def busy(self) -> bool:
-        return self._running is not None or bool(self._waiting)
-
     def status(self) -> dict:
         """The engine's state for health reports: loading, idle, busy (with the queue), failed, closed."""
         return {"state": self.state, "queued": len(self._waiting), "running": self._running is not None,
