@@ -2,8 +2,9 @@
 
 Events of POST /api/conversations/{id}/messages, in order:
   queued {"position"}                  (only while other replies are ahead: 1 is next; repeated
-                                       as it moves up; stopping it here stores nothing and ends
-                                       with done {"message": null})
+                                       as it moves up; stopping it here, or before the reply
+                                       reached the engine, stores nothing and ends with
+                                       done {"message": null})
   start  {"user_message", "prompt_tokens", "model", "evicted_message_ids", "evicted_tokens",
          "context_policy"}: earlier messages left out to fit the context (never silently)
   token  {"text"}                      (many)
@@ -99,7 +100,7 @@ def delete_conversation(conversation_id: str, chat: ChatDep) -> Response:
 
 
 @router.post("/{conversation_id}/stop")
-def stop_reply(conversation_id: str, chat: ChatDep) -> dict:
+async def stop_reply(conversation_id: str, chat: ChatDep) -> dict:  # on the loop, beside start_reply
     return {"stopped": chat.stop(conversation_id)}
 
 
@@ -119,11 +120,16 @@ async def post_message(conversation_id: str, body: PostMessage, request: Request
         watch.close()
         raise
 
+    async def pending_then_stream():
+        yield reply.pending
+        if not isinstance(reply.pending, Finished):
+            async for event in reply.stream:
+                yield event
+
     async def wait_turn():
         """Queued events until the engine takes the prompt (reply.user_message is then set), or the
-        reply's end when it never got its turn (stopped while waiting, or refused)."""
-        yield sse({"position": reply.queued}, "queued")
-        async for event in reply.stream:
+        reply's end when it never got its turn (stopped before it began or while waiting, or refused)."""
+        async for event in pending_then_stream():
             if isinstance(event, Queued):
                 yield sse({"position": event.position}, "queued")
             elif isinstance(event, Started):

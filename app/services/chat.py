@@ -31,7 +31,7 @@ class Reply:
     content: str
     prompt_tokens: int = 0
     user_message: dict | None = None  # stored once the engine accepts the prompt (Started)
-    queued: int = 0  # requests ahead of it while it waits for the model
+    pending: Queued | Finished | None = None  # its first event when that was not Started
     evicted_ids: list[int] = field(default_factory=list)  # earlier messages left out to fit the context
     evicted_tokens: int = 0
     policy: str = "stop"
@@ -45,6 +45,7 @@ class ChatService:
         self.store = store
         self.models = models
         self._active: dict[str, Reply | None] = {}
+        self._stop_asked: set[str] = set()  # Stop pressed before the request reached the engine
 
     def history(self, conversation_id: str) -> tuple[list[int], list[dict], list[int]]:
         """(message ids, {role, content}, indices the latest reply was written without) of a conversation."""
@@ -76,7 +77,9 @@ class ChatService:
         try:
             ids, messages, before = self.history(conversation_id)
             messages.append({"role": "user", "content": content})
-            cancelled = watch.cancelled if watch is not None else (lambda: False)
+            def cancelled() -> bool:
+                return conversation_id in self._stop_asked or (watch is not None and watch.cancelled())
+
             lease = await asyncio.to_thread(self.models.acquire, conversation.get("model_id"), keep_alive, cancelled)
             with lease:
                 model = lease.value
@@ -85,22 +88,25 @@ class ChatService:
                                       evicted=before, speculative=self.models.speculative_for(model))
             if watch is not None:
                 watch.attach(stream)
+            reply = self._active[conversation_id] = Reply(conversation_id, model, stream, content, ids=ids)
+            if conversation_id in self._stop_asked:  # pressed while the model was being acquired
+                stream.cancel()
             first = await stream.next_event()
             if isinstance(first, Failed):
                 raise first.error
-            if isinstance(first, Finished):  # cancelled before it began
-                raise Interrupted("The reply was stopped before it began.")
-            reply = Reply(conversation_id, model, stream, content, ids=ids)
-            if isinstance(first, Queued):
-                reply.queued = first.position
-            else:
+            if isinstance(first, Finished) and watch is not None and watch.cancelled():
+                raise Interrupted("The client went away before the reply began.")
+            if isinstance(first, Started):
                 self.accept(reply, first)
+            else:  # waiting for the model, or stopped before it began: the route says which
+                reply.pending = first
         except BaseException:  # refused, failed, or the client left before the reply began
             self._active.pop(conversation_id, None)
             if stream is not None:
                 stream.cancel()
             raise
-        self._active[conversation_id] = reply
+        finally:
+            self._stop_asked.discard(conversation_id)
         return reply
 
     def accept(self, reply: Reply, started: Started) -> None:
@@ -143,12 +149,16 @@ class ChatService:
         self.models.forget_context(conversation_id)
 
     def stop(self, conversation_id: str) -> bool:
-        """Ask the running reply of a conversation to stop; False when none is running."""
+        """Ask the reply of a conversation to stop, wherever it is (still on its way to the engine
+        included); False when none is under way. Runs on the event loop, as start_reply does."""
         self.store.get_conversation(conversation_id)
-        reply = self._active.get(conversation_id)
-        if reply is None:
+        if conversation_id not in self._active:
             return False
-        reply.stream.cancel()
+        reply = self._active[conversation_id]
+        if reply is None:  # the model is being acquired: start_reply cancels it once submitted
+            self._stop_asked.add(conversation_id)
+        else:
+            reply.stream.cancel()
         return True
 
     def save_finished(self, reply: Reply, event: Finished) -> dict:

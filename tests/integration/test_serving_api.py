@@ -256,3 +256,34 @@ def test_a_default_model_that_no_longer_loads_gives_way_to_the_built_in_one(tmp_
         assert "odd" in services.models.status()["failures"]
     finally:
         services.close()
+
+
+def test_stop_pressed_before_the_reply_reaches_the_engine(api, srv, monkeypatch):
+    """Stop lands while the request is still on its way (here: held at the model's lease)."""
+    cid = conversation(api)
+    models = srv.services.models
+    real_acquire, arrived, go = models.acquire, threading.Event(), threading.Event()
+
+    def slow_acquire(*args, **kwargs):
+        arrived.set()
+        go.wait(30)
+        return real_acquire(*args, **kwargs)
+
+    monkeypatch.setattr(models, "acquire", slow_acquire)
+    events = []
+
+    def post():
+        with api.stream("POST", f"/api/conversations/{cid}/messages", json={"content": COUNT}) as r:
+            events.extend(read_sse(r))
+
+    t = threading.Thread(target=post)
+    t.start()
+    assert arrived.wait(30)
+    assert api.post(f"/api/conversations/{cid}/stop").json() == {"stopped": True}
+    go.set()
+    t.join(60)
+    assert [e for e, _ in events] == ["done"] and events[0][1]["message"] is None
+    assert api.get(f"/api/conversations/{cid}").json()["messages"] == []  # nothing stored, nothing written
+    monkeypatch.undo()
+    r = api.post(f"/api/conversations/{cid}/messages", json={"content": "Hi", "max_tokens": 4})
+    assert r.status_code == 200 and "event: done" in r.text
