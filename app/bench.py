@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from app.config import Settings
+from tandem.app.config import Settings
 
 PROMPT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle."
 GIB = 1 << 30
@@ -52,19 +52,19 @@ def _measure(chunks) -> tuple[int, float | None]:
 # ---------------------------------------------------------------- planner bench
 def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, runs: int = 3,
               paths: bool = False) -> int:
-    from runtime import embedded
+    from tandem.runtime import embedded
 
     model = Path(model) if model else (settings.model or embedded.default_model_path())
     if paths:
         return run_paths(settings, model, tokens, runs)
-    from app.services.models import model_id_for
-    from app.store import Store
-    from runtime.engine import ModelWorker, LoadParams, SamplingParams
-    from runtime.hardware import load_profile, probe
-    from runtime.model_info import inspect_model
-    from runtime.planner import Calibration, candidates, plan_model
-    from runtime.planner.dryrun import LogCapture
-    from runtime.planner.search import gpu_sets, plan_from_candidate, predict_split
+    from tandem.app.services.models import model_id_for
+    from tandem.app.store import Store
+    from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
+    from tandem.runtime.hardware import load_profile, probe
+    from tandem.runtime.model_info import inspect_model
+    from tandem.runtime.planner import Calibration, candidates, plan_model
+    from tandem.runtime.planner.dryrun import LogCapture
+    from tandem.runtime.planner.search import gpu_sets, plan_from_candidate, predict_split
 
     info = inspect_model(model)
     hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
@@ -91,7 +91,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     rows.append(("library defaults", defaults))
 
     bw = hw.memory.read_bandwidth_gbps
-    from runtime.planner.memory import output_weight_bytes
+    from tandem.runtime.planner.memory import output_weight_bytes
 
     per_token = sum(info.layer_bytes) + output_weight_bytes(info)
     roofline = bw * 1e9 / per_token if bw else None
@@ -178,7 +178,7 @@ def library_pieces(llm, prompt: str, tokens: int):
 
 
 def _engine(model: Path, settings: Settings, tokens: int, threads: int):
-    from runtime.engine import ModelWorker, LoadParams, SamplingParams, Token
+    from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams, Token
 
     session = ModelWorker.open(LoadParams(model, n_ctx=settings.n_ctx or 4096, n_threads=threads,
                                             n_threads_batch=threads, flash_attn=True))
@@ -196,8 +196,8 @@ def _ceiling(model: Path, settings: Settings, tokens: int, threads: int):
     events. What any engine on llama.cpp could reach on this machine."""
     import llama_cpp
 
-    from runtime.engine import SamplingParams
-    from runtime.engine.native import NativeDecoder
+    from tandem.runtime.engine import SamplingParams
+    from tandem.runtime.engine.native import NativeDecoder
 
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=settings.n_ctx or 4096, n_threads=threads,
                           n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, verbose=False)
@@ -224,7 +224,7 @@ def _ceiling(model: Path, settings: Settings, tokens: int, threads: int):
 def _http(model: Path, settings: Settings, tokens: int, threads: int):
     import httpx
 
-    from app.server import ServerThread
+    from tandem.app.server import ServerThread
 
     data_dir = tempfile.TemporaryDirectory(prefix="tandem-bench-")
     server = ServerThread(settings.model_copy(update={
@@ -250,7 +250,7 @@ def _http(model: Path, settings: Settings, tokens: int, threads: int):
 
 
 def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
-    from runtime.hardware import physical_cores
+    from tandem.runtime.hardware import physical_cores
 
     threads = settings.n_threads or physical_cores()
     print(f"model {model.name}, n_ctx {settings.n_ctx or 4096}, {threads} threads, greedy, flash attention, "

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.bench import in_own_thread
-from app.config import Settings
+from tandem.app.bench import in_own_thread
+from tandem.app.config import Settings
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "ember", "harbor", "violet"]
 FILLER = ("The lighthouse keeper wrote in his log about the tides, the gulls and the ships that passed "
@@ -34,7 +34,7 @@ def _note(turn: int) -> dict:
 
 
 def _policy_run(model: Path, threads: int, n_ctx: int, policy: str, factor: int, reply: int) -> dict:
-    from runtime.engine import ModelWorker, Failed, Finished, LoadParams, SamplingParams
+    from tandem.runtime.engine import ModelWorker, Failed, Finished, LoadParams, SamplingParams
 
     session = ModelWorker.open(LoadParams(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                             flash_attn=True))
@@ -69,8 +69,8 @@ def _policy_run(model: Path, threads: int, n_ctx: int, policy: str, factor: int,
 
 
 def _resume_run(model: Path, threads: int, resume_tokens: int, rounds: int) -> dict:
-    from runtime.engine import ModelWorker, LoadParams, SamplingParams
-    from runtime.engine.kvstate import state_path
+    from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
+    from tandem.runtime.engine.kvstate import state_path
 
     states = tempfile.TemporaryDirectory()
     state_dir = Path(states.name)
@@ -118,7 +118,7 @@ def _fastest(runs: list[dict]) -> dict:
 
 def run_context_bench(settings: Settings, model: Path, n_ctx: int | None, factor: int = 5, reply: int = 24,
                       resume_tokens: int = 2000, rounds: int = 3, repeats: int = 2) -> int:
-    from runtime.hardware import physical_cores
+    from tandem.runtime.hardware import physical_cores
 
     threads = settings.n_threads or physical_cores()
     n_ctx = n_ctx or 1024

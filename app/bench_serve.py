@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from app.api.sse import parse_sse
-from app.config import Settings
+from tandem.app.api.sse import parse_sse
+from tandem.app.config import Settings
 
 COUNT = "Count from 1 to 1000, one number per line."
 
@@ -174,9 +174,9 @@ def alternating(settings: Settings) -> dict:
     which would measure the repacking rather than the scheduler."""
     import psutil
 
-    from app.services import Services
-    from runtime.engine import SamplingParams
-    from runtime.synth import preset, write_model
+    from tandem.app.services import Services
+    from tandem.runtime.engine import SamplingParams
+    from tandem.runtime.synth import preset, write_model
 
     folder = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
     paths = {name: write_model(folder / f"{name}.gguf", preset(name, quant="Q4_1"), fill="zeros")
@@ -233,7 +233,7 @@ def alternating(settings: Settings) -> dict:
 
 
 def run_serve_bench(settings: Settings) -> int:
-    from app.server import ServerThread
+    from tandem.app.server import ServerThread
 
     settings = settings.model_copy(update={"port": 0, "temperature": 0.0,
                                            "data_dir": Path(tempfile.mkdtemp(prefix="tandem-bench-"))})

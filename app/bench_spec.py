@@ -14,8 +14,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from app.bench import in_own_thread
-from app.config import Settings
+from tandem.app.bench import in_own_thread
+from tandem.app.config import Settings
 
 CODE = '''def parse_config(path):
     """Read a key=value config file into a dict."""
@@ -43,14 +43,14 @@ TASKS = {
 
 
 def _row(model: Path, mode: str, draft: Path | None, prompt: str, tokens: int, threads: int, n_ctx: int) -> dict:
-    from runtime.engine import ModelWorker, LoadParams, SamplingParams
+    from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
 
     params = dict(n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, flash_attn=True)
     messages = [{"role": "user", "content": prompt}]
     if mode == "library":
         import llama_cpp
 
-        from app.bench import _measure, library_pieces
+        from tandem.app.bench import _measure, library_pieces
 
         llm = llama_cpp.Llama(model_path=str(model), verbose=False, **params)
         try:
@@ -77,7 +77,7 @@ def _row(model: Path, mode: str, draft: Path | None, prompt: str, tokens: int, t
 
 def run_spec_bench(settings: Settings, model: Path, draft: Path | None = None, tokens: int = 256,
                    runs: int = 3, n_ctx: int = 4096) -> int:
-    from runtime.hardware import physical_cores
+    from tandem.runtime.hardware import physical_cores
 
     threads = settings.n_threads or physical_cores()
     modes = ["library", "plain", "lookup"] + (["draft"] if draft else [])

@@ -10,10 +10,10 @@ import sys
 import webbrowser
 from pathlib import Path
 
-from app import __version__
-from app.config import Settings
-from app.errors import TandemError
-from runtime.errors import RuntimeFailure
+from tandem.app import __version__
+from tandem.app.config import Settings
+from tandem.app.errors import TandemError
+from tandem.runtime.errors import RuntimeFailure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,23 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         if args.command == "bench":
-            from app.bench import run_bench
+            from tandem.app.bench import run_bench
 
             target = resolve_target(settings, args.target) if args.target else None
             if args.spec:
-                from app.bench_spec import run_spec_bench
-                from runtime import embedded
+                from tandem.app.bench_spec import run_spec_bench
+                from tandem.runtime import embedded
 
                 draft = resolve_target(settings, args.draft) if args.draft else None
                 return run_spec_bench(settings, target or settings.model or embedded.default_model_path(), draft,
                                       tokens=args.tokens if args.tokens != 128 else 256, runs=args.runs)
             if args.serve:
-                from app.bench_serve import run_serve_bench
+                from tandem.app.bench_serve import run_serve_bench
 
                 return run_serve_bench(settings)
             if args.context:
-                from app.bench_context import run_context_bench
-                from runtime import embedded
+                from tandem.app.bench_context import run_context_bench
+                from tandem.runtime import embedded
 
                 return run_context_bench(settings, target or settings.model or embedded.default_model_path(), args.ctx)
             return run_bench(settings, target, tokens=args.tokens, runs=args.runs, paths=args.paths)
@@ -148,7 +148,7 @@ def run_hub_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_command(settings: Settings, args: argparse.Namespace) -> int:
-    from app.hub import commands
+    from tandem.app.hub import commands
 
     if args.command == "search":
         return commands.run_search(settings, args.query, args.sort, args.limit, args.json)
@@ -170,7 +170,7 @@ def _first_line(err: Exception) -> str:
 
 
 def _start(settings: Settings):
-    from app.server import ServerThread
+    from tandem.app.server import ServerThread
 
     server = ServerThread(settings).start()
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -194,7 +194,7 @@ def run_server(settings: Settings) -> int:
 
 
 def run_app(settings: Settings, browser: bool = False) -> int:
-    from app import desktop
+    from tandem.app import desktop
 
     server = _start(settings)
     try:
@@ -216,9 +216,9 @@ def run_app(settings: Settings, browser: bool = False) -> int:
 
 
 def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) -> int:
-    from app.report import hardware_text
-    from app.services.hardware import HardwareService
-    from runtime.hardware import collect_raw
+    from tandem.app.report import hardware_text
+    from tandem.app.services.hardware import HardwareService
+    from tandem.runtime.hardware import collect_raw
 
     if raw:
         print(json.dumps(collect_raw(settings.data_dir), indent=1))
@@ -229,8 +229,8 @@ def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) 
 
 
 def run_inspect(settings: Settings, target: str, as_json: bool) -> int:
-    from app.report import model_text
-    from runtime.model_info import inspect_model
+    from tandem.app.report import model_text
+    from tandem.runtime.model_info import inspect_model
 
     path = resolve_target(settings, target)
     info = inspect_model(path)
@@ -239,13 +239,13 @@ def run_inspect(settings: Settings, target: str, as_json: bool) -> int:
 
 
 def installed_model_path(settings: Settings, model_id: str) -> Path:
-    from app.errors import NotFound
-    from runtime import embedded
+    from tandem.app.errors import NotFound
+    from tandem.runtime import embedded
 
     if model_id == embedded.MODEL_ID:
         return embedded.default_model_path()
     if settings.db_path.exists():
-        from app.store import Store
+        from tandem.app.store import Store
 
         store = Store(settings.db_path)
         try:
@@ -265,12 +265,12 @@ def resolve_target(settings: Settings, target: str) -> Path:
 
 def run_plan(settings: Settings, target: str | None, n_ctx: int | None, as_json: bool, dry_run: bool) -> int:
     """The plan the app would load the model with (calibrated from this machine's measurements)."""
-    from app.report import plan_text
-    from app.services.hardware import HardwareService
-    from app.services.models import ModelService, model_id_for
-    from app.store import Store
-    from runtime import embedded
-    from runtime.model_info import inspect_model
+    from tandem.app.report import plan_text
+    from tandem.app.services.hardware import HardwareService
+    from tandem.app.services.models import ModelService, model_id_for
+    from tandem.app.store import Store
+    from tandem.runtime import embedded
+    from tandem.runtime.model_info import inspect_model
 
     path = resolve_target(settings, target) if target else (settings.model or embedded.default_model_path())
     info = inspect_model(path)

@@ -1,4 +1,4 @@
-"""Where the static UI lives: app/ui inside an installed wheel, ui/ beside app/ in a checkout."""
+"""Where the static UI lives: tandem/ui beside tandem/app when installed, ui/ beside app/ in a checkout."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from runtime.hardware import HardwareProfile
-from runtime.model_info import ModelInfo
-from runtime.planner import Plan
+from tandem.runtime.hardware import HardwareProfile
+from tandem.runtime.model_info import ModelInfo
+from tandem.runtime.planner import Plan
 
 
 def size(n: int | None) -> str:

@@ -12,13 +12,13 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import __version__
-from app.api import conversations, errors, hub, openai, system
-from app.config import Settings
-from app.errors import TandemError
-from app.paths import ui_dir
-from app.security import HostGuard
-from app.services import Services
+from tandem.app import __version__
+from tandem.app.api import conversations, errors, hub, openai, system
+from tandem.app.config import Settings
+from tandem.app.errors import TandemError
+from tandem.app.paths import ui_dir
+from tandem.app.security import HostGuard
+from tandem.app.services import Services
 
 log = logging.getLogger("tandem")
 

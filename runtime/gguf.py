@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
-from runtime.errors import InvalidModelFile, ModelFileError
+from tandem.runtime.errors import InvalidModelFile, ModelFileError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.gguf import GGUFHeader, StringArray, header_from_bytes, read_model_headers
+from tandem.runtime.gguf import GGUFHeader, StringArray, header_from_bytes, read_model_headers
 
 # Sliding-window layouts llama.cpp sets per architecture when the file carries no pattern:
 # layer i uses the window when i % n < n - 1 (llama-model.cpp, set_swa_pattern).
@@ -87,7 +87,7 @@ def describe(headers: list[GGUFHeader], path: str | None = None, file_size: int 
     tensors = [t for h in headers for t in h.tensors]
     arch = kv.get("general.architecture")
     if not isinstance(arch, str):
-        from runtime.errors import InvalidModelFile
+        from tandem.runtime.errors import InvalidModelFile
 
         raise InvalidModelFile(f"{path or 'the file'} names no architecture (general.architecture); it is not a model.")
 
@@ -175,7 +175,7 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
     """Inspect a local model file (validated first: see runtime.gguf)."""
     headers = read_model_headers(path)
     p = Path(path).expanduser().resolve()
-    from runtime.gguf import split_parts
+    from tandem.runtime.gguf import split_parts
 
     size = sum(part.stat().st_size for part in split_parts(p))
     return describe(headers, str(p), size)

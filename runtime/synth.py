@@ -19,7 +19,7 @@ import numpy as np
 from gguf import GGUFReader, GGUFWriter, GGMLQuantizationType, LlamaFileType
 from gguf.constants import GGML_QUANT_SIZES
 
-from runtime import embedded
+from tandem.runtime import embedded
 
 HOSTILE_TEMPLATE = (
     "{{ ''.__class__.__mro__[1].__subclasses__() }}"

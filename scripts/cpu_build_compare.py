@@ -7,8 +7,8 @@ import time
 
 sys.path.insert(0, os.getcwd())
 import llama_cpp  # noqa: E402
-from runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
-from runtime.synth import preset, write_model  # noqa: E402
+from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
+from tandem.runtime.synth import preset, write_model  # noqa: E402
 
 shape = os.environ.get("SHAPE", "7b")
 tokens = int(os.environ.get("TOKENS", "48"))

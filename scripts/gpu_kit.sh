@@ -15,7 +15,7 @@ for pkg in gguf yaml diskcache psutil typing_extensions.py; do
 done
 find gpu_kit/site -name __pycache__ -prune -exec rm -rf {} +
 rm -f gpu_kit/site/yaml/_yaml*.so   # PyYAML falls back to pure Python on any interpreter
-$PY -c "from runtime.synth import preset, write_model; write_model('gpu_kit/tokenizer.gguf', preset('tiny'), fill='zeros')"
+$PY -c "from tandem.runtime.synth import preset, write_model; write_model('gpu_kit/tokenizer.gguf', preset('tiny'), fill='zeros')"
 # this machine's own (CPU-only, native) build, for scripts/cpu_build_compare.sh
 tar -C "$SITE" -cJf gpu_kit/llama_cpp_cpu.tar.xz --exclude=__pycache__ llama_cpp
 du -sh gpu_kit

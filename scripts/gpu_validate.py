@@ -54,13 +54,13 @@ def nvml_used(index: int = 0) -> int | None:
 
 BASELINE = nvml_used()  # before this process touches the GPU: later readings minus this = what it holds
 
-from runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
-from runtime.hardware import probe  # noqa: E402
-from runtime.model_info import inspect_model  # noqa: E402
-from runtime.planner import Calibration, plan_model  # noqa: E402
-from runtime.planner.search import predict_decode, predict_split  # noqa: E402
-from runtime.planner.speculative import speculative_speed  # noqa: E402
-from runtime.synth import preset, write_model  # noqa: E402
+from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
+from tandem.runtime.hardware import probe  # noqa: E402
+from tandem.runtime.model_info import inspect_model  # noqa: E402
+from tandem.runtime.planner import Calibration, plan_model  # noqa: E402
+from tandem.runtime.planner.search import predict_decode, predict_split  # noqa: E402
+from tandem.runtime.planner.speculative import speculative_speed  # noqa: E402
+from tandem.runtime.synth import preset, write_model  # noqa: E402
 
 
 def nvidia_smi() -> list[dict]:
@@ -143,8 +143,8 @@ def gpu_bytes(memory) -> int:
 
 
 def _memory(info, machine, n_ctx, ngl, plan):
-    from runtime.planner.memory import memory_map
-    from runtime.planner.search import cpu_margin, gpu_margin, plan_gpus
+    from tandem.runtime.planner.memory import memory_map
+    from tandem.runtime.planner.search import cpu_margin, gpu_margin, plan_gpus
 
     gpu = plan_gpus(machine, replace(plan, n_gpu_layers=max(ngl, 1))) if machine.gpus else None
     return memory_map(info, n_gpu_layers=ngl, n_ctx=n_ctx, type_k=plan.type_k, type_v=plan.type_v,
@@ -339,7 +339,7 @@ def _dovetail_again(dov: dict, hw, models: dict, cal) -> None:
 
 def reanalyze(path: Path, out: Path | None) -> int:
     """Predict a saved run's measurements again with today's planner (no GPU needed)."""
-    from runtime.hardware.profile import HardwareProfile
+    from tandem.runtime.hardware.profile import HardwareProfile
 
     report = json.loads(path.read_text())
     hw = HardwareProfile.from_dict(report["hardware"])

@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.sse import parse_sse
-from app.config import Settings
-from app.server import ServerThread
-from runtime.embedded import default_model_path
-from runtime.engine import ModelWorker, LoadParams
+from tandem.app.api.sse import parse_sse
+from tandem.app.config import Settings
+from tandem.app.server import ServerThread
+from tandem.runtime.embedded import default_model_path
+from tandem.runtime.engine import ModelWorker, LoadParams
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +60,8 @@ def shapes(tmp_path_factory, model_path, gemma_path):
     """ModelInfo of real and synthetic model shapes (synthetic files are sparse: header only on disk)."""
     from dataclasses import replace
 
-    from runtime.model_info import inspect_model
-    from runtime.synth import preset, write_model
+    from tandem.runtime.model_info import inspect_model
+    from tandem.runtime.synth import preset, write_model
 
     d = tmp_path_factory.mktemp("shapes")
     infos = {"smollm2": inspect_model(model_path), "gemma3-270m": inspect_model(gemma_path)}

@@ -22,11 +22,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from app.api.deps import ChatDep, SettingsDep, StoreDep, check_max_tokens
-from app.api.disconnect import ClientWatch
-from app.api.errors import error_body, runtime_status
-from app.api.sse import SSE_HEADERS, sse
-from runtime.engine import Failed, Finished, Queued, SamplingParams, Started, Token
+from tandem.app.api.deps import ChatDep, SettingsDep, StoreDep, check_max_tokens
+from tandem.app.api.disconnect import ClientWatch
+from tandem.app.api.errors import error_body, runtime_status
+from tandem.app.api.sse import SSE_HEADERS, sse
+from tandem.runtime.engine import Failed, Finished, Queued, SamplingParams, Started, Token
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 

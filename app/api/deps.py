@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.config import Settings
-from app.errors import InvalidRequest
-from app.hub import HubService
-from app.services.chat import ChatService
-from app.services.hardware import HardwareService
-from app.services.models import ModelService
-from app.store import Store
+from tandem.app.config import Settings
+from tandem.app.errors import InvalidRequest
+from tandem.app.hub import HubService
+from tandem.app.services.chat import ChatService
+from tandem.app.services.hardware import HardwareService
+from tandem.app.services.models import ModelService
+from tandem.app.store import Store
 
 
 def _settings(request: Request) -> Settings:

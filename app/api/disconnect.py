@@ -14,7 +14,7 @@ import threading
 
 from fastapi import Request
 
-from runtime.engine import ReplyStream
+from tandem.runtime.engine import ReplyStream
 
 
 class ClientWatch:

@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import TandemError
-from runtime.errors import (ChatTemplateError, ContextOverflow, EngineClosed, Interrupted, ModelFileError,
+from tandem.app.errors import TandemError
+from tandem.runtime.errors import (ChatTemplateError, ContextOverflow, EngineClosed, Interrupted, ModelFileError,
                             ModelUnavailable, QueueFull, RuntimeFailure)
-from runtime.planner import PlanError
+from tandem.runtime.planner import PlanError
 
 log = logging.getLogger("tandem")
 

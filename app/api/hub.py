@@ -18,8 +18,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from app.api.deps import HubDep
-from app.api.sse import SSE_HEADERS, sse
+from tandem.app.api.deps import HubDep
+from tandem.app.api.sse import SSE_HEADERS, sse
 
 router = APIRouter(prefix="/api/hub", tags=["hub"])
 EVENT_INTERVAL_S = 0.5

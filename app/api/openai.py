@@ -11,12 +11,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from app.api.deps import ModelsDep, SettingsDep, StoreDep, check_max_tokens
-from app.api.disconnect import ClientWatch
-from app.api.errors import error_body, runtime_status
-from app.api.sse import SSE_HEADERS, sse
-from runtime.engine import Failed, Finished, Queued, SamplingParams, Token
-from runtime.errors import Interrupted
+from tandem.app.api.deps import ModelsDep, SettingsDep, StoreDep, check_max_tokens
+from tandem.app.api.disconnect import ClientWatch
+from tandem.app.api.errors import error_body, runtime_status
+from tandem.app.api.sse import SSE_HEADERS, sse
+from tandem.runtime.engine import Failed, Finished, Queued, SamplingParams, Token
+from tandem.runtime.errors import Interrupted
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

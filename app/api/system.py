@@ -8,9 +8,9 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
-from app import __version__
-from app.api.deps import ChatDep, HardwareDep, ModelsDep, StoreDep
-from runtime.model_info import inspect_model
+from tandem.app import __version__
+from tandem.app.api.deps import ChatDep, HardwareDep, ModelsDep, StoreDep
+from tandem.runtime.model_info import inspect_model
 
 router = APIRouter(prefix="/api", tags=["system"])
 

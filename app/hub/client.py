@@ -18,8 +18,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import get_session
 
-from app.errors import TandemError
-from app.hub.names import RemoteFile, check_repo_id
+from tandem.app.errors import TandemError
+from tandem.app.hub.names import RemoteFile, check_repo_id
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SORTS = {"downloads": "downloads", "likes": "likes", "recent": "last_modified", "trending": "trending_score"}

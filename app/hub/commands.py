@@ -7,18 +7,18 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.config import Settings
-from app.hub.service import HubService
-from app.hub.verdict import Verdict
+from tandem.app.config import Settings
+from tandem.app.hub.service import HubService
+from tandem.app.hub.verdict import Verdict
 
 GB = 1e9
 
 
 @contextmanager
 def open_hub(settings: Settings, run_all: bool = False):
-    from app.services.hardware import HardwareService
-    from app.services.models import ModelService
-    from app.store import Store
+    from tandem.app.services.hardware import HardwareService
+    from tandem.app.services.models import ModelService
+    from tandem.app.store import Store
 
     store = Store(settings.db_path)
     hardware = HardwareService(settings).profile
@@ -150,7 +150,7 @@ def run_models(settings: Settings, as_json: bool) -> int:
 
 
 def run_rm(settings: Settings, model_id: str) -> int:
-    from app.errors import NotFound
+    from tandem.app.errors import NotFound
 
     with open_hub(settings) as hub:
         try:

@@ -19,13 +19,13 @@ import time
 import uuid
 from pathlib import Path, PurePosixPath
 
-from app.errors import Conflict, TandemError
-from app.hub.client import HubClient
-from app.hub.names import RemoteModel, check_file_name, check_repo_id, safe_path, slug, unique_id
-from app.hub.transfer import Stopped, TransferError, TransferOptions, fetch
-from app.store import Store
-from runtime.errors import InvalidModelFile, ModelFileError
-from runtime.gguf import check_model_file
+from tandem.app.errors import Conflict, TandemError
+from tandem.app.hub.client import HubClient
+from tandem.app.hub.names import RemoteModel, check_file_name, check_repo_id, safe_path, slug, unique_id
+from tandem.app.hub.transfer import Stopped, TransferError, TransferOptions, fetch
+from tandem.app.store import Store
+from tandem.runtime.errors import InvalidModelFile, ModelFileError
+from tandem.runtime.gguf import check_model_file
 
 log = logging.getLogger("tandem")
 ACTIVE = ("queued", "downloading")

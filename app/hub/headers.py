@@ -13,12 +13,12 @@ import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from app.hub.client import HubClient, HubError
-from app.hub.names import RemoteModel
-from app.store import Store
-from runtime.errors import InvalidModelFile
-from runtime.gguf import HeaderIncomplete, header_from_bytes
-from runtime.model_info import ModelInfo, describe
+from tandem.app.hub.client import HubClient, HubError
+from tandem.app.hub.names import RemoteModel
+from tandem.app.store import Store
+from tandem.runtime.errors import InvalidModelFile
+from tandem.runtime.gguf import HeaderIncomplete, header_from_bytes
+from tandem.runtime.model_info import ModelInfo, describe
 
 FIRST_READ = 512 * 1024
 LATER_PART_READ = 128 * 1024  # parts after the first hold a tensor table, no tokenizer

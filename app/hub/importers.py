@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import InvalidRequest
-from app.hub.names import quant_of, slug, split_info, unique_id
-from app.store import Store
-from runtime.errors import RuntimeFailure
-from runtime.gguf import check_model_file
+from tandem.app.errors import InvalidRequest
+from tandem.app.hub.names import quant_of, slug, split_info, unique_id
+from tandem.app.store import Store
+from tandem.runtime.errors import RuntimeFailure
+from tandem.runtime.gguf import check_model_file
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
@@ -90,7 +90,7 @@ class Importer:
         display = name or path.name
         base = slug(display[:-5] if display.lower().endswith(".gguf") else display)
         model_id = unique_id([base, slug(f"{source}-{base}")], str(path), {m["id"]: m["path"] for m in models})
-        from runtime.gguf import split_parts
+        from tandem.runtime.gguf import split_parts
 
         size = sum(p.stat().st_size for p in split_parts(path))
         row = self.store.upsert_model({

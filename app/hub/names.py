@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from app.errors import InvalidRequest
+from tandem.app.errors import InvalidRequest
 
 REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._ +()\[\]-]{0,199}$")
@@ -159,7 +159,7 @@ def unique_id(bases: list[str], path: str, taken: dict[str, str]) -> str:
     The built-in model's id is always taken: it is registered again at every start, and would
     overwrite a downloaded model that had its id.
     """
-    from runtime.embedded import MODEL_ID
+    from tandem.runtime.embedded import MODEL_ID
 
     taken = {**taken, MODEL_ID: taken.get(MODEL_ID, "<built-in>")}
     for candidate in [*bases, *(f"{bases[0]}-{i}" for i in range(2, 1000))]:

@@ -7,21 +7,21 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from app.config import Settings
-from app.errors import Conflict, InvalidRequest
-from app.hub.client import HubClient
-from app.hub.downloads import DownloadManager, model_paths
-from app.hub.headers import RemoteInspector
-from app.hub.importers import Importer, ImportResult
-from app.hub.names import UnsafeName, check_file_name, check_repo_id, find_model, group_models
-from app.hub.transfer import TransferOptions
-from app.hub.verdict import Verdict, installed_infos, judge, recommend
-from app.store import Store
-from runtime.errors import ModelFileError, RuntimeFailure
-from runtime.gguf import split_parts
-from runtime.hardware import HardwareProfile
-from runtime.model_info import inspect_model
-from runtime.planner import Calibration
+from tandem.app.config import Settings
+from tandem.app.errors import Conflict, InvalidRequest
+from tandem.app.hub.client import HubClient
+from tandem.app.hub.downloads import DownloadManager, model_paths
+from tandem.app.hub.headers import RemoteInspector
+from tandem.app.hub.importers import Importer, ImportResult
+from tandem.app.hub.names import UnsafeName, check_file_name, check_repo_id, find_model, group_models
+from tandem.app.hub.transfer import TransferOptions
+from tandem.app.hub.verdict import Verdict, installed_infos, judge, recommend
+from tandem.app.store import Store
+from tandem.runtime.errors import ModelFileError, RuntimeFailure
+from tandem.runtime.gguf import split_parts
+from tandem.runtime.hardware import HardwareProfile
+from tandem.runtime.model_info import inspect_model
+from tandem.runtime.planner import Calibration
 
 CATALOG = Path(__file__).resolve().parents[2] / "assets" / "catalog.json"
 
@@ -40,7 +40,7 @@ def model_files(model: dict) -> tuple[list[Path], list[str]]:
     try:
         parts = split_parts(first)
     except ModelFileError:
-        from app.hub.names import split_info
+        from tandem.app.hub.names import split_info
 
         stem, _, count = split_info(first.name)
         parts = [first.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
-from app import __version__
-from app.hub.client import GatedRepo, HubClient, HubError, HubNotFound, endpoint, token
+from tandem.app import __version__
+from tandem.app.hub.client import GatedRepo, HubClient, HubError, HubNotFound, endpoint, token
 
 CHUNK = 1 << 20
 

@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from runtime.errors import RuntimeFailure
-from runtime.hardware import HardwareProfile
-from runtime.model_info import ModelInfo, inspect_model
-from runtime.planner import Calibration, PlanError, plan_model
-from runtime.planner.search import pick_gpu
-from runtime.planner.speculative import draft_compatible
+from tandem.runtime.errors import RuntimeFailure
+from tandem.runtime.hardware import HardwareProfile
+from tandem.runtime.model_info import ModelInfo, inspect_model
+from tandem.runtime.planner import Calibration, PlanError, plan_model
+from tandem.runtime.planner.search import pick_gpu
+from tandem.runtime.planner.speculative import draft_compatible
 
 LABELS = {"gpu": "Fits on the GPU", "split": "Split GPU + CPU", "cpu": "CPU only", "too_big": "Does not fit"}
 # Above reading speed, quality matters more than more speed; below it, speed comes first.

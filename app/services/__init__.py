@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from app.config import Settings
-from app.hub import HubService
-from app.services.chat import ChatService
-from app.services.hardware import HardwareService
-from app.services.models import ModelService
-from app.store import Store
-from runtime import embedded
+from tandem.app.config import Settings
+from tandem.app.hub import HubService
+from tandem.app.services.chat import ChatService
+from tandem.app.services.hardware import HardwareService
+from tandem.app.services.models import ModelService
+from tandem.app.store import Store
+from tandem.runtime import embedded
 
 log = logging.getLogger("tandem")
 

@@ -11,12 +11,12 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from app.errors import Conflict, InvalidRequest, NotFound
-from app.services.models import ModelService, ServedModel
-from app.store import Store
-from runtime.engine import Failed, Finished, Queued, ReplyStats, ReplyStream, SamplingParams, Started
-from runtime.engine.context import POLICIES, POLICY_NAMES, ContextPolicy
-from runtime.errors import Interrupted, RuntimeFailure
+from tandem.app.errors import Conflict, InvalidRequest, NotFound
+from tandem.app.services.models import ModelService, ServedModel
+from tandem.app.store import Store
+from tandem.runtime.engine import Failed, Finished, Queued, ReplyStats, ReplyStream, SamplingParams, Started
+from tandem.runtime.engine.context import POLICIES, POLICY_NAMES, ContextPolicy
+from tandem.runtime.errors import Interrupted, RuntimeFailure
 
 STATUS_FOR_FINISH = {"stop": "complete", "length": "complete", "cancelled": "stopped"}
 

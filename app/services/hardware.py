@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from app.config import Settings
-from runtime.hardware import HardwareProfile, load_profile, probe
+from tandem.app.config import Settings
+from tandem.runtime.hardware import HardwareProfile, load_profile, probe
 
 
 class HardwareService:

@@ -13,21 +13,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from app.config import Settings
-from app.errors import NotFound
-from app.store import Store
-from runtime import embedded
-from runtime.engine import Lease, LoadParams, ModelWorker, ReplyStats, Scheduler
-from runtime.engine.scheduler import Prepared
-from runtime.engine.kvstate import state_path
-from runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
-from runtime.gguf import check_model_file
-from runtime.hardware import HardwareProfile
-from runtime.hardware.probe import refresh_memory
-from runtime.model_info import ModelInfo, inspect_model
-from runtime.planner import Calibration, Plan, candidates, plan_model, verify
-from runtime.planner.search import plan_from_candidate, plan_gpus, predict_split
-from runtime.planner.speculative import draft_compatible
+from tandem.app.config import Settings
+from tandem.app.errors import NotFound
+from tandem.app.store import Store
+from tandem.runtime import embedded
+from tandem.runtime.engine import Lease, LoadParams, ModelWorker, ReplyStats, Scheduler
+from tandem.runtime.engine.scheduler import Prepared
+from tandem.runtime.engine.kvstate import state_path
+from tandem.runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
+from tandem.runtime.gguf import check_model_file
+from tandem.runtime.hardware import HardwareProfile
+from tandem.runtime.hardware.probe import refresh_memory
+from tandem.runtime.model_info import ModelInfo, inspect_model
+from tandem.runtime.planner import Calibration, Plan, candidates, plan_model, verify
+from tandem.runtime.planner.search import plan_from_candidate, plan_gpus, predict_split
+from tandem.runtime.planner.speculative import draft_compatible
 
 log = logging.getLogger("tandem")
 MIN_TOKENS_TO_RECORD = 16

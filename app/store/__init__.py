@@ -1,3 +1,3 @@
-from app.store.store import Store
+from tandem.app.store.store import Store
 
 __all__ = ["Store"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from app.errors import NotFound
-from app.store.migrations import migrate
+from tandem.app.errors import NotFound
+from tandem.app.store.migrations import migrate
 
 DEFAULT_TITLE = "New chat"
 REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps",

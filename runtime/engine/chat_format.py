@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.errors import ChatTemplateError
+from tandem.runtime.errors import ChatTemplateError
 
 ROLES = ("system", "user", "assistant")
 

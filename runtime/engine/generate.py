@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from runtime.engine.context import ContextPolicy, fit_conversation
-from runtime.engine.model import LoadedModel
-from runtime.engine.params import SamplingParams
-from runtime.engine.speculative import SpecStats
-from runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
-from runtime.engine.text import StopMatcher, Utf8Stream
-from runtime.errors import ContextOverflow, Interrupted, RuntimeFailure
+from tandem.runtime.engine.context import ContextPolicy, fit_conversation
+from tandem.runtime.engine.model import LoadedModel
+from tandem.runtime.engine.params import SamplingParams
+from tandem.runtime.engine.speculative import SpecStats
+from tandem.runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
+from tandem.runtime.engine.text import StopMatcher, Utf8Stream
+from tandem.runtime.errors import ContextOverflow, Interrupted, RuntimeFailure
 
 log = logging.getLogger("tandem")
 

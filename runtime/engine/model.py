@@ -12,12 +12,12 @@ import ctypes
 import threading
 import time
 
-from runtime.engine.chat_format import ChatFormatter
-from runtime.engine.native import NativeDecoder
-from runtime.engine.params import KV_TYPES, LoadParams
-from runtime.engine.speculative import Controller, DraftModel, PromptLookup
-from runtime import llama_log
-from runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
+from tandem.runtime.engine.chat_format import ChatFormatter
+from tandem.runtime.engine.native import NativeDecoder
+from tandem.runtime.engine.params import KV_TYPES, LoadParams
+from tandem.runtime.engine.speculative import Controller, DraftModel, PromptLookup
+from tandem.runtime import llama_log
+from tandem.runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
 
 MAX_CONTROLLERS = 64
 

@@ -14,8 +14,8 @@ import sys
 
 import llama_cpp
 
-from runtime.engine.params import SamplingParams
-from runtime.errors import Interrupted, RuntimeFailure
+from tandem.runtime.engine.params import SamplingParams
+from tandem.runtime.errors import Interrupted, RuntimeFailure
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
 MIN_SHIFT_MATCH = 16  # a shift pays when at least this many cached tokens are reused after the gap

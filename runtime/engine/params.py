@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.hardware import physical_cores
+from tandem.runtime.hardware import physical_cores
 
 KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # name -> ggml type id (llama_cpp.GGML_TYPE_*)
 

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from runtime.engine.worker import ModelWorker
-from runtime.errors import Interrupted, ModelUnavailable
+from tandem.runtime.engine.worker import ModelWorker
+from tandem.runtime.errors import Interrupted, ModelUnavailable
 
 log = logging.getLogger("tandem")
 

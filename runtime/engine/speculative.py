@@ -16,7 +16,7 @@ from typing import Protocol
 
 import llama_cpp
 
-from runtime.errors import DraftModelError
+from tandem.runtime.errors import DraftModelError
 
 
 class DraftSource(Protocol):
@@ -199,8 +199,8 @@ class DraftModel:
     target's accepted tokens (by prefix reuse on each proposal)."""
 
     def __init__(self, llama, target_vocab, name: str):
-        from runtime.engine.native import NativeDecoder
-        from runtime.engine.params import SamplingParams
+        from tandem.runtime.engine.native import NativeDecoder
+        from tandem.runtime.engine.params import SamplingParams
 
         why = vocab_mismatch(target_vocab, llama._model.vocab)
         if why:

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator, Union
 
-from runtime.errors import RuntimeFailure
+from tandem.runtime.errors import RuntimeFailure
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.engine.context import POLICIES, ContextPolicy
-from runtime.engine.generate import Request, generate
-from runtime.engine.kvstate import KVStateStore, binding_for
-from runtime.engine.model import LoadedModel
-from runtime.engine.params import LoadParams, SamplingParams
-from runtime.engine.stream import Failed, Finished, Queued, ReplyStats, ReplyStream
-from runtime.errors import ContextOverflow, EngineClosed, ModelLoadError, QueueFull, RuntimeFailure
-from runtime.gguf import check_model_file
+from tandem.runtime.engine.context import POLICIES, ContextPolicy
+from tandem.runtime.engine.generate import Request, generate
+from tandem.runtime.engine.kvstate import KVStateStore, binding_for
+from tandem.runtime.engine.model import LoadedModel
+from tandem.runtime.engine.params import LoadParams, SamplingParams
+from tandem.runtime.engine.stream import Failed, Finished, Queued, ReplyStats, ReplyStream
+from tandem.runtime.errors import ContextOverflow, EngineClosed, ModelLoadError, QueueFull, RuntimeFailure
+from tandem.runtime.gguf import check_model_file
 
 log = logging.getLogger("tandem")
 

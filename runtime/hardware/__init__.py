@@ -20,7 +20,7 @@ def physical_cores() -> int:
     return max(1, cores or os.cpu_count() or 1)
 
 
-from runtime.hardware.probe import build_profile, collect_raw, load_profile, probe  # noqa: E402
-from runtime.hardware.profile import CpuInfo, GpuInfo, HardwareProfile, MemoryInfo  # noqa: E402
+from tandem.runtime.hardware.probe import build_profile, collect_raw, load_profile, probe  # noqa: E402
+from tandem.runtime.hardware.profile import CpuInfo, GpuInfo, HardwareProfile, MemoryInfo  # noqa: E402
 
 __all__ = ["CpuInfo", "GpuInfo", "HardwareProfile", "MemoryInfo", "build_profile", "collect_raw", "load_profile", "physical_cores", "probe"]

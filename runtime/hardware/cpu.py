@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.hardware.profile import CpuInfo
+from tandem.runtime.hardware.profile import CpuInfo
 
 # cpuinfo flag -> the name Tandem shows; only what changes llama.cpp's kernels.
 X86_FEATURES = {

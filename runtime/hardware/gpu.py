@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.hardware.profile import GpuInfo
+from tandem.runtime.hardware.profile import GpuInfo
 
 # GB/s per lane, one direction, after line encoding.
 PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}

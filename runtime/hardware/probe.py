@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from runtime.hardware.cpu import build_cpu, parse_sysctl
-from runtime.hardware.gpu import apple_gpu, gpus_from_drm, gpus_from_nvml
-from runtime.hardware.profile import DiskInfo, EngineBuild, HardwareProfile, MemoryInfo, PowerInfo
+from tandem.runtime.hardware.cpu import build_cpu, parse_sysctl
+from tandem.runtime.hardware.gpu import apple_gpu, gpus_from_drm, gpus_from_nvml
+from tandem.runtime.hardware.profile import DiskInfo, EngineBuild, HardwareProfile, MemoryInfo, PowerInfo
 
 REINSTALL = 'CMAKE_ARGS="{flags}" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
 BUILD_FLAGS = {"nvidia": "-DGGML_CUDA=on", "amd": "-DGGML_HIP=on", "intel": "-DGGML_VULKAN=on", "apple": "-DGGML_METAL=on"}
@@ -208,7 +208,7 @@ def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None) 
     )
     d = raw.get("disk") or {}
     disk = DiskInfo(path=d.get("path"), free_bytes=d.get("free"), total_bytes=d.get("total"))
-    from runtime.hardware.bandwidth import machine_key
+    from tandem.runtime.hardware.bandwidth import machine_key
 
     return HardwareProfile(
         platform=raw.get("platform", "unknown"), cpu=cpu, memory=memory, gpus=tuple(gpus),
@@ -236,7 +236,7 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
     raw = collect_raw(data_dir)
     gbps = None
     if measure_bandwidth:
-        from runtime.hardware.bandwidth import buffer_mib, cached_bandwidth
+        from tandem.runtime.hardware.bandwidth import buffer_mib, cached_bandwidth
 
         try:
             threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1

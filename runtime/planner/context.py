@@ -3,7 +3,7 @@ and how much to free at each eviction."""
 
 from __future__ import annotations
 
-from runtime.model_info import ModelInfo
+from tandem.runtime.model_info import ModelInfo
 
 # Recurrent and hybrid architectures keep a state per sequence, not positions that can be moved
 # or removed one by one: llama.cpp cannot shift or cut their cache.

@@ -117,6 +117,6 @@ def _tail(lines: list[str]) -> str:
 
 
 def _restore_default_logging(llama_cpp) -> None:
-    from runtime import llama_log
+    from tandem.runtime import llama_log
 
     llama_log.install()

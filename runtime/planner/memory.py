@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.model_info import ModelInfo
+from tandem.runtime.model_info import ModelInfo
 
 MIB = 1 << 20
 # bytes per element of each KV cache type (ggml block size / elements per block)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from runtime.planner.memory import DeviceMemory
+from tandem.runtime.planner.memory import DeviceMemory
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from runtime.errors import RuntimeFailure
-from runtime.hardware.profile import GpuInfo, HardwareProfile
-from runtime.model_info import ModelInfo
-from runtime.planner.context import context_plan
-from runtime.planner.memory import (
+from tandem.runtime.errors import RuntimeFailure
+from tandem.runtime.hardware.profile import GpuInfo, HardwareProfile
+from tandem.runtime.model_info import ModelInfo
+from tandem.runtime.planner.context import context_plan
+from tandem.runtime.planner.memory import (
     DEFAULT_GPU_OVERHEAD, GGML_TYPE_ID, GPU_RUNTIME_OVERHEAD, MIB, GpuSet, assign_layers, kv_bytes, memory_map,
 )
-from runtime.planner.plan import Plan
-from runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gbps
+from tandem.runtime.planner.plan import Plan
+from tandem.runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gbps
 
 GIB = 1 << 30
 KV_CHOICES = ("f16", "q8_0", "q4_0")
@@ -176,7 +176,7 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
     plan = _plan_plain(info, hw, n_ctx, calibration=calibration, model_key=model_key, threads=threads)
     if not drafts:
         return plan
-    from runtime.planner.speculative import choose_draft
+    from tandem.runtime.planner.speculative import choose_draft
 
     threads = plan.n_threads
 
@@ -316,7 +316,7 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
 
 def verify(plan: Plan) -> Plan:
     """Dry-run the plan through llama.cpp and record what it reports next to the analytic numbers."""
-    from runtime.planner.dryrun import dry_run
+    from tandem.runtime.planner.dryrun import dry_run
 
     r = dry_run(Path(plan.model_path), n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers, n_ubatch=plan.n_ubatch,
                 n_batch=plan.n_batch, type_k=GGML_TYPE_ID[plan.type_k], type_v=GGML_TYPE_ID[plan.type_v],

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from runtime.hardware.profile import HardwareProfile
-from runtime.model_info import ModelInfo
-from runtime.planner.plan import Plan
-from runtime.planner.speed import CPU_VERIFY_FLOPS_PER_CORE, GPU_FLOPS_PER_GBPS, gpu_bandwidth_gbps
+from tandem.runtime.hardware.profile import HardwareProfile
+from tandem.runtime.model_info import ModelInfo
+from tandem.runtime.planner.plan import Plan
+from tandem.runtime.planner.speed import CPU_VERIFY_FLOPS_PER_CORE, GPU_FLOPS_PER_GBPS, gpu_bandwidth_gbps
 
 PRIOR_ACCEPTANCE = 0.7
 MIN_GAIN = 1.1  # a draft model must beat plain decoding by this much to be worth its memory

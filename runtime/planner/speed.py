@@ -13,8 +13,8 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
-from runtime.hardware.profile import GpuInfo, HardwareProfile
-from runtime.model_info import ModelInfo
+from tandem.runtime.hardware.profile import GpuInfo, HardwareProfile
+from tandem.runtime.model_info import ModelInfo
 
 # Fraction of the measured host read bandwidth that llama.cpp's CPU kernels reach per weight type
 # (Q4_0 is repacked into interleaved blocks on AVX2/AVX-512 and NEON and runs closest to the roofline).
@@ -172,7 +172,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     calibration: (cpu, gpu) speed factors (Calibration.factor), or one for both.
     """
     factors = calibration if isinstance(calibration, tuple) else (calibration, calibration)
-    from runtime.planner.memory import GpuSet, assign_layers, output_weight_bytes
+    from tandem.runtime.planner.memory import GpuSet, assign_layers, output_weight_bytes
 
     gset = GpuSet.of(gpu)
     layer_dev, output_dev = assign_layers(info, n_gpu_layers if gset else 0, gset.split if gset else (1.0,))

@@ -7,8 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from app import desktop
-from app.server import ServerThread
+from tandem.app import desktop
+from tandem.app.server import ServerThread
 from tests.conftest import make_settings
 
 

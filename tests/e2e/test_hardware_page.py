@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from app.server import ServerThread
+from tandem.app.server import ServerThread
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.e2e

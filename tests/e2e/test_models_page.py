@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from app.server import ServerThread
+from tandem.app.server import ServerThread
 from tests.conftest import make_settings
 from tests.fixtures.hubserver import Fault, HubServer
 
@@ -208,7 +208,7 @@ def test_import_then_missing_then_remove(page, model_path, tmp_path):
 def test_verdicts_on_a_machine_with_a_small_gpu(browser, tmp_path, monkeypatch):
     """Synthetic models (headers only on disk) planned for a laptop with a 4 GB GPU: every kind of
     verdict, memory bars per device, the cost of a split."""
-    from runtime.synth import preset, write_model
+    from tandem.runtime.synth import preset, write_model
 
     files = {}
     for shape, quant in (("1b", "Q8_0"), ("3b", "Q4_0"), ("8b", "Q4_0"), ("8b", "Q8_0"), ("13b", "F16")):

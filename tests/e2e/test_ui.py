@@ -6,7 +6,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from app.store import Store
+from tandem.app.store import Store
 
 pytestmark = pytest.mark.e2e
 
@@ -106,7 +106,7 @@ def test_error_is_shown_and_the_message_is_given_back(page, server):
 
 
 def test_messages_left_out_of_the_context_are_shown(browser, tmp_path):
-    from app.server import ServerThread
+    from tandem.app.server import ServerThread
     from tests.conftest import make_settings
 
     with ServerThread(make_settings(tmp_path, n_ctx=256, max_tokens=40)) as server:
@@ -155,7 +155,7 @@ def test_context_policy_is_chosen_per_conversation(page, server):
 
 
 def test_speculative_decoding_is_shown_under_the_reply(page):
-    from app.bench_spec import TASKS
+    from tandem.app.bench_spec import TASKS
 
     send(page, TASKS["copy"])  # a reply that copies a code block: prompt lookup drafts it
     stats = page.locator(".message.assistant .stats").last

@@ -5,7 +5,7 @@ import time
 
 import httpx
 
-from app.server import ServerThread
+from tandem.app.server import ServerThread
 from tests.conftest import make_settings, read_sse
 
 LONG = "Count from 1 to 500, one number per line."

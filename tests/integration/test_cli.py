@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-TANDEM = [sys.executable, "-m", "app"]
+TANDEM = [sys.executable, "-m", "tandem.app"]
 
 
 def run(args, tmp_path, **kw):
@@ -82,8 +82,8 @@ def test_without_a_display_the_url_is_printed(tmp_path):
 
 def test_context_bench_runs_every_policy_and_both_returns(tmp_path, capsys, model_path):
     """A small run of `tandem bench --context` (the real one takes minutes): the table is whole."""
-    from app.bench_context import run_context_bench
-    from app.config import Settings
+    from tandem.app.bench_context import run_context_bench
+    from tandem.app.config import Settings
 
     assert run_context_bench(Settings(data_dir=tmp_path), model_path, 256, factor=2, reply=8,
                              resume_tokens=300, rounds=1, repeats=1) == 0
@@ -99,8 +99,8 @@ def test_context_bench_runs_every_policy_and_both_returns(tmp_path, capsys, mode
 def test_paths_bench_measures_every_path_and_the_ceiling(tmp_path, capsys, model_path):
     """A small run of `tandem bench --paths`: the library, the engine, HTTP and the bare loop each
     decode the tokens asked for and get a speed relative to the library."""
-    from app.bench import run_paths
-    from app.config import Settings
+    from tandem.app.bench import run_paths
+    from tandem.app.config import Settings
 
     assert run_paths(Settings(data_dir=tmp_path, n_ctx=1024), model_path, tokens=16, runs=1) == 0
     out = capsys.readouterr().out
@@ -112,8 +112,8 @@ def test_paths_bench_measures_every_path_and_the_ceiling(tmp_path, capsys, model
 
 def test_spec_bench_compares_the_library_plain_and_lookup_on_both_tasks(tmp_path, capsys, model_path):
     """A small run of `tandem bench --spec`: each task has its rows and its goal lines."""
-    from app.bench_spec import run_spec_bench
-    from app.config import Settings
+    from tandem.app.bench_spec import run_spec_bench
+    from tandem.app.config import Settings
 
     assert run_spec_bench(Settings(data_dir=tmp_path), model_path, tokens=16, runs=1) == 0
     out = capsys.readouterr().out

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.engine import ModelWorker, Finished, LoadParams, SamplingParams, Started
-from runtime.engine.context import ContextPolicy
-from runtime.engine.kvstate import state_path
-from runtime.errors import ContextOverflow
+from tandem.runtime.engine import ModelWorker, Finished, LoadParams, SamplingParams, Started
+from tandem.runtime.engine.context import ContextPolicy
+from tandem.runtime.engine.kvstate import state_path
+from tandem.runtime.errors import ContextOverflow
 
 N_CTX = 256
 REPLY = SamplingParams(temperature=0.0, max_tokens=16)

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from runtime.engine import ModelWorker, Failed, Finished, LoadParams, SamplingParams, Started, Token
-from runtime.errors import ContextOverflow, EngineClosed, InvalidModelFile, ModelFileError, ModelLoadError
+from tandem.runtime.engine import ModelWorker, Failed, Finished, LoadParams, SamplingParams, Started, Token
+from tandem.runtime.errors import ContextOverflow, EngineClosed, InvalidModelFile, ModelFileError, ModelLoadError
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 HAIKU = [{"role": "user", "content": "Write a short poem about the sea."}]

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.server import ServerThread
+from tandem.app.server import ServerThread
 from tests.conftest import make_settings, read_sse
 from tests.fixtures.hubserver import Fault, HubServer
 

@@ -18,7 +18,7 @@ from tests.fixtures.hubserver import Fault, HubServer
 PROFILE = Path(__file__).parent.parent / "fixtures" / "hardware" / "cpu-only-8gb-laptop.json"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TANDEM = [sys.executable, "-m", "app"]
+TANDEM = [sys.executable, "-m", "tandem.app"]
 
 
 @pytest.fixture()

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.errors import Conflict
-from app.hub import HubService
-from app.hub.client import HubNotFound
-from app.hub.downloads import NotEnoughSpace
-from app.hub.transfer import CHUNK, TransferOptions
-from app.services.hardware import HardwareService
-from app.store import Store
-from runtime.gguf import check_model_file
+from tandem.app.config import Settings
+from tandem.app.errors import Conflict
+from tandem.app.hub import HubService
+from tandem.app.hub.client import HubNotFound
+from tandem.app.hub.downloads import NotEnoughSpace
+from tandem.app.hub.transfer import CHUNK, TransferOptions
+from tandem.app.services.hardware import HardwareService
+from tandem.app.store import Store
+from tandem.runtime.gguf import check_model_file
 from tests.fixtures.hubserver import Fault, HubServer, split_gguf
 
 PROFILE = Path(__file__).parent.parent / "fixtures" / "hardware" / "cpu-only-8gb-laptop.json"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.hub.importers import Importer
-from app.hub.service import installed_models
-from app.store import Store
-from runtime.synth import preset, write_model
+from tandem.app.hub.importers import Importer
+from tandem.app.hub.service import installed_models
+from tandem.app.store import Store
+from tandem.runtime.synth import preset, write_model
 
 
 @pytest.fixture()
@@ -72,7 +72,7 @@ def test_lm_studio_folder_through_the_command(tmp_path, model_path, gemma_path):
     place(model_path, root / "bartowski" / "SmolLM2-135M-Instruct-GGUF" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     place(gemma_path, root / "unsloth" / "gemma-3-270m-it-GGUF" / "gemma-3-270m-it-Q4_K_M.gguf")
     env = {**os.environ, "TANDEM_DATA_DIR": str(tmp_path / "data"), "LMSTUDIO_MODELS_DIR": str(root)}
-    r = subprocess.run([sys.executable, "-m", "app", "import", "--from", "lmstudio"], env=env,
+    r = subprocess.run([sys.executable, "-m", "tandem.app", "import", "--from", "lmstudio"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("registered ") == 2
@@ -84,7 +84,7 @@ def test_lm_studio_folder_through_the_command(tmp_path, model_path, gemma_path):
         gemma = next(m for m in imported if m["repo_id"].startswith("unsloth"))
     finally:
         store.close()
-    rm = subprocess.run([sys.executable, "-m", "app", "rm", gemma["id"]], env=env, capture_output=True, text=True)
+    rm = subprocess.run([sys.executable, "-m", "tandem.app", "rm", gemma["id"]], env=env, capture_output=True, text=True)
     assert rm.returncode == 0 and "left in place" in rm.stdout
     assert Path(gemma["path"]).exists()  # imported: unregistered only
 

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.hub import HubService
-from app.hub.client import GatedRepo, HubNotFound, HubUnreachable
-from app.hub.names import UnsafeName
-from app.hub.verdict import judge
-from app.services.hardware import HardwareService
-from app.store import Store
-from runtime.model_info import inspect_model
-from runtime.planner import plan_model
+from tandem.app.config import Settings
+from tandem.app.hub import HubService
+from tandem.app.hub.client import GatedRepo, HubNotFound, HubUnreachable
+from tandem.app.hub.names import UnsafeName
+from tandem.app.hub.verdict import judge
+from tandem.app.services.hardware import HardwareService
+from tandem.app.store import Store
+from tandem.runtime.model_info import inspect_model
+from tandem.runtime.planner import plan_model
 from tests.fixtures.hubserver import HubServer, split_gguf, synthetic_repo
 
 PROFILE = Path(__file__).parent.parent / "fixtures" / "hardware" / "rtx3060-desktop.json"

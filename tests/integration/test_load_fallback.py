@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.services import Services
-from runtime.engine import worker as engine_worker
-from runtime.errors import ModelLoadError
+from tandem.app.config import Settings
+from tandem.app.services import Services
+from tandem.runtime.engine import worker as engine_worker
+from tandem.runtime.errors import ModelLoadError
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "hardware" / "rtx3060-desktop.json"
 

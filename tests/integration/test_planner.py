@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from runtime.engine import ModelWorker, LoadParams, SamplingParams
-from runtime.hardware import probe
-from runtime.planner import plan_model, verify
-from runtime.planner.dryrun import LogCapture, dry_run
+from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
+from tandem.runtime.hardware import probe
+from tandem.runtime.planner import plan_model, verify
+from tandem.runtime.planner.dryrun import LogCapture, dry_run
 
 MIB = 1 << 20
 
@@ -35,7 +35,7 @@ def test_analytic_memory_agrees_with_the_dry_run(shapes, here, shape, n_ctx):
 
 
 def test_dry_run_without_flash_attention_and_quantized_cache(shapes):
-    from runtime.planner.memory import compute_bytes
+    from tandem.runtime.planner.memory import compute_bytes
 
     info = shapes["smollm2"]
     r = dry_run(info.path, n_ctx=16384, n_gpu_layers=0, n_ubatch=512, n_batch=512, type_k=8, type_v=1,
@@ -81,7 +81,7 @@ def test_the_app_runs_the_plan_and_records_speed(client, server):
     with client.stream("POST", f"/api/conversations/{c['id']}/messages",
                        json={"content": "Count from 1 to 40.", "max_tokens": 40}) as r:
         r.read()
-    from app.store import Store
+    from tandem.app.store import Store
 
     store = Store(server.settings.db_path)
     try:
@@ -92,10 +92,10 @@ def test_the_app_runs_the_plan_and_records_speed(client, server):
 
 
 def test_tandem_plan_command(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "app", "plan", "--ctx", "2048", "--data-dir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "tandem.app", "plan", "--ctx", "2048", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Context 2048 tokens" in r.stdout and "Checked by llama.cpp" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "app", "plan", "--ctx", "99999999", "--data-dir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "tandem.app", "plan", "--ctx", "99999999", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "largest that fits" in r.stderr and "Traceback" not in r.stderr

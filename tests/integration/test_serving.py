@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from runtime.engine import (Failed, Finished, LoadParams, ModelWorker, Queued, SamplingParams, Scheduler,
+from tandem.runtime.engine import (Failed, Finished, LoadParams, ModelWorker, Queued, SamplingParams, Scheduler,
                             Started, Token)
-from runtime.engine.scheduler import Prepared
-from runtime.errors import ContextOverflow, Interrupted, ModelLoadError, ModelUnavailable, QueueFull
-from runtime.synth import preset, write_model
+from tandem.runtime.engine.scheduler import Prepared
+from tandem.runtime.errors import ContextOverflow, Interrupted, ModelLoadError, ModelUnavailable, QueueFull
+from tandem.runtime.synth import preset, write_model
 
 LONG_REPLY = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 SHORT = SamplingParams(temperature=0, max_tokens=8)

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from app.server import ServerThread
+from tandem.app.server import ServerThread
 from tests.conftest import make_settings, read_sse
 
 COUNT = "Count from 1 to 1000, one number per line."
@@ -185,7 +185,7 @@ def test_a_model_whose_file_was_deleted_is_reported_not_crashed_on(api, srv, mod
 
 def test_sigterm_ends_the_server_cleanly_mid_reply(tmp_path):
     env = {**os.environ, "TANDEM_DATA_DIR": str(tmp_path), "TANDEM_TEMPERATURE": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "serve", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -218,7 +218,7 @@ def test_sigterm_ends_the_server_cleanly_mid_reply(tmp_path):
 def test_only_plain_replies_calibrate_the_plain_speed(srv):
     from dataclasses import replace
 
-    from runtime.engine import ReplyStats
+    from tandem.runtime.engine import ReplyStats
 
     models = srv.services.models
     with models.acquire() as lease:
@@ -235,8 +235,8 @@ def test_only_plain_replies_calibrate_the_plain_speed(srv):
 
 
 def test_a_default_model_that_no_longer_loads_gives_way_to_the_built_in_one(tmp_path):
-    from app.services import Services
-    from app.store import Store
+    from tandem.app.services import Services
+    from tandem.app.store import Store
     from tests.unit.test_gguf import gguf_bytes
 
     odd = tmp_path / "odd.gguf"  # a valid GGUF container, but no model llama.cpp knows

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.engine import ModelWorker, LoadParams, SamplingParams
-from runtime.errors import RuntimeFailure
-from runtime.synth import preset, write_model
+from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
+from tandem.runtime.errors import RuntimeFailure
+from tandem.runtime.synth import preset, write_model
 
 CODE = '''def parse_config(path):
     result = {}
@@ -65,8 +65,8 @@ def logit_gap(path, messages, prefix, a, b) -> float:
         import llama_cpp
         import numpy as np
 
-        from runtime.engine.chat_format import ChatFormatter
-        from runtime.engine.native import NativeDecoder
+        from tandem.runtime.engine.chat_format import ChatFormatter
+        from tandem.runtime.engine.native import NativeDecoder
 
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, flash_attn=True, verbose=False)
         try:
@@ -178,9 +178,9 @@ def test_the_app_offers_installed_drafts_and_runs_without_one_that_cannot_serve(
 
     import httpx
 
-    from app.server import ServerThread
-    from app.services import Services
-    from runtime.model_info import inspect_model
+    from tandem.app.server import ServerThread
+    from tandem.app.services import Services
+    from tandem.runtime.model_info import inspect_model
     from tests.conftest import make_settings
 
     services = Services.open(make_settings(tmp_path))

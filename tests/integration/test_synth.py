@@ -2,10 +2,10 @@
 
 import pytest
 
-from runtime.engine import ModelWorker, LoadParams, SamplingParams
-from runtime.errors import ChatTemplateError, InvalidModelFile
-from runtime.model_info import inspect_model
-from runtime.synth import HOSTILE_TEMPLATE, SynthSpec, preset, write_model
+from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
+from tandem.runtime.errors import ChatTemplateError, InvalidModelFile
+from tandem.runtime.model_info import inspect_model
+from tandem.runtime.synth import HOSTILE_TEMPLATE, SynthSpec, preset, write_model
 
 HI = [{"role": "user", "content": "hi"}]
 

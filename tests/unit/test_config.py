@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.services.models import model_id_for
+from tandem.app.config import Settings
+from tandem.app.services.models import model_id_for
 
 
 def test_environment_overrides(monkeypatch, tmp_path):

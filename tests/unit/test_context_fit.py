@@ -1,4 +1,4 @@
-from runtime.engine.context import fit_turns, oldest_turn
+from tandem.runtime.engine.context import fit_turns, oldest_turn
 
 
 def msgs(*roles):
@@ -27,7 +27,7 @@ def test_nothing_dropped_when_it_fits():
 
 
 def test_messages_left_out_before_stay_out_and_eviction_frees_a_chunk():
-    from runtime.engine.context import fit_conversation
+    from tandem.runtime.engine.context import fit_conversation
 
     conversation = [{"role": "system", "content": "s"}] + [
         {"role": r, "content": f"{r}{i}"} for i in range(5) for r in ("user", "assistant")
@@ -41,7 +41,7 @@ def test_messages_left_out_before_stay_out_and_eviction_frees_a_chunk():
 
 
 def test_finding_the_gap_left_by_removed_messages():
-    from runtime.engine.native import MIN_SHIFT_MATCH, _find_gap
+    from tandem.runtime.engine.native import MIN_SHIFT_MATCH, _find_gap
 
     sink, gone, kept = [1, 2, 3], list(range(100, 140)), list(range(200, 200 + MIN_SHIFT_MATCH + 4))
     cached = sink + gone + kept
@@ -69,7 +69,7 @@ def _one_turn_at_a_time(messages, count, budget):
 def test_turn_cuts_and_bisection_agree_with_dropping_one_turn_at_a_time():
     import random
 
-    from runtime.engine.context import turn_cuts
+    from tandem.runtime.engine.context import turn_cuts
 
     rng = random.Random(7)
     weight = lambda kept: sum(len(m["content"]) for m in kept)  # noqa: E731

@@ -4,9 +4,9 @@ import struct
 
 import pytest
 
-from runtime.errors import InvalidModelFile, ModelFileError
-from runtime.gguf import HeaderIncomplete, check_model_file, header_from_bytes
-from runtime.model_info import inspect_bytes, inspect_model
+from tandem.runtime.errors import InvalidModelFile, ModelFileError
+from tandem.runtime.gguf import HeaderIncomplete, check_model_file, header_from_bytes
+from tandem.runtime.model_info import inspect_bytes, inspect_model
 
 F32 = 0
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.hardware import HardwareProfile, build_profile
-from runtime.hardware.bandwidth import cached_bandwidth
-from runtime.hardware.cpu import parse_size
-from runtime.hardware.gpu import pcie_gbps
+from tandem.runtime.hardware import HardwareProfile, build_profile
+from tandem.runtime.hardware.bandwidth import cached_bandwidth
+from tandem.runtime.hardware.cpu import parse_size
+from tandem.runtime.hardware.gpu import pcie_gbps
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hardware"
 GiB = 1 << 30
@@ -144,7 +144,7 @@ def test_bandwidth_is_measured_once_and_cached(tmp_path):
 
 
 def test_the_bandwidth_buffer_outgrows_the_last_level_cache():
-    from runtime.hardware.bandwidth import buffer_mib
+    from tandem.runtime.hardware.bandwidth import buffer_mib
 
     assert buffer_mib(32 << 20) == 192  # small caches: the default buffer is already 6x larger
     assert buffer_mib(300 << 20) == 1200  # a server's 300 MiB L3: reading 192 MiB measured the cache

@@ -1,8 +1,8 @@
 """The offline catalog: valid repo ids, a recommended quant among the listed ones, drafts that
 pair models of one family (one tokenizer) with a much smaller one."""
 
-from app.hub import HubService
-from app.hub.names import check_repo_id
+from tandem.app.hub import HubService
+from tandem.app.hub.names import check_repo_id
 
 
 def test_the_catalog_is_consistent():

@@ -4,12 +4,12 @@ import os
 
 import pytest
 
-from app.hub.names import (
+from tandem.app.hub.names import (
     RemoteFile, UnsafeName, check_file_name, check_repo_id, find_model, group_models, quant_of, safe_path,
     split_info, unique_id,
 )
-from app.errors import InvalidRequest
-from runtime.embedded import MODEL_ID
+from tandem.app.errors import InvalidRequest
+from tandem.runtime.embedded import MODEL_ID
 
 
 @pytest.mark.parametrize("repo", ["bartowski/Llama-3.2-1B-Instruct-GGUF", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "a/b.c_d-e"])

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from app.hub.verdict import READING_TPS, Verdict, installed_infos, judge, recommend
-from runtime.hardware import load_profile
-from runtime.model_info import inspect_model
-from runtime.planner import PlanError, plan_model
-from runtime.synth import preset, write_model
+from tandem.app.hub.verdict import READING_TPS, Verdict, installed_infos, judge, recommend
+from tandem.runtime.hardware import load_profile
+from tandem.runtime.model_info import inspect_model
+from tandem.runtime.planner import PlanError, plan_model
+from tandem.runtime.synth import preset, write_model
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hardware"
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from runtime.engine.kvstate import KVStateStore, state_path
+from tandem.runtime.engine.kvstate import KVStateStore, state_path
 
 
 def store(tmp_path, binding="plan-a", cap=10_000) -> KVStateStore:

@@ -1,7 +1,7 @@
 import pytest
 
-from runtime.engine import LoadParams, SamplingParams
-from runtime.hardware import physical_cores
+from tandem.runtime.engine import LoadParams, SamplingParams
+from tandem.runtime.hardware import physical_cores
 
 
 def test_threads_default_to_physical_cores_not_the_library_default():

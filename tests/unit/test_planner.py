@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.hardware import HardwareProfile, load_profile
-from runtime.planner import Calibration, PlanError, candidates, plan_model
-from runtime.planner.memory import gpu_layers, kv_bytes, pad_ctx
-from runtime.planner.search import pick_gpu
-from runtime.planner.speed import estimate, gpu_bandwidth_gbps
+from tandem.runtime.hardware import HardwareProfile, load_profile
+from tandem.runtime.planner import Calibration, PlanError, candidates, plan_model
+from tandem.runtime.planner.memory import gpu_layers, kv_bytes, pad_ctx
+from tandem.runtime.planner.search import pick_gpu
+from tandem.runtime.planner.speed import estimate, gpu_bandwidth_gbps
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hardware"
 MACHINES = sorted(f.stem for f in FIXTURES.glob("*.json") if f.stem != "arm-linux-probe-failures")
@@ -132,7 +132,7 @@ def test_a_model_too_big_for_one_gpu_is_split_by_free_memory(shapes):
 
 
 def test_layer_assignment_follows_llama_cpp(shapes):
-    from runtime.planner.memory import assign_layers
+    from tandem.runtime.planner.memory import assign_layers
 
     info = shapes["7b"]
     layers, output = assign_layers(info, 33, (0.5, 0.5))
@@ -211,7 +211,7 @@ def test_calibration_recovers_the_h200_curve_from_the_probes_own_reading(shapes)
     the speed that predicts (with a native AVX-512 build too), which only measuring can show.
     Calibrated on the curve, the CPU and the GPU apart, every point comes within 15%; one ratio
     for both sides could not fit the full offload as well."""
-    from runtime.planner.search import predict_split
+    from tandem.runtime.planner.search import predict_split
 
     hw = machine("h200-16core-host-probed")
     info = shapes["7b"]
@@ -269,7 +269,7 @@ def test_a_draft_model_is_planned_where_it_pays_and_placed_on_the_gpu_when_vram_
 
 
 def test_only_a_much_smaller_model_with_the_same_vocabulary_can_draft(shapes):
-    from runtime.planner.speculative import draft_compatible
+    from tandem.runtime.planner.speculative import draft_compatible
 
     assert draft_compatible(shapes["7b"], shapes["1b"]) is None
     assert "same file" in draft_compatible(shapes["7b"], shapes["7b"])

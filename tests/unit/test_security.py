@@ -1,6 +1,6 @@
 import pytest
 
-from app.security import host_name, origin_host
+from tandem.app.security import host_name, origin_host
 
 
 @pytest.mark.parametrize(

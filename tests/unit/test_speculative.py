@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.engine.speculative import Controller, PromptLookup
+from tandem.runtime.engine.speculative import Controller, PromptLookup
 
 
 def measured(step=0.01, scale=1.0) -> Controller:

@@ -5,10 +5,10 @@ import sqlite3
 import pytest
 from sqlite_utils import Database
 
-from app.errors import NotFound
-from app.store import Store
-from app.store.migrations import MIGRATIONS, applied, migrate
-from app.store.store import DEFAULT_TITLE, title_from
+from tandem.app.errors import NotFound
+from tandem.app.store import Store
+from tandem.app.store.migrations import MIGRATIONS, applied, migrate
+from tandem.app.store.store import DEFAULT_TITLE, title_from
 
 
 def test_blank_database_gets_every_migration_once(tmp_path):

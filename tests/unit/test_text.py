@@ -1,4 +1,4 @@
-from runtime.engine.text import StopMatcher, Utf8Stream
+from tandem.runtime.engine.text import StopMatcher, Utf8Stream
 
 
 def feed_all(matcher, pieces):

@@ -1,0 +1,3 @@
+from tandem.app.cli import main
+
+raise SystemExit(main())
