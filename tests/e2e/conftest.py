@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,20 @@ def page(browser, server):
     yield p
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+ARTIFACTS = Path(os.environ.get("TANDEM_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
+
+
+@pytest.fixture()
+def screenshot():
+    """screenshot(page, name): a PNG of the page under test-artifacts/screenshots/ (kept after the run)."""
+    folder = ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def take(p, name: str, full_page: bool = True) -> Path:
+        path = folder / f"{name}.png"
+        p.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    return take
