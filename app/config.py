@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -12,12 +13,28 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8742
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DATA_DIR_FILE = "data-dir"  # in config_dir(): the data folder chosen on the Settings page
+
+
+def config_dir() -> Path:
+    """Where Tandem keeps what must live outside the data folder (TANDEM_CONFIG_DIR overrides)."""
+    env = os.environ.get("TANDEM_CONFIG_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_config_dir("tandem", appauthor=False))
+
+
+def default_data_dir() -> Path:
+    """The folder chosen on the Settings page, else the user's data folder."""
+    try:
+        chosen = (config_dir() / DATA_DIR_FILE).read_text().strip()
+    except OSError:
+        chosen = ""
+    return Path(chosen) if chosen else Path(platformdirs.user_data_dir("tandem", appauthor=False))
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
 
-    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("tandem", appauthor=False)))
+    data_dir: Path = Field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     # A GGUF path to serve instead of the built-in model.

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tandem.app import __version__
-from tandem.app.api import conversations, errors, hub, openai, system
+from tandem.app.api import conversations, errors, hub, library, openai, system
+from tandem.app.api import stats
+from tandem.app.api import window as window_api
 from tandem.app.config import Settings
 from tandem.app.errors import TandemError
 from tandem.app.paths import ui_dir
@@ -46,8 +48,11 @@ def create_app(services: Services) -> FastAPI:
     errors.install(app)
     app.include_router(system.router)
     app.include_router(conversations.router)
+    app.include_router(library.router)
     app.include_router(openai.router)
     app.include_router(hub.router)
+    app.include_router(stats.router)
+    app.include_router(window_api.router)
     app.mount("/", StaticFiles(directory=ui_dir(), html=True), name="ui")
     allowed = set(settings.allowed_hosts) if settings.loopback else None
     app.add_middleware(HostGuard, allowed_hosts=allowed)
@@ -85,11 +90,16 @@ class ServerThread:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        if "port" not in settings.model_fields_set:  # neither --port nor TANDEM_PORT: the saved one
+            from tandem.app.services.settings import saved_start_port
+
+            settings.port = saved_start_port(settings.db_path) or settings.port
         self.sock = bind_socket(settings.host, settings.port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{url_host(settings.host)}:{self.port}"
         try:
             self.services = Services.open(settings)
+            self.services.prefs.running_port = self.port
             app = create_app(self.services)
         except BaseException:
             self.sock.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,9 @@ from tandem.app.config import Settings
 from tandem.app.server import ServerThread
 from tandem.runtime.embedded import default_model_path
 from tandem.runtime.engine import ModelWorker, LoadParams
+
+# What the Settings page keeps outside the data folder goes to a throwaway folder, never the user's.
+os.environ["TANDEM_CONFIG_DIR"] = tempfile.mkdtemp(prefix="tandem-config-")
 
 
 @pytest.fixture(scope="session")

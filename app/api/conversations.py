@@ -1,12 +1,13 @@
 """Conversations and their messages; posting a message streams the reply as server-sent events.
 
-Events of POST /api/conversations/{id}/messages, in order:
+Events of POST /api/conversations/{id}/messages (and of .../regenerate), in order:
   queued {"position"}                  (only while other replies are ahead: 1 is next; repeated
                                        as it moves up; stopping it here, or before the reply
                                        reached the engine, stores nothing and ends with
                                        done {"message": null})
-  start  {"user_message", "prompt_tokens", "model", "evicted_message_ids", "evicted_tokens",
+  start  {"user_message", "prompt_tokens", "model", "title", "evicted_message_ids", "evicted_tokens",
          "context_policy"}: earlier messages left out to fit the context (never silently)
+  progress {"done", "total"}           prompt tokens read so far (only for a prompt of several batches)
   token  {"text"}                      (many)
   done   {"message", "stats"}          the stored reply (status complete or stopped; its evicted_ids
                                        also name messages the context shifted past mid-reply)
@@ -16,17 +17,19 @@ Events of POST /api/conversations/{id}/messages, in order:
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tandem.app.api.deps import ChatDep, SettingsDep, StoreDep, check_max_tokens
+from tandem.app.services.chat import ChatService, Reply
 from tandem.app.api.disconnect import ClientWatch
 from tandem.app.api.errors import error_body, runtime_status
 from tandem.app.api.sse import SSE_HEADERS, sse
-from tandem.runtime.engine import Failed, Finished, Queued, SamplingParams, Started, Token
+from tandem.runtime.engine import Failed, Finished, Progress, Queued, Started, Token
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
@@ -38,19 +41,39 @@ class NewConversation(BaseModel):
 
 class ConversationChanges(BaseModel):
     title: str | None = Field(None, max_length=200)
-    # sink_window, drop_turns or stop; null: the plan's choice
+    # sink_window, drop_turns or stop; null: the Settings default, else the plan's choice
     context_policy: Literal["sink_window", "drop_turns", "stop"] | None = None
     # an installed model's id; null: the default model
     model_id: str | None = Field(None, max_length=200)
+    pinned: bool | None = None
+    # null: the Settings page's defaults
+    system_prompt: str | None = Field(None, max_length=20_000)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, ge=0.01, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
 
 
-class PostMessage(BaseModel):
-    content: str = Field(..., min_length=1, max_length=200_000)
+class ReplyOptions(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     # seconds the model stays loaded once idle (0: unload after this reply; negative: always)
     keep_alive: float | None = None
+
+
+class PostMessage(ReplyOptions):
+    content: str = Field(..., min_length=1, max_length=200_000)
+    # a user message this one replaces: it becomes its sibling and the old branch stays
+    edit_of: int | None = None
+
+
+class Regenerate(ReplyOptions):
+    # an assistant message (a new reply beside it) or a user message (a new reply to it); null: the latest
+    message_id: int | None = None
+
+
+class MessageRef(BaseModel):
+    message_id: int
 
 
 @router.get("")
@@ -59,31 +82,49 @@ def list_conversations(store: StoreDep) -> list[dict]:
 
 
 @router.post("", status_code=201)
-def create_conversation(store: StoreDep, body: NewConversation | None = None) -> dict:
+def create_conversation(store: StoreDep, chat: ChatDep, body: NewConversation | None = None) -> dict:
     model_id = body.model_id if body else None
     if model_id is not None:
         store.get_model(model_id)  # an unknown model is a clear 404, not a conversation that fails later
-    return store.create_conversation(title=body.title if body else None, model_id=model_id)
+    return chat.create(title=body.title if body else None, model_id=model_id)
+
+
+@router.post("/import", status_code=201)
+def import_conversation(store: StoreDep, data: Annotated[Any, Body()]) -> dict:
+    """A conversation exported as JSON (GET .../export?format=json), as a new conversation."""
+    return store.import_export(data)
 
 
 @router.get("/{conversation_id}")
 def get_conversation(conversation_id: str, store: StoreDep) -> dict:
     conversation = store.get_conversation(conversation_id)
-    return {**conversation, "messages": store.list_messages(conversation_id)}
+    return {**conversation, "messages": store.branch(conversation_id)}
 
 
 @router.patch("/{conversation_id}")
-def change_conversation(conversation_id: str, body: ConversationChanges, store: StoreDep, chat: ChatDep) -> dict:
-    """Rename, set the model (null: the default) and/or the context policy (null: the plan's)."""
+def change_conversation(conversation_id: str, body: ConversationChanges, store: StoreDep, chat: ChatDep,
+                        settings: SettingsDep) -> dict:
+    """Rename, pin, set the model (null: the default), the context policy, the system prompt or
+    sampling (null: the defaults)."""
     conversation = store.get_conversation(conversation_id)
+    given = body.model_fields_set
     if body.title is not None:
         conversation = store.rename_conversation(conversation_id, body.title)
-    if "model_id" in body.model_fields_set:
+    if "model_id" in given:
         if body.model_id is not None:
             store.get_model(body.model_id)
         conversation = store.set_conversation_model(conversation_id, body.model_id)
-    if "context_policy" in body.model_fields_set:
+    if "context_policy" in given:
         conversation = chat.set_policy(conversation_id, body.context_policy)
+    if "max_tokens" in given:
+        check_max_tokens(body.max_tokens, settings)
+    changes = {k: getattr(body, k) for k in ("system_prompt", "temperature", "top_p", "max_tokens") if k in given}
+    if "system_prompt" in changes and not (changes["system_prompt"] or "").strip():
+        changes["system_prompt"] = None
+    if body.pinned is not None:
+        changes["pinned"] = body.pinned
+    if changes:
+        conversation = store.update_conversation(conversation_id, **changes)
     return conversation
 
 
@@ -104,22 +145,64 @@ async def stop_reply(conversation_id: str, chat: ChatDep) -> dict:  # on the loo
     return {"stopped": chat.stop(conversation_id)}
 
 
+@router.post("/{conversation_id}/branch")
+def switch_branch(conversation_id: str, body: MessageRef, store: StoreDep) -> dict:
+    """Show the branch through message_id (down to its latest reply)."""
+    conversation = store.set_leaf(conversation_id, body.message_id)
+    return {**conversation, "messages": store.branch(conversation_id)}
+
+
+@router.post("/{conversation_id}/fork", status_code=201)
+def fork_conversation(conversation_id: str, body: MessageRef, store: StoreDep) -> dict:
+    """A new conversation with the branch up to and including message_id."""
+    return store.fork(conversation_id, body.message_id)
+
+
+@router.get("/{conversation_id}/export")
+def export_conversation(conversation_id: str, store: StoreDep,
+                        format: Literal["json", "markdown"] = "markdown") -> Response:
+    data = store.export(conversation_id)
+    name = _file_name(data["conversation"]["title"])
+    if format == "json":
+        text, kind, ext = json.dumps(data, ensure_ascii=False, indent=1), "application/json", "json"
+    else:
+        text, kind, ext = as_markdown(data["conversation"], store.branch(conversation_id)), "text/markdown", "md"
+    return Response(text.encode(), media_type=f"{kind}; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.{ext}"'})
+
+
 @router.post("/{conversation_id}/messages")
 async def post_message(conversation_id: str, body: PostMessage, request: Request, chat: ChatDep,
                        settings: SettingsDep):
     check_max_tokens(body.max_tokens, settings)
-    sampling = SamplingParams(
-        temperature=settings.temperature if body.temperature is None else body.temperature,
-        max_tokens=body.max_tokens or settings.max_tokens,
-        seed=body.seed,
-    )
+    conversation = chat.store.get_conversation(conversation_id)
+    parent = chat.edit_parent(conversation_id, body.edit_of) if body.edit_of is not None else conversation["current_leaf_id"]
+    sampling = chat.sampling_for(conversation, body.temperature, body.max_tokens, body.seed)
+    return await stream_reply(request, chat, conversation_id, body.content, parent, sampling, body.keep_alive)
+
+
+@router.post("/{conversation_id}/regenerate")
+async def regenerate(conversation_id: str, body: Regenerate, request: Request, chat: ChatDep, settings: SettingsDep):
+    """A new reply (a sibling of the old one, which stays) to a user message."""
+    check_max_tokens(body.max_tokens, settings)
+    conversation = chat.store.get_conversation(conversation_id)
+    user = chat.regenerate_target(conversation_id, body.message_id)
+    sampling = chat.sampling_for(conversation, body.temperature, body.max_tokens, body.seed)
+    return await stream_reply(request, chat, conversation_id, None, user["id"], sampling, body.keep_alive)
+
+
+async def stream_reply(request: Request, chat: ChatService, conversation_id: str, content: str | None,
+                       parent: int | None, sampling, keep_alive: float | None) -> StreamingResponse:
     watch = ClientWatch(request)
     try:
-        reply = await chat.start_reply(conversation_id, body.content, sampling, watch, body.keep_alive)
+        reply = await chat.start_reply(conversation_id, content, sampling, watch, keep_alive, parent=parent)
     except BaseException:
         watch.close()
         raise
+    return StreamingResponse(reply_events(chat, reply, watch), media_type="text/event-stream", headers=SSE_HEADERS)
 
+
+async def reply_events(chat: ChatService, reply: Reply, watch: ClientWatch):
     async def pending_then_stream():
         yield reply.pending
         if not isinstance(reply.pending, Finished):
@@ -143,33 +226,50 @@ async def post_message(conversation_id: str, body: PostMessage, request: Request
                     yield sse({"message": None, "stats": event.stats.as_dict()}, "done")
                 return
 
-    async def events():
-        try:
+    try:
+        if reply.user_message is None:
+            async for frame in wait_turn():
+                yield frame
             if reply.user_message is None:
-                async for frame in wait_turn():
-                    yield frame
-                if reply.user_message is None:
-                    return
-            yield sse(
-                {"user_message": reply.user_message, "prompt_tokens": reply.prompt_tokens, "model": reply.model.id,
-                 "evicted_message_ids": reply.evicted_ids, "evicted_tokens": reply.evicted_tokens,
-                 "context_policy": reply.policy},
-                "start",
-            )
-            async for event in reply.stream:
-                if isinstance(event, Token):
-                    reply.parts.append(event.text)
-                    yield sse({"text": event.text}, "token")
-                elif isinstance(event, Finished):
-                    yield sse({"message": chat.save_finished(reply, event),
-                               "stats": {**event.stats.as_dict(), "predicted_tps": reply.model.plan.decode_tps}}, "done")
-                elif isinstance(event, Failed):
-                    saved = chat.save_failed(reply, event)
-                    body = error_body(event.error.code, str(event.error), runtime_status(event.error))
-                    yield sse({**body, "message": saved}, "error")
-        finally:
-            watch.close()
-            if reply.saved is None:  # the client disconnected mid-reply
-                chat.save_abandoned(reply)
+                return
+        yield sse(
+            {"user_message": reply.user_message, "prompt_tokens": reply.prompt_tokens, "model": reply.model.id,
+             "title": reply.title, "evicted_message_ids": reply.evicted_ids, "evicted_tokens": reply.evicted_tokens,
+             "context_policy": reply.policy},
+            "start",
+        )
+        async for event in reply.stream:
+            if isinstance(event, Token):
+                reply.parts.append(event.text)
+                yield sse({"text": event.text}, "token")
+            elif isinstance(event, Progress):
+                yield sse({"done": event.done, "total": event.total}, "progress")
+            elif isinstance(event, Finished):
+                yield sse({"message": chat.save_finished(reply, event),
+                           "stats": {**event.stats.as_dict(), "predicted_tps": reply.model.plan.decode_tps}}, "done")
+            elif isinstance(event, Failed):
+                saved = chat.save_failed(reply, event)
+                body = error_body(event.error.code, str(event.error), runtime_status(event.error))
+                yield sse({**body, "message": saved}, "error")
+    finally:
+        watch.close()
+        if reply.saved is None:  # the client disconnected mid-reply
+            chat.save_abandoned(reply)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+def as_markdown(conversation: dict, branch: list[dict]) -> str:
+    """The shown branch as a Markdown document."""
+    lines = [f"# {conversation['title']}", ""]
+    if conversation.get("system_prompt"):
+        lines += ["> **System prompt:** " + conversation["system_prompt"].replace("\n", "\n> "), ""]
+    for m in branch:
+        who = "You" if m["role"] == "user" else ("Assistant" + (f" ({m['model_id']})" if m.get("model_id") else ""))
+        note = " *(stopped)*" if m.get("status") == "stopped" else ""
+        lines += [f"### {who}{note}", "", m["content"], ""]
+    return "\n".join(lines)
+
+
+def _file_name(title: str) -> str:
+    """A file name from a title: letters, digits, dashes and spaces only (nothing a header could misread)."""
+    kept = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in " -_" else " " for ch in title)
+    return "-".join(kept.split())[:80] or "conversation"

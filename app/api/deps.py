@@ -12,6 +12,7 @@ from tandem.app.hub import HubService
 from tandem.app.services.chat import ChatService
 from tandem.app.services.hardware import HardwareService
 from tandem.app.services.models import ModelService
+from tandem.app.services.settings import SettingsService
 from tandem.app.store import Store
 
 
@@ -39,6 +40,10 @@ def _chat(request: Request) -> ChatService:
     return request.app.state.chat
 
 
+def _prefs(request: Request) -> SettingsService:
+    return request.app.state.services.prefs
+
+
 def check_max_tokens(asked: int | None, settings: Settings) -> None:
     """A reply's max_tokens past the configured bound is refused, whichever API asked."""
     if asked is not None and asked > settings.max_reply_tokens:
@@ -51,3 +56,4 @@ ModelsDep = Annotated[ModelService, Depends(_models)]
 ChatDep = Annotated[ChatService, Depends(_chat)]
 HardwareDep = Annotated[HardwareService, Depends(_hardware)]
 HubDep = Annotated[HubService, Depends(_hub)]
+PrefsDep = Annotated[SettingsService, Depends(_prefs)]

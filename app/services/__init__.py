@@ -12,6 +12,7 @@ from tandem.app.hub import HubService
 from tandem.app.services.chat import ChatService
 from tandem.app.services.hardware import HardwareService
 from tandem.app.services.models import ModelService
+from tandem.app.services.settings import SettingsService, apply_saved_start_settings
 from tandem.app.store import Store
 from tandem.runtime import embedded
 
@@ -43,10 +44,12 @@ class Services:
     models: ModelService
     chat: ChatService
     hub: HubService
+    prefs: SettingsService
 
     @classmethod
     def open(cls, settings: Settings) -> "Services":
         store = Store(settings.db_path)
+        apply_saved_start_settings(settings, store)
         hardware = HardwareService(settings)
         models = ModelService(settings, store, hardware.profile)
         hub = None
@@ -61,7 +64,8 @@ class Services:
             models.close()
             store.close()
             raise
-        return cls(settings, store, hardware, models, ChatService(store, models), hub)
+        prefs = SettingsService(settings, store)
+        return cls(settings, store, hardware, models, ChatService(store, models, prefs), hub, prefs)
 
     def close(self) -> None:
         self.hub.close()

@@ -2,7 +2,10 @@
 
 The user's message is stored only once the engine has accepted the prompt (it fits the
 context), so a refused request leaves the conversation as it was. The reply is stored when it
-ends: complete, stopped (with the partial text) or failed.
+ends: complete, stopped (with the partial text) or failed. A conversation is a tree
+(store/conversations.py): a new message continues the active branch, an edit is a sibling of the
+message it replaces, a regenerated reply a sibling of the reply; the prompt is the branch that
+leads to it, after the conversation's system prompt.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from dataclasses import dataclass, field
 
 from tandem.app.errors import Conflict, InvalidRequest, NotFound
 from tandem.app.services.models import ModelService, ServedModel
+from tandem.app.services.settings import SettingsService
 from tandem.app.store import Store
+from tandem.app.store.conversations import LEAF
 from tandem.runtime.engine import Failed, Finished, Queued, ReplyStats, ReplyStream, SamplingParams, Started
 from tandem.runtime.engine.context import POLICIES, POLICY_NAMES, ContextPolicy
-from tandem.runtime.errors import Interrupted, RuntimeFailure
+from tandem.runtime.errors import Interrupted
 
 STATUS_FOR_FINISH = {"stop": "complete", "length": "complete", "cancelled": "stopped"}
 
@@ -28,7 +33,8 @@ class Reply:
     conversation_id: str
     model: ServedModel
     stream: ReplyStream
-    content: str
+    content: str | None  # None: a new reply to an existing user message (regenerate)
+    parent: int | None = None  # where the new user message goes; for a regenerate, the user message
     prompt_tokens: int = 0
     user_message: dict | None = None  # stored once the engine accepts the prompt (Started)
     pending: Queued | Finished | None = None  # its first event when that was not Started
@@ -36,38 +42,91 @@ class Reply:
     evicted_tokens: int = 0
     policy: str = "stop"
     parts: list[str] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)  # message ids, in the order submitted
+    ids: list[int | None] = field(default_factory=list)  # message ids, in the order submitted (None: system prompt)
     saved: dict | None = None
+    title: str = ""
 
 
 class ChatService:
-    def __init__(self, store: Store, models: ModelService):
+    def __init__(self, store: Store, models: ModelService, prefs: SettingsService):
         self.store = store
         self.models = models
+        self.prefs = prefs
         self._active: dict[str, Reply | None] = {}
         self._stop_asked: set[str] = set()  # Stop pressed before the request reached the engine
 
-    def history(self, conversation_id: str) -> tuple[list[int], list[dict], list[int]]:
-        """(message ids, {role, content}, indices the latest reply was written without) of a conversation."""
-        rows = [m for m in self.store.list_messages(conversation_id)
+    def history(self, conversation: dict, leaf: int | None | object = LEAF) -> tuple[list[int | None], list[dict], list[int]]:
+        """(message ids, {role, content}, indices the latest reply was written without) of the branch
+        ending at leaf (default: the active one), after the conversation's system prompt (id None)."""
+        rows = [m for m in self.store.branch(conversation["id"], leaf)
                 if m["content"] and m["role"] in ("system", "user", "assistant")]
-        ids = [m["id"] for m in rows]
+        ids: list[int | None] = [m["id"] for m in rows]
+        messages = [{"role": m["role"], "content": m["content"]} for m in rows]
+        if conversation.get("system_prompt"):
+            ids.insert(0, None)
+            messages.insert(0, {"role": "system", "content": conversation["system_prompt"]})
         last = next((m for m in reversed(rows) if m["role"] == "assistant" and m.get("evicted_ids")), None)
         before = set(json.loads(last["evicted_ids"])) if last else set()
-        return ids, [{"role": m["role"], "content": m["content"]} for m in rows], [i for i, x in enumerate(ids) if x in before]
+        return ids, messages, [i for i, x in enumerate(ids) if x is not None and x in before]
 
     def policy_for(self, conversation: dict, model: ServedModel) -> ContextPolicy:
-        """The conversation's own context policy, or the plan's."""
+        """The conversation's own context policy, else the Settings page's default, else the plan's."""
         plan = model.plan
-        return ContextPolicy(conversation.get("context_policy") or plan.context_policy, plan.sink_tokens, plan.evict_chunk)
+        chosen = conversation.get("context_policy") or self.prefs.context_policy() or plan.context_policy
+        return ContextPolicy(chosen, plan.sink_tokens, plan.evict_chunk)
 
-    async def start_reply(self, conversation_id: str, content: str, sampling: SamplingParams,
-                          watch=None, keep_alive: float | None = None) -> Reply:
-        """Submit the conversation plus the new message; return once the engine accepted it
-        (Started: the user message is stored) or queued it behind other replies (Queued: it is
-        stored when its turn comes, see accept()). watch: the client's ClientWatch; when the
-        client leaves, the request is cancelled wherever it is."""
+    def sampling_for(self, conversation: dict, temperature: float | None = None, max_tokens: int | None = None,
+                     seed: int | None = None) -> SamplingParams:
+        """The request's own values, else the conversation's, else the Settings page's defaults."""
+        defaults = self.prefs.sampling_defaults()
+
+        def pick(name: str, asked):
+            if asked is not None:
+                return asked
+            own = conversation.get(name)
+            return own if own is not None else defaults[name]
+
+        return SamplingParams(temperature=pick("temperature", temperature), top_p=pick("top_p", None),
+                              max_tokens=pick("max_tokens", max_tokens), seed=seed)
+
+    def create(self, title: str | None = None, model_id: str | None = None) -> dict:
+        """A new conversation with the Settings page's defaults (its system prompt)."""
+        return self.store.create_conversation(title=title, model_id=model_id, **self.prefs.conversation_defaults())
+
+    def regenerate_target(self, conversation_id: str, message_id: int | None) -> dict:
+        """The user message a new reply answers: the parent of an assistant message, a user message
+        itself, or (None) the latest user message of the active branch."""
+        if message_id is None:
+            users = [m for m in self.store.branch(conversation_id) if m["role"] == "user"]
+            if not users:
+                raise InvalidRequest("This conversation has no message to answer yet; send one first.")
+            return users[-1]
+        message = self.store.get_message(conversation_id, message_id)
+        if message["role"] == "assistant":
+            if message["parent_id"] is None:
+                raise InvalidRequest("This reply answers no message of yours, so it cannot be written again.")
+            message = self.store.get_message(conversation_id, message["parent_id"])
+        if message["role"] != "user":
+            raise InvalidRequest("Only a reply, or a message of yours, can get a new reply.")
+        return message
+
+    def edit_parent(self, conversation_id: str, edit_of: int) -> int | None:
+        """Where an edit of a user message goes: beside it, under the same parent."""
+        message = self.store.get_message(conversation_id, edit_of)
+        if message["role"] != "user":
+            raise InvalidRequest("Only your own messages can be edited; a reply can be regenerated instead.")
+        return message["parent_id"]
+
+    async def start_reply(self, conversation_id: str, content: str | None, sampling: SamplingParams,
+                          watch=None, keep_alive: float | None = None, parent: int | None | object = LEAF) -> Reply:
+        """Submit the branch plus the new message (content; parent: where it goes, default the
+        active branch's end) or, with content None, a new reply to the user message `parent`.
+        Return once the engine accepted it (Started: the user message is stored) or queued it
+        behind other replies (Queued: it is stored when its turn comes, see accept()). watch: the
+        client's ClientWatch; when the client leaves, the request is cancelled wherever it is."""
         conversation = self.store.get_conversation(conversation_id)
+        if parent is LEAF:
+            parent = conversation["current_leaf_id"]
         if conversation_id in self._active:
             raise Conflict(
                 "A reply is still being written in this conversation. Stop it or wait for it to finish."
@@ -75,8 +134,9 @@ class ChatService:
         self._active[conversation_id] = None  # reserved: a second request now gets Conflict
         stream = None
         try:
-            ids, messages, before = self.history(conversation_id)
-            messages.append({"role": "user", "content": content})
+            ids, messages, before = self.history(conversation, parent)
+            if content is not None:
+                messages.append({"role": "user", "content": content})
             def cancelled() -> bool:
                 return conversation_id in self._stop_asked or (watch is not None and watch.cancelled())
 
@@ -88,7 +148,7 @@ class ChatService:
                                       evicted=before, speculative=self.models.speculative_for(model))
             if watch is not None:
                 watch.attach(stream)
-            reply = self._active[conversation_id] = Reply(conversation_id, model, stream, content, ids=ids)
+            reply = self._active[conversation_id] = Reply(conversation_id, model, stream, content, parent, ids=ids)
             if conversation_id in self._stop_asked:  # pressed while the model was being acquired
                 stream.cancel()
             first = await stream.next_event()
@@ -111,9 +171,14 @@ class ChatService:
 
     def accept(self, reply: Reply, started: Started) -> None:
         """The engine took the prompt: store the user's message and what was left out to fit."""
-        reply.user_message = self.store.add_message(reply.conversation_id, "user", reply.content)
+        if reply.content is None:  # a new reply to a message already stored
+            user = self.store.get_message(reply.conversation_id, reply.parent)
+        else:
+            user = self.store.add_message(reply.conversation_id, "user", reply.content, parent_id=reply.parent)
+        reply.user_message = self.store.with_siblings(user)
+        reply.title = self.store.get_conversation(reply.conversation_id)["title"]
         reply.prompt_tokens = started.prompt_tokens
-        reply.evicted_ids = [reply.ids[i] for i in started.dropped]
+        reply.evicted_ids = [reply.ids[i] for i in started.dropped if reply.ids[i] is not None]
         reply.evicted_tokens = started.evicted_tokens
         reply.policy = started.policy
 
@@ -130,8 +195,10 @@ class ChatService:
         loaded = self.models.loaded_model(model["id"])
         plan = loaded.plan if loaded is not None else self.models.plan_for(model, dry_run=False)
         own = conversation.get("context_policy")
+        default = self.prefs.context_policy()
         return {
-            "policy": own or plan.context_policy, "source": "conversation" if own else "plan",
+            "policy": own or default or plan.context_policy,
+            "source": "conversation" if own else "settings" if default else "plan",
             "plan_policy": plan.context_policy, "n_ctx": plan.n_ctx, "sink_tokens": plan.sink_tokens,
             "evict_chunk": plan.evict_chunk, "model": model["id"],
             "reason": next((r for r in plan.reasons if r.startswith(f"Past {plan.n_ctx} tokens")), None),
@@ -164,7 +231,8 @@ class ChatService:
     def save_finished(self, reply: Reply, event: Finished) -> dict:
         self.models.record(reply.model, event.stats, "chat")
         if event.dropped:  # the context filled up mid-reply and shifted past these
-            reply.evicted_ids = sorted(set(reply.evicted_ids) | {reply.ids[i] for i in event.dropped if i < len(reply.ids)})
+            reply.evicted_ids = sorted(set(reply.evicted_ids) | {reply.ids[i] for i in event.dropped
+                                                                 if i < len(reply.ids) and reply.ids[i] is not None})
         reply.evicted_tokens = max(reply.evicted_tokens, event.stats.evicted_tokens)
         return self._save(reply, event.text, STATUS_FOR_FINISH[event.finish_reason], event.finish_reason, event.stats)
 
@@ -197,7 +265,9 @@ class ChatService:
                     fields.update(spec_source=stats.spec_source, drafted_tokens=stats.drafted_tokens,
                                   accepted_tokens=stats.accepted_tokens)
             try:
-                reply.saved = self.store.add_message(reply.conversation_id, "assistant", text, **fields)
+                saved = self.store.add_message(reply.conversation_id, "assistant", text,
+                                               parent_id=reply.user_message["id"], **fields)
+                reply.saved = self.store.with_siblings(saved)
             except NotFound:  # the conversation was deleted while the reply was written
                 reply.saved = {}
         return reply.saved

@@ -122,6 +122,47 @@ def m009_hub(db: Database) -> None:
         db["models"].add_column(column, kind)
 
 
+def m010_conversation_tree(db: Database) -> None:
+    """Conversations become trees (an edit or a regenerated reply is a sibling; the active branch ends
+    at current_leaf_id), with per-conversation settings, pins, full-text search, saved system-prompt
+    presets and app settings."""
+    db["messages"].add_column("parent_id", int)
+    db.execute(
+        "update messages set parent_id = (select max(p.id) from messages p"
+        " where p.conversation_id = messages.conversation_id and p.id < messages.id)"
+    )
+    db["messages"].create_index(["conversation_id", "parent_id"])
+    conversations = db["conversations"]
+    conversations.add_column("current_leaf_id", int)
+    conversations.add_column("pinned", int, not_null_default=0)
+    for column, kind in (("system_prompt", str), ("temperature", float), ("top_p", float), ("max_tokens", int)):
+        conversations.add_column(column, kind)
+    db.execute(
+        "update conversations set current_leaf_id = (select max(m.id) from messages m where m.conversation_id = conversations.id)"
+    )
+    # External-content FTS5 index over message text, kept in step by triggers.
+    db.execute("create virtual table messages_fts using fts5(content, content='messages', content_rowid='id',"
+               " tokenize='unicode61 remove_diacritics 2')")
+    db.execute("insert into messages_fts(messages_fts) values ('rebuild')")
+    db.execute("create trigger messages_fts_insert after insert on messages begin"
+               " insert into messages_fts(rowid, content) values (new.id, new.content); end")
+    db.execute("create trigger messages_fts_delete after delete on messages begin"
+               " insert into messages_fts(messages_fts, rowid, content) values ('delete', old.id, old.content); end")
+    db.execute("create trigger messages_fts_update after update of content on messages begin"
+               " insert into messages_fts(messages_fts, rowid, content) values ('delete', old.id, old.content);"
+               " insert into messages_fts(rowid, content) values (new.id, new.content); end")
+    db["presets"].create({"id": int, "name": str, "content": str, "created_at": str}, pk="id", not_null={"name", "content"})
+    db["presets"].create_index(["name"], unique=True)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    for name, content in (
+        ("Concise", "Answer briefly and directly. Use short sentences and no filler."),
+        ("Explain like a teacher", "Explain step by step, with a small example, for someone new to the topic."),
+        ("Code helper", "You are a careful programmer. Answer with working code in fenced blocks and say what it does."),
+    ):
+        db["presets"].insert({"name": name, "content": content, "created_at": stamp})
+    db["settings"].create({"key": str, "value": str}, pk="key")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -132,6 +173,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m007_speculative,
     m008_measurement_share,
     m009_hub,
+    m010_conversation_tree,
 ]
 
 

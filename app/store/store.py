@@ -1,4 +1,5 @@
-"""People-facing state in one SQLite file: conversations, messages, registered models.
+"""People-facing state in one SQLite file: conversations (store/conversations.py), presets and
+settings (store/prefs.py), registered models, measurements, downloads.
 
 One connection shared by the server's threads behind a lock; every write that must not be left
 half-done runs in one transaction.
@@ -8,25 +9,23 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlite_utils import Database
 
 from tandem.app.errors import NotFound
+from tandem.app.store.conversations import DEFAULT_TITLE, ConversationStore  # noqa: F401 (re-exported)
 from tandem.app.store.migrations import migrate
+from tandem.app.store.prefs import PrefsStore
 
-DEFAULT_TITLE = "New chat"
-REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps",
-                "evicted_ids", "evicted_tokens", "spec_source", "drafted_tokens", "accepted_tokens", "predicted_tps")
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-class Store:
+class Store(ConversationStore, PrefsStore):
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,93 +40,6 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.db.close()
-
-    # --- conversations
-    def create_conversation(self, title: str | None = None, model_id: str | None = None) -> dict:
-        stamp = now_iso()
-        row = {
-            "id": uuid.uuid4().hex,
-            "title": (title or "").strip() or DEFAULT_TITLE,
-            "model_id": model_id,
-            "context_policy": None,
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        with self._lock, self.db.atomic():
-            self.db["conversations"].insert(row)
-        return row
-
-    def list_conversations(self) -> list[dict]:
-        with self._lock:
-            return list(
-                self.db.query(
-                    "select c.*, (select count(*) from messages m where m.conversation_id = c.id)"
-                    " as message_count from conversations c order by c.updated_at desc, c.rowid desc"
-                )
-            )
-
-    def get_conversation(self, conversation_id: str) -> dict:
-        with self._lock:
-            rows = list(self.db["conversations"].rows_where("id = ?", [conversation_id]))
-        if not rows:
-            raise NotFound(
-                f"No conversation with id {conversation_id!r}. It may have been deleted; "
-                "list conversations with GET /api/conversations."
-            )
-        return rows[0]
-
-    def rename_conversation(self, conversation_id: str, title: str) -> dict:
-        self.get_conversation(conversation_id)
-        with self._lock, self.db.atomic():
-            self.db["conversations"].update(
-                conversation_id, {"title": title.strip() or DEFAULT_TITLE, "updated_at": now_iso()}
-            )
-        return self.get_conversation(conversation_id)
-
-    def set_conversation_model(self, conversation_id: str, model_id: str | None) -> dict:
-        """The model the conversation is answered with; None: the default model."""
-        self.get_conversation(conversation_id)
-        with self._lock, self.db.atomic():
-            self.db["conversations"].update(conversation_id, {"model_id": model_id, "updated_at": now_iso()})
-        return self.get_conversation(conversation_id)
-
-    def set_context_policy(self, conversation_id: str, policy: str | None) -> dict:
-        self.get_conversation(conversation_id)
-        with self._lock, self.db.atomic():
-            self.db["conversations"].update(conversation_id, {"context_policy": policy})
-        return self.get_conversation(conversation_id)
-
-    def delete_conversation(self, conversation_id: str) -> None:
-        self.get_conversation(conversation_id)
-        with self._lock, self.db.atomic():
-            self.db.execute("delete from messages where conversation_id = ?", [conversation_id])
-            self.db.execute("delete from conversations where id = ?", [conversation_id])
-
-    # --- messages
-    def list_messages(self, conversation_id: str) -> list[dict]:
-        self.get_conversation(conversation_id)
-        with self._lock:
-            return list(
-                self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id")
-            )
-
-    def add_message(self, conversation_id: str, role: str, content: str, **reply: object) -> dict:
-        """Append one message; the conversation's updated_at (and a default title) move with it."""
-        unknown = set(reply) - set(REPLY_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown message fields: {sorted(unknown)}")
-        conv = self.get_conversation(conversation_id)
-        stamp = now_iso()
-        row = {"conversation_id": conversation_id, "role": role, "content": content, "created_at": stamp}
-        row.update({k: v for k, v in reply.items() if v is not None})
-        changes: dict = {"updated_at": stamp}
-        if role == "user" and conv["title"] == DEFAULT_TITLE:
-            changes["title"] = title_from(content)
-        with self._lock, self.db.atomic():
-            table = self.db["messages"].insert(row)
-            row["id"] = table.last_pk
-            self.db["conversations"].update(conversation_id, changes)
-            return self.db["messages"].get(row["id"])
 
     # --- speed measurements (planner calibration)
     def add_measurement(self, **row) -> None:

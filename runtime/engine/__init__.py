@@ -3,7 +3,7 @@ generation step per reply, and streams of events back to the caller."""
 
 from tandem.runtime.engine.params import LoadParams, SamplingParams
 from tandem.runtime.engine.scheduler import Lease, Scheduler
-from tandem.runtime.engine.stream import Failed, Finished, Queued, ReplyStats, ReplyStream, Started, Token
+from tandem.runtime.engine.stream import Failed, Finished, Progress, Queued, ReplyStats, ReplyStream, Started, Token
 from tandem.runtime.engine.worker import ModelWorker
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Lease",
     "LoadParams",
     "ModelWorker",
+    "Progress",
     "Queued",
     "ReplyStats",
     "ReplyStream",

@@ -18,7 +18,7 @@ from tandem.runtime.engine.context import ContextPolicy, fit_conversation
 from tandem.runtime.engine.model import LoadedModel
 from tandem.runtime.engine.params import SamplingParams
 from tandem.runtime.engine.speculative import SpecStats
-from tandem.runtime.engine.stream import Failed, Finished, ReplyStats, ReplyStream, Started, Token
+from tandem.runtime.engine.stream import Failed, Finished, Progress, ReplyStats, ReplyStream, Started, Token
 from tandem.runtime.engine.text import StopMatcher, Utf8Stream
 from tandem.runtime.errors import ContextOverflow, Interrupted, RuntimeFailure
 
@@ -105,7 +105,7 @@ class _Reply:
         applied = "drop_turns" if policy.policy == "sink_window" and not shift else policy.policy
         stream.emit(Started(n_prompt, dropped, evicted_tokens, applied))
         restored = self.take_cache(req.key)
-        cached = decoder.prefill(tokens, allow_shift=shift)
+        cached = decoder.prefill(tokens, allow_shift=shift, on_progress=lambda done, total: stream.emit(Progress(done, total)))
         tokens_in, shifted = tokens, decoder.shifted
 
         limit = sampling.max_tokens or (n_ctx - n_prompt)

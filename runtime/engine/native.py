@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Callable
 
 import llama_cpp
 
@@ -109,7 +110,8 @@ class NativeDecoder:
         """Whether positions in this cache can be moved (llama_memory_can_shift)."""
         return bool(llama_cpp.llama_memory_can_shift(self.memory))
 
-    def prefill(self, tokens: list[int], allow_shift: bool = False) -> int:
+    def prefill(self, tokens: list[int], allow_shift: bool = False,
+                on_progress: Callable[[int, int], None] | None = None) -> int:
         """Evaluate a prompt, reusing the cached prefix it shares; returns how many were reused.
 
         Evaluated in batches of n_batch; the abort switch interrupts it at any moment (Interrupted,
@@ -119,6 +121,8 @@ class NativeDecoder:
         has (older messages left out), remove that run and shift what follows into place instead
         of evaluating it again. The moved keys and values keep what they saw of the removed
         tokens (as in llama.cpp's context shift), so this is not bit-identical to re-evaluation.
+
+        on_progress(done, total): after each batch, when the prompt takes more than one.
         """
         self.shifted = 0
         keep = _common(self.cached, tokens)
@@ -134,10 +138,15 @@ class NativeDecoder:
                 keep = 0
             self.cached = self.cached[:keep]
         rest = tokens[keep:]
+        report = on_progress if on_progress is not None and len(rest) > self.n_batch else None
+        if report is not None:
+            report(keep, len(tokens))
         for i in range(0, len(rest), self.n_batch):
             if self.abort.is_set:
                 raise Interrupted("Stopped while reading the prompt.")
             self.decode(rest[i : i + self.n_batch])
+            if report is not None:
+                report(keep + min(i + self.n_batch, len(rest)), len(tokens))
         return keep
 
     def remove(self, start: int, count: int) -> bool:

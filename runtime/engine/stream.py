@@ -66,6 +66,14 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Reading a long prompt: `done` of its `total` tokens are in the cache (reused ones included)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Queued:
     """The request waits for the model: `position` requests run or wait ahead of it (1: next).
     Sent when it is queued behind another and again each time it moves up."""

@@ -68,7 +68,10 @@ def test_stop_while_the_model_reads_a_long_message(api):
             if event == "start":
                 time.sleep(0.3)  # inside the prompt's evaluation (seconds on this machine)
                 assert api.post(f"/api/conversations/{cid}/stop").json() == {"stopped": True}
-    assert [e for e, _ in events] == ["start", "done"]
+    assert [e for e, _ in events if e != "progress"] == ["start", "done"]
+    progress = [d for e, d in events if e == "progress"]
+    assert progress and all(p["total"] == events[0][1]["prompt_tokens"] for p in progress)
+    assert progress[-1]["done"] < progress[-1]["total"]  # stopped before the whole prompt was read
     done = events[-1][1]
     assert done["message"]["status"] == "stopped" and done["stats"]["completion_tokens"] == 0
     cached, total = cached_after(api, prompt)

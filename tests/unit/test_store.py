@@ -34,12 +34,35 @@ def test_upgrade_from_the_first_schema_keeps_existing_conversations(tmp_path):
 
     store = Store(path)
     assert store.migrations_run == ["m002_reply_stats", "m003_models", "m004_measurements", "m005_evicted",
-                                   "m006_context_policy", "m007_speculative", "m008_measurement_share", "m009_hub"]
+                                   "m006_context_policy", "m007_speculative", "m008_measurement_share", "m009_hub",
+                                   "m010_conversation_tree"]
     [msg] = store.list_messages("c1")
     assert msg["content"] == "hello from v1"
     assert msg["status"] == "complete"  # rows written before m002 get the default
     reply = store.add_message("c1", "assistant", "hi", status="stopped", completion_tokens=3)
     assert reply["status"] == "stopped" and reply["completion_tokens"] == 3
+    assert reply["parent_id"] == msg["id"]  # the old message became the root of the branch
+    assert [m["id"] for m in store.branch("c1")] == [msg["id"], reply["id"]]
+    assert [r["message_id"] for r in store.search("from v1")] == [msg["id"]]  # indexed by the migration
+    store.close()
+
+
+def test_upgrade_from_the_hub_schema_makes_linear_trees(tmp_path):
+    path = tmp_path / "v9.db"
+    old = Database(sqlite3.connect(path))
+    migrate(old, upto="m009_hub")
+    for cid in ("a", "b"):
+        old["conversations"].insert({"id": cid, "title": cid, "created_at": "2025-01-01", "updated_at": "2025-01-01"})
+    for i, cid in enumerate(["a", "b", "a", "b", "a"]):  # interleaved ids across two conversations
+        old["messages"].insert({"conversation_id": cid, "role": "user" if i < 2 else "assistant",
+                                "content": f"m{i}", "created_at": "2025-01-01"})
+    old.conn.commit()
+    old.close()
+    store = Store(path)
+    a = store.branch("a")
+    assert [m["content"] for m in a] == ["m0", "m2", "m4"]
+    assert [m["parent_id"] for m in a] == [None, a[0]["id"], a[1]["id"]]
+    assert [m["content"] for m in store.branch("b")] == ["m1", "m3"]
     store.close()
 
 

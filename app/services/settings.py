@@ -1,0 +1,190 @@
+"""The app's settings as the Settings page edits them.
+
+Two kinds:
+- live ones (theme, the defaults of new conversations, the default model) apply at once and are
+  kept in the database;
+- start-up ones (port, saved-cache size, data folder) apply at the next start. Port and cache
+  size are kept in the database and used when neither a command-line option nor a TANDEM_*
+  variable sets them; the data folder cannot live inside itself, so it is kept in a small file in
+  the user's config folder (TANDEM_CONFIG_DIR), read when TANDEM_DATA_DIR and --data-dir are unset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from tandem.app.config import DATA_DIR_FILE, Settings, config_dir
+from tandem.app.errors import InvalidRequest
+from tandem.app.store import Store
+from tandem.runtime.engine.context import POLICIES
+
+THEMES = ("system", "light", "dark")
+LIVE = ("theme", "default_model_id", "system_prompt", "temperature", "top_p", "max_tokens", "context_policy")
+AT_START = ("port", "context_cache_mb", "data_dir")
+MAX_SYSTEM_PROMPT = 20_000
+
+
+class SettingsService:
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.running_port: int | None = None  # the port bound (settings.port may be 0: any free one)
+
+    def values(self) -> dict:
+        saved = self.store.saved_settings()
+        s = self.settings
+        default = next((m for m in self.store.list_models() if m["is_default"]), None)
+        return {
+            "theme": saved.get("theme", "system"),
+            "default_model_id": default["id"] if default else None,
+            "system_prompt": saved.get("system_prompt"),
+            "temperature": saved.get("temperature", s.temperature),
+            "top_p": saved.get("top_p", 0.95),
+            "max_tokens": saved.get("max_tokens", s.max_tokens),
+            "context_policy": saved.get("context_policy"),
+            # start-up settings: what the next start uses (this run's value is in `running`)
+            "port": saved.get("port", s.port),
+            "context_cache_mb": saved.get("context_cache_mb", s.context_cache_mb),
+            "data_dir": str(_saved_data_dir() or s.data_dir),
+        }
+
+    def describe(self) -> dict:
+        s = self.settings
+        return {
+            "values": self.values(),
+            "restart": list(AT_START),
+            "running": {"port": self.running_port or s.port, "context_cache_mb": s.context_cache_mb, "data_dir": str(s.data_dir)},
+            "choices": {"theme": list(THEMES), "context_policy": [None, *POLICIES]},
+        }
+
+    def update(self, changes: dict) -> dict:
+        """Check every change first, then save them together; a bad value changes nothing."""
+        unknown = sorted(set(changes) - set(LIVE) - set(AT_START))
+        if unknown:
+            raise InvalidRequest(f"Unknown setting {unknown[0]!r}; the settings are {', '.join(LIVE + AT_START)}.")
+        clean = {k: _check(k, v, self.settings) for k, v in changes.items()}
+        if "default_model_id" in clean:
+            model = self.store.get_model(clean.pop("default_model_id"))  # NotFound: a clear 404
+            self.store.upsert_model({**model, "is_default": 1})
+        if "data_dir" in clean:
+            _save_data_dir(clean.pop("data_dir"))
+        self.store.save_settings(clean)
+        return self.describe()
+
+    # --- what a reply or a new conversation uses
+    def conversation_defaults(self) -> dict:
+        v = self.values()
+        return {k: v[k] for k in ("system_prompt",) if v[k]}
+
+    def sampling_defaults(self) -> dict:
+        v = self.values()
+        return {"temperature": v["temperature"], "top_p": v["top_p"], "max_tokens": v["max_tokens"]}
+
+    def context_policy(self) -> str | None:
+        return self.values()["context_policy"]
+
+
+def apply_saved_start_settings(settings: Settings, store: Store) -> None:
+    """The saved cache size, where no option or TANDEM_* variable set it for this run (the port:
+    saved_start_port, before the server binds)."""
+    saved = store.saved_settings()
+    for key in ("context_cache_mb",):
+        if key in saved and key not in settings.model_fields_set:
+            try:
+                setattr(settings, key, _check(key, saved[key], settings))
+            except InvalidRequest:
+                continue  # a damaged saved value: keep the default
+
+
+def _check(key: str, value, settings: Settings):
+    def number(lo: float, hi: float, integer: bool = False):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not lo <= value <= hi or (integer and value != int(value)):
+            kind = "a whole number" if integer else "a number"
+            raise InvalidRequest(f"{key} must be {kind} from {lo:g} to {hi:g}; got {value!r}.")
+        return int(value) if integer else float(value)
+
+    if key == "theme":
+        if value not in THEMES:
+            raise InvalidRequest(f"theme must be one of {', '.join(THEMES)}; got {value!r}.")
+        return value
+    if key == "default_model_id":
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest("default_model_id must be an installed model's id (GET /api/models lists them).")
+        return value
+    if key == "system_prompt":
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str) or len(value) > MAX_SYSTEM_PROMPT:
+            raise InvalidRequest(f"system_prompt must be text of at most {MAX_SYSTEM_PROMPT} characters.")
+        return value
+    if key == "context_policy":
+        if value is not None and value not in POLICIES:
+            raise InvalidRequest(f"context_policy must be one of {', '.join(POLICIES)}, or null for the plan's choice.")
+        return value
+    if key == "temperature":
+        return number(0.0, 5.0)
+    if key == "top_p":
+        return number(0.01, 1.0)
+    if key == "max_tokens":
+        return number(1, settings.max_reply_tokens, integer=True)
+    if key == "port":
+        return number(1, 65535, integer=True)
+    if key == "context_cache_mb":
+        return number(0, 1024 * 1024, integer=True)
+    if key == "data_dir":
+        return _check_folder(value)
+    raise InvalidRequest(f"Unknown setting {key!r}.")
+
+
+def _check_folder(value) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest("data_dir must be a folder path.")
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        raise InvalidRequest(f"data_dir must be an absolute path (like /home/you/tandem-data); got {value!r}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".tandem-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise InvalidRequest(f"Tandem cannot write to {path} ({err.strerror or err}); choose a folder you own.") from err
+    return path
+
+
+def _saved_data_dir() -> Path | None:
+    try:
+        text = (config_dir() / DATA_DIR_FILE).read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def saved_start_port(db_path: Path) -> int | None:
+    """The port saved on the Settings page, read before the server binds (None: none saved)."""
+    import json
+    import sqlite3
+
+    if not db_path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("select value from settings where key = 'port'").fetchone()
+        finally:
+            conn.close()
+        port = json.loads(row[0]) if row else None
+    except (sqlite3.Error, ValueError, TypeError):
+        return None
+    return port if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535 else None
+
+
+def _save_data_dir(path: Path) -> None:
+    folder = config_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (DATA_DIR_FILE + ".tmp")
+    tmp.write_text(str(path) + "\n")
+    os.replace(tmp, folder / DATA_DIR_FILE)
