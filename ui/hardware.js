@@ -1,24 +1,22 @@
-// The Hardware page: CPU, memory and bandwidth, each GPU with a VRAM bar, the engine build.
+// The Hardware page: CPU, memory and bandwidth, each GPU with a VRAM bar, the engine build, and
+// the default model's memory map linked to its plan.
 import { el } from "./dom.js";
 import { api } from "./api.js";
+import { memoryChart, size, tps } from "./charts.js";
+import { modelHref, modelLabel, modelTitle } from "./names.js";
 
+export { size };
 
-export function size(n) {
-  if (n === null || n === undefined) return "?";
-  for (const [unit, shift] of [["GiB", 30], ["MiB", 20], ["KiB", 10]]) {
-    const v = n / 2 ** shift;
-    if (v >= 1) return `${Number.isInteger(v) ? v : v.toFixed(1)} ${unit}`;
-  }
-  return `${n} B`;
-}
 
 function card(title, rows) {
   const box = el("div", "hw-card");
   box.append(el("h3", "", title));
   const dl = el("dl");
-  for (const [k, v] of rows) {
+  for (const [k, v, help] of rows) {
     if (v === null || v === undefined || v === "") continue;
-    dl.append(el("dt", "", k), el("dd", "", String(v)));
+    const dt = el("dt", help ? "explained" : "", k);
+    if (help) dt.title = help;
+    dl.append(dt, el("dd", "", String(v)));
   }
   box.append(dl);
   return box;
@@ -42,37 +40,34 @@ function vramBar(g) {
   return wrap;
 }
 
-const PARTS = [["weights", "Weights"], ["kv", "KV cache"], ["compute", "Compute"], ["overhead", "Runtime"], ["margin", "Margin"]];
+function gpuNames(hw) {
+  return Object.fromEntries((hw?.gpus || []).map((g) => [`GPU${g.index}`, g.name]));
+}
 
-function memoryMap(plan) {
+// The card of the model answering by default: its memory map and reasons, with the way to its
+// full plan (the Models page's plan view, where each choice leads to its reason).
+function planCard(plan, model, hw) {
   const box = el("div", "hw-card plan");
-  box.append(el("h3", "", `How the model runs: ${plan.decode_tps.toFixed(1)} tokens/s predicted`));
+  const head = el("div", "plan-card-head");
+  const title = el("h3", "", `How ${modelLabel(model)} runs: ${tps(plan.decode_tps)} tokens/s predicted`);
+  title.title = modelTitle(model);
+  const open = el("a", "open-plan", "Open its plan →");
+  open.href = modelHref(model.id);
+  open.title = "Each choice of the plan, its memory map, its speed against real replies, and why";
+  head.append(title, open);
+  box.append(head);
   const m = plan.measured;
   if (m && m.count) {
-    box.append(el("p", "measured", `Measured here: ${m.median_measured_tps.toFixed(1)} tokens/s (median of the last ${m.count} replies; predicted for them ${m.median_predicted_tps.toFixed(1)} before calibration)`));
+    box.append(el("p", "measured", `Measured here: ${tps(m.median_measured_tps)} tokens/s (median of the last ${m.count} replies; predicted for them ${tps(m.median_predicted_tps)} before calibration)`));
   }
-  for (const dev of plan.memory) {
-    const row = el("div", "device");
-    row.dataset.device = dev.device;
-    const cap = dev.capacity || dev.total + dev.margin;
-    const bar = el("div", "bar");
-    for (const [key, label] of PARTS) {
-      if (!dev[key]) continue;
-      const part = el("span", `part ${key}`);
-      part.style.width = `${(100 * dev[key]) / cap}%`;
-      part.title = `${label}: ${size(dev[key])}`;
-      bar.append(part);
-    }
-    const legend = PARTS.filter(([k]) => dev[k]).map(([k, label]) => `${label} ${size(dev[k])}`).join(" · ");
-    row.append(el("div", "device-name", dev.device), bar,
-      el("div", "legend", `${legend} · free ${size(Math.max(0, cap - dev.total - dev.margin))} of ${size(cap)}`));
-    box.append(row);
-  }
+  box.append(memoryChart(plan.memory, { title: "Memory per device", names: gpuNames(hw) }));
   const spec = plan.draft
     ? `Speculative decoding: ${plan.draft.model} drafts on ${plan.draft.device}, ${plan.draft.k} tokens a step, ` +
-      `${plan.draft.predicted_tps.toFixed(1)} tokens/s predicted (plain ${plan.draft.plain_tps.toFixed(1)})`
+      `${tps(plan.draft.predicted_tps)} tokens/s predicted (plain ${tps(plan.draft.plain_tps)})`
     : `Speculative decoding: ${plan.speculative === "prompt_lookup" ? "prompt lookup" : "off"}`;
-  box.append(el("p", "speculative", spec));
+  const specLine = el("p", "speculative", spec);
+  specLine.title = "Speculative decoding: tokens are guessed ahead (from the conversation, or by a small draft model) and the model checks several at once; right guesses make replies faster.";
+  box.append(specLine);
   const ul = el("ul", "reasons");
   for (const r of plan.reasons) ul.append(el("li", "", r));
   box.append(ul);
@@ -86,8 +81,12 @@ function modelList(models) {
   for (const m of models) {
     const flags = [m.loaded ? "loaded" : null, m.is_default ? "default" : null].filter(Boolean).join(", ");
     const drafts = m.drafts.length ? `can be drafted for by ${m.drafts.join(", ")}` : "no installed model can draft for it";
-    const li = el("li", "", `${m.name} (${size(m.size_bytes)}${flags ? ", " + flags : ""}): ${drafts}`);
+    const li = el("li");
     li.dataset.model = m.id;
+    const link = el("a", "model-link", modelLabel(m));
+    link.href = modelHref(m.id);
+    link.title = `${modelTitle(m)}\nOpen its plan: how it runs on this machine`;
+    li.append(link, ` (${size(m.size_bytes)}${flags ? ", " + flags : ""}): ${drafts}`);
     ul.append(li);
   }
   box.append(ul);
@@ -110,21 +109,21 @@ export async function renderHardware(view, loadedModelId) {
   grid.append(card("CPU", [
     ["Model", c.brand],
     ["Cores", `${c.physical_cores ?? "?"} physical, ${c.logical_cores ?? "?"} logical`],
-    ["Features", c.features.join(", ") || "none detected"],
+    ["Features", c.features.join(", ") || "none detected", "Instruction sets the CPU offers; llama.cpp uses the widest (AVX2, AVX-512...) for faster arithmetic."],
     ["Cache", `L1d ${size(c.l1d_bytes)} · L2 ${size(c.l2_bytes)} · L3 ${size(c.l3_bytes)}`],
   ]));
   const m = hw.memory;
   grid.append(card("Memory", [
     ["Total", size(m.total_bytes)],
-    ["Available", size(m.available_bytes)],
-    ["Read bandwidth", m.read_bandwidth_gbps ? `${m.read_bandwidth_gbps} GB/s (measured)` : "not measured"],
+    ["Available", size(m.available_bytes), "Memory programs can take now without pushing others out: what a plan may use on the CPU."],
+    ["Read bandwidth", m.read_bandwidth_gbps ? `${m.read_bandwidth_gbps} GB/s (measured)` : "not measured", "How fast the CPU reads memory. Writing a token reads every weight once, so on the CPU this sets the speed."],
     ["Swap", size(m.swap_total_bytes)],
   ]));
   if (!hw.gpus.length) grid.append(card("GPU", [["Found", "none"]]));
   for (const g of hw.gpus) {
     const box = card(`GPU ${g.index}: ${g.name}`, [
       ["Memory", g.unified ? "shared with the CPU (unified)" : "dedicated"],
-      ["Compute capability", g.compute_capability],
+      ["Compute capability", g.compute_capability, "NVIDIA's generation number of the GPU: which features its kernels can use."],
       ["PCIe link", g.pcie_gen ? `${g.pcie_gen}.0 x${g.pcie_width} (${g.pcie_gbps} GB/s)` : null],
       ["Power", g.power_limit_w ? `${g.power_draw_w ?? "?"} of ${g.power_limit_w} W` : null],
       ["Driver", g.driver],
@@ -139,19 +138,23 @@ export async function renderHardware(view, loadedModelId) {
     ["Power", hw.power.on_battery === null ? null : hw.power.on_battery ? "on battery" : "on mains"],
     ["Free disk", hw.disk.free_bytes !== null ? `${size(hw.disk.free_bytes)} in ${hw.disk.path}` : null],
   ]));
+  const model = models.find((x) => x.id === loadedModelId) || (loadedModelId ? { id: loadedModelId } : null);
   if (info) {
     const kv = [...new Set(info.n_head_kv)].join("/");
-    grid.append(card(`Model: ${info.name ?? info.id}`, [
+    const modelCard = card(`Model: ${modelLabel(model)}`, [
       ["Architecture", `${info.architecture}, ${info.file_type ?? info.dominant_type}`],
       ["Size", `${size(info.weight_bytes)} of weights, ${(info.n_params / 1e9).toFixed(2)} B parameters`],
-      ["Layers", info.n_layer],
-      ["Attention", `${info.n_head} heads, ${kv} KV heads`],
-      ["Trained context", info.n_ctx_train],
-      ["Sliding window", info.sliding_window ? `${info.sliding_window} tokens` : null],
-    ]));
+      ["Layers", info.n_layer, "The model's repeated building blocks; a plan puts each one on the GPU or the CPU."],
+      ["Attention", `${info.n_head} heads, ${kv} KV heads`, "KV heads: how many sets of keys and values each layer keeps per token; fewer makes the KV cache (the memory of the conversation) smaller."],
+      ["Trained context", info.n_ctx_train, "The longest text, in tokens, the model saw in training; past it, answers get weaker."],
+      ["Sliding window", info.sliding_window ? `${info.sliding_window} tokens` : null, "Some layers only look at the latest tokens, which keeps their part of the KV cache small."],
+    ]);
+    modelCard.classList.add("model");
+    modelCard.querySelector("h3").title = modelTitle(model);
+    grid.append(modelCard);
   }
   view.append(grid);
-  if (plan) view.append(memoryMap(plan));
+  if (plan) view.append(planCard(plan, model, hw));
   if (models.length) view.append(modelList(models));
   for (const p of hw.problems) view.append(el("p", "muted", `Not read: ${p}`));
 }

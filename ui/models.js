@@ -1,13 +1,14 @@
 // The Models page: the offline catalog, hub search, a repo's files with the verdict for this
-// machine, downloads followed as server-sent events, installed models and imports.
+// machine, downloads followed as server-sent events, installed models and imports; and each
+// installed model's plan view (#/models/<id>): its choices, memory map, speed and reasons.
 // Hub data is untrusted: everything here is built with textContent, never HTML.
 import { el } from "./dom.js";
 import { api } from "./api.js";
-import { size } from "./hardware.js";
+import { memoryChart, size, speedChart, tps } from "./charts.js";
+import { modelHref, modelLabel, modelTitle } from "./names.js";
 
 const ACTIVE = new Set(["queued", "downloading"]);
 const SORTS = [["downloads", "Most downloaded"], ["likes", "Most liked"], ["recent", "Recently updated"], ["trending", "Trending"]];
-const PARTS = [["weights", "Weights"], ["kv", "KV cache"], ["compute", "Compute"], ["overhead", "Runtime"], ["margin", "Margin"]];
 const FIT_HELP = {
   gpu: "Every layer and the KV cache on the GPU: the fastest this machine can run it.",
   split: "Some layers on the GPU, the rest on the CPU: slower than all on the GPU.",
@@ -219,28 +220,6 @@ async function startDownload(repoId, entry, card) {
 }
 
 // ---- the repo view: one card per model (a quant; split files as one) with its verdict here
-function memoryBars(memory) {
-  const box = el("div", "mem");
-  for (const dev of memory) {
-    const cap = dev.capacity || dev.total + dev.margin;
-    const row = el("div", "mem-device");
-    row.dataset.device = dev.device;
-    const bar = el("div", "bar");
-    for (const [key, label] of PARTS) {
-      if (!dev[key] || !cap) continue;
-      const part = el("span", `part ${key}`);
-      part.style.width = `${Math.min(100, (100 * dev[key]) / cap)}%`;
-      part.title = `${label}: ${size(dev[key])}`;
-      bar.append(part);
-    }
-    bar.title = PARTS.filter(([k]) => dev[k]).map(([k, label]) => `${label} ${size(dev[k])}`).join("\n");
-    row.append(el("span", "mem-name", dev.device), bar,
-      el("span", "mem-legend", `${size(dev.total)} of ${size(cap)} free${dev.fits === false ? " (does not fit)" : ""}`));
-    box.append(row);
-  }
-  return box;
-}
-
 function quantCard(repoId, entry) {
   const v = entry.verdict;
   const card = el("article", "quant-card");
@@ -269,7 +248,7 @@ function quantCard(repoId, entry) {
     }
     if (v.bpw) line.append(el("span", "bpw", `${v.bpw} bits/weight`));
     card.append(line);
-    if (v.memory?.length) card.append(memoryBars(v.memory));
+    if (v.memory?.length) card.append(memoryChart(v.memory, { compact: true, title: "Memory it would take here" }));
     const notes = [];
     if (v.fit === "split" && v.speed_cost != null) notes.push([`The layers on the CPU cost ${Math.round(100 * v.speed_cost)}% of the speed all on the GPU would give.`, "speed-cost"]);
     if (v.fit === "too_big" && v.reason) notes.push([v.reason, "reason"]);
@@ -319,6 +298,7 @@ function renderCatalog() {
   page.results = null;
   page.repo = null;
   const browse = page.view.querySelector("#hub-browse");
+  if (!browse) return;  // the plan view is on screen
   const cat = page.catalog;
   browse.replaceChildren(el("h3", "", "Well-known models"));
   if (!cat) return;
@@ -341,6 +321,7 @@ function renderCatalog() {
 function renderResults() {
   page.repo = null;
   const browse = page.view.querySelector("#hub-browse");
+  if (!browse) return;  // the plan view is on screen
   const { query, items, error } = page.results;
   const back = button("← Catalog", "back", () => renderCatalog());
   browse.replaceChildren(back, el("h3", "", query ? `GGUF models matching “${query}”` : "GGUF models"));
@@ -388,10 +369,10 @@ function sourceLabel(m) {
 async function removeModel(m) {
   const files = m.missing_files.length ? "" : ` (${size(m.disk_bytes)})`;
   const text = m.missing
-    ? `Remove ${m.name} from Tandem? Its file is already gone.`
+    ? `Remove ${modelLabel(m)} from Tandem? Its file is already gone.`
     : m.owned
-      ? `Delete ${m.name}? Its file${files} in ${m.location} is deleted from the disk.`
-      : `Remove ${m.name} from Tandem? It was imported, so it is only unregistered: the file stays at ${m.path}.`;
+      ? `Delete ${modelLabel(m)}? Its file${files} in ${m.location} is deleted from the disk.`
+      : `Remove ${modelLabel(m)} from Tandem? It was imported, so it is only unregistered: the file stays at ${m.path}.`;
   if (!confirm(text)) return;
   try {
     await api("DELETE", `/api/hub/models/${encodeURIComponent(m.id)}`);
@@ -406,7 +387,9 @@ function installedRow(m, served) {
   const row = el("div", "installed-row");
   row.dataset.model = m.id;
   const head = el("div", "row-head");
-  head.append(el("strong", "row-name", m.name));
+  const name = el("strong", "row-name", modelLabel(m));
+  name.title = modelTitle(m);
+  head.append(name);
   if (m.missing) head.append(el("span", "badge missing", "missing"));
   if (m.is_default) head.append(el("span", "badge", "default"));
   if (served?.loaded) head.append(el("span", "badge loaded", "loaded"));
@@ -423,6 +406,12 @@ function installedRow(m, served) {
     planSummary(m.id).then((s) => (plan.textContent = s.long), (err) => (plan.textContent = `Cannot be planned: ${err.message}`));
   }
   row.append(plan);
+  if (!m.missing) {
+    const link = el("a", "plan-link", "Plan, memory and speed →");
+    link.href = modelHref(m.id);
+    link.title = `How ${modelLabel(m)} runs on this machine: each choice and why, where its memory goes, and its real speed against the prediction`;
+    row.append(link);
+  }
   if (served?.drafts?.length) row.append(el("div", "row-drafts", `Can be drafted for by ${served.drafts.join(", ")}`));
   const actions = el("div", "actions");
   if (m.missing && m.repo_id) actions.append(button("Download again", "redownload", () => openRepo(m.repo_id)));
@@ -460,7 +449,7 @@ async function runImport(body, result) {
   try {
     const r = await api("POST", "/api/hub/import", body);
     const lines = [];
-    if (r.registered.length) lines.push(el("div", "imported", `Registered ${r.registered.length}: ${r.registered.map((m) => m.name).join(", ")}`));
+    if (r.registered.length) lines.push(el("div", "imported", `Registered ${r.registered.length}: ${r.registered.map(modelLabel).join(", ")}`));
     else lines.push(el("div", "imported", "No new model found."));
     for (const s of r.skipped) lines.push(el("div", "skipped", `Skipped ${s.path}: ${s.reason}`));
     result.replaceChildren(...lines);
@@ -534,6 +523,8 @@ function searchForm() {
 export async function renderModels(view) {
   page.view = view;
   page.visible = true;
+  view.dataset.view = "models";
+  delete view.dataset.model;
   const browse = el("section", "panel browse");
   browse.id = "hub-browse";
   const downloads = el("section", "panel");
@@ -561,6 +552,7 @@ export async function renderModels(view) {
       return;
     }
   }
+  if (!view.contains(layout)) return;  // a plan view replaced the page meanwhile
   if (page.results) renderResults();
   else renderCatalog();
 }
@@ -568,4 +560,300 @@ export async function renderModels(view) {
 export function hideModels() {
   page.visible = false;
   if (!tracker.list.some((d) => ACTIVE.has(d.status))) unwatch();
+}
+
+// ---- a model's plan view (#/models/<id>): each choice of its plan tied to the reason the planner
+// gave for it, where its memory goes, and how fast its replies were against the prediction.
+const POLICIES = { sink_window: "Keep the start, slide the rest", drop_turns: "Drop the oldest turns", stop: "Stop at the limit" };
+const KV_TYPES = { f16: "f16 (full precision)", q8_0: "q8_0 (8 bits)", q4_0: "q4_0 (4 bits)" };
+const CONTEXTS = [2048, 4096, 8192, 16384, 32768, 65536, 131072];
+// What each reason of a plan explains, read from its wording (the planner writes them for people).
+// A reason can explain several choices: "Context 4096 tokens, KV cache f16" explains both.
+const TOPICS = [
+  ["placement", /layers (and the output )?on the (GPU|CPU)|^All layers on the CPU|^Not used:|n_gpu_layers|fewer GPU layers/],
+  ["context kv", /^Context \d+ tokens/],
+  ["context", /^Beyond the \d+ tokens/],
+  ["threads", /\bthreads\b/],
+  ["flash", /^Flash attention/],
+  ["speed", /^Predicted |^Speed calibrated/],
+  ["memory", /^(CPU|GPU\d+): .*planned/],
+  ["overflow", /^Past \d+ tokens/],
+  ["speculative", /[Ss]peculative|draft model/],
+];
+const TOPIC_NAMES = {
+  placement: "Where it runs", context: "Context", kv: "KV cache", threads: "Threads", flash: "Flash attention",
+  speed: "Speed", memory: "Memory", overflow: "Long conversations", speculative: "Speculative decoding", other: "Other",
+};
+const HELP = {
+  placement: "Layers are the model's repeated building blocks. On a GPU they run many times faster than on the CPU; the plan puts there as many as fit.",
+  speed: "tokens/s: tokens per second; a token is about three quarters of an English word. Writing (decode) is the reply's speed; reading (prefill) is how fast it takes in your message and the conversation before it answers.",
+  context: "Context: how much text the model sees at once (the system prompt, the conversation so far and the reply), counted in tokens.",
+  kv: "KV cache: the model's memory of the conversation so far. f16 keeps it at full precision; q8_0 and q4_0 store it in 8 or 4 bits so that a longer context fits.",
+  overflow: "What happens when a conversation no longer fits in the context.",
+  memory: "Where the model's bytes go on this machine: the chart below shows each part.",
+  threads: "How many CPU cores work on each token at once.",
+  flash: "Flash attention: a way of computing attention that needs less scratch memory (smaller compute buffers) and is often faster.",
+  speculative: "Speculative decoding: tokens are guessed ahead, from text already in the conversation (prompt lookup) or by a small draft model, and the model checks several at once. Right guesses make replies faster; it switches itself off when it does not pay.",
+};
+const planView = { token: 0 };
+
+function topicsOf(reason) {
+  return TOPICS.find(([, re]) => re.test(reason))?.[0] ?? "other";
+}
+
+function sectionPanel(cls, title, help) {
+  const box = el("section", `panel ${cls}`);
+  const h = el("h3", "", title);
+  if (help) {
+    h.title = help;
+    h.classList.add("explained");
+  }
+  box.append(h);
+  return box;
+}
+
+// Scrolls to the reasons behind a choice and marks them for a moment.
+function showReasons(root, topic) {
+  const items = [...root.querySelectorAll(".plan-reasons li")].filter((li) => li.dataset.topic.split(" ").includes(topic));
+  const list = root.querySelector(".plan-reasons");
+  for (const li of root.querySelectorAll(".plan-reasons li.highlight")) li.classList.remove("highlight");
+  const target = items[0] || list;
+  if (!target) return;
+  target.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  for (const li of items) li.classList.add("highlight");
+  target.focus({ preventScroll: true });
+  clearTimeout(planView.flash);
+  planView.flash = setTimeout(() => items.forEach((li) => li.classList.remove("highlight")), 2500);
+}
+
+function showChoice(root, topic) {
+  const tile = root.querySelector(`.choice[data-topic="${topic}"]`);
+  if (!tile) return;
+  tile.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  tile.classList.add("highlight");
+  tile.focus({ preventScroll: true });
+  setTimeout(() => tile.classList.remove("highlight"), 2500);
+}
+
+function relate(root, topic, on) {
+  for (const li of root.querySelectorAll(".plan-reasons li")) {
+    li.classList.toggle("related", on && li.dataset.topic.split(" ").includes(topic));
+  }
+}
+
+function choiceTile(root, topic, label, value, detail) {
+  const b = button("", "choice");
+  b.dataset.topic = topic;
+  b.title = `${HELP[topic] ? HELP[topic] + "\n\n" : ""}Shows the reason for this choice.`;
+  b.setAttribute("aria-label", `${label}: ${value}${detail ? ", " + detail : ""}. Show the reason.`);
+  b.append(el("span", "choice-label", label), el("span", "choice-value", value));
+  if (detail) b.append(el("span", "choice-detail", detail));
+  b.addEventListener("click", () => showReasons(root, topic));
+  b.addEventListener("mouseenter", () => relate(root, topic, true));
+  b.addEventListener("mouseleave", () => relate(root, topic, false));
+  b.addEventListener("focus", () => relate(root, topic, true));
+  b.addEventListener("blur", () => relate(root, topic, false));
+  return b;
+}
+
+function gpuNames(hw) {
+  return Object.fromEntries((hw?.gpus || []).map((g) => [`GPU${g.index}`, g.name]));
+}
+
+function deviceWords(memory, names) {
+  return memory.filter((d) => d.weights).map((d) => (d.device === "CPU" ? "RAM" : names[d.device] || d.device)).join(" + ");
+}
+
+function choices(root, plan, info, names) {
+  const grid = el("div", "choices");
+  const w = where(plan, info);
+  const gpu = plan.gpu_index != null ? names[`GPU${plan.gpu_index}`] : null;
+  grid.append(choiceTile(root, "placement", "Where it runs", w.long, gpu || (plan.n_gpu_layers ? null : "no layer on a GPU")));
+  const cal = plan.calibration && Math.abs(plan.calibration - 1) > 1e-3 ? ` · calibrated x${plan.calibration.toFixed(2)}` : "";
+  grid.append(choiceTile(root, "speed", "Predicted speed", `${tps(plan.decode_tps)} tokens/s writing`,
+    `${tps(plan.prefill_tps)} tokens/s reading the prompt${cal}`));
+  const trained = info?.n_ctx_train ? ` · trained for ${info.n_ctx_train.toLocaleString("en")}` : "";
+  grid.append(choiceTile(root, "context", "Context", `${plan.n_ctx.toLocaleString("en")} tokens`,
+    `about ${Math.round(plan.n_ctx * 0.75).toLocaleString("en")} words${trained}`));
+  const kv = plan.memory.reduce((s, d) => s + d.kv, 0);
+  grid.append(choiceTile(root, "kv", "KV cache", KV_TYPES[plan.type_k] || plan.type_k, `${size(kv)} for the whole context`));
+  grid.append(choiceTile(root, "overflow", "Long conversations", POLICIES[plan.context_policy] || plan.context_policy,
+    plan.context_policy === "sink_window" ? `frees ${plan.evict_chunk} tokens at a time` : null));
+  const total = plan.memory.reduce((s, d) => s + d.total, 0);
+  const margin = plan.memory.reduce((s, d) => s + d.margin, 0);
+  grid.append(choiceTile(root, "memory", "Memory", `${size(total)} + ${size(margin)} margin`, `on ${deviceWords(plan.memory, names)}`));
+  grid.append(choiceTile(root, "threads", "CPU threads", String(plan.n_threads),
+    plan.n_threads_batch !== plan.n_threads ? `${plan.n_threads_batch} reading prompts` : null));
+  grid.append(choiceTile(root, "flash", "Flash attention", plan.flash_attn ? "on" : "off", null));
+  const d = plan.draft;
+  const spec = d ? `draft model ${d.model}` : plan.speculative === "prompt_lookup" ? "prompt lookup" : "off";
+  grid.append(choiceTile(root, "speculative", "Speculative decoding", spec,
+    d ? `${tps(d.predicted_tps)} tokens/s with it, ${tps(d.plain_tps)} without` : null));
+  return grid;
+}
+
+function reasonsList(root, plan) {
+  const box = sectionPanel("plan-reasons", "Why", "The planner's reasons, in its own words. Each choice on the left leads here.");
+  const ol = el("ol", "reason-list");
+  plan.reasons.forEach((text, i) => {
+    const topic = topicsOf(text);
+    const li = el("li");
+    li.id = `reason-${i + 1}`;
+    li.dataset.topic = topic;
+    li.tabIndex = -1;
+    const first = topic.split(" ")[0];
+    const chip = button(TOPIC_NAMES[first] || first, "reason-topic", () => showChoice(root, first));
+    chip.title = first === "other" ? "" : `Show the choice this explains: ${TOPIC_NAMES[first]}`;
+    if (first === "other") chip.disabled = true;
+    li.append(chip, el("span", "reason-text", text));
+    ol.append(li);
+  });
+  box.append(ol);
+  if (plan.fallback_from) box.append(el("p", "note reason", `Loaded this way after: ${plan.fallback_from}`));
+  return box;
+}
+
+function dryRunNote(plan) {
+  const d = plan.dry_run;
+  if (!d) return null;
+  const p = el("p", "note dry-run");
+  p.title = "A dry run: llama.cpp sets the model up without reading its weights and reports the memory it would take.";
+  p.textContent = d.ok
+    ? `Checked by llama.cpp before loading: it counts ${size(d.total_bytes)}, within ${(100 * Math.abs(d.difference ?? 0)).toFixed(1)}% of the plan's ${size(d.analytic_total_bytes)}.`
+    : `llama.cpp's check of this plan failed: ${d.error || "no reason given"}.`;
+  return p;
+}
+
+function contextPicker(plan, info, nowCtx, asked, onPick) {
+  const label = el("label", "context-picker");
+  label.title = "Plan again for another context length: see what it would cost in memory and speed. The model is not reloaded.";
+  const select = el("select");
+  select.setAttribute("aria-label", "Plan for a context of");
+  const option = (value, text) => {
+    const o = el("option", "", text);
+    o.value = value;
+    return o;
+  };
+  select.append(option("", `as it runs now (${nowCtx.toLocaleString("en")})`));
+  const top = Math.max(info?.n_ctx_train || 0, nowCtx);
+  for (const n of CONTEXTS) if (n <= top) select.append(option(String(n), `${n.toLocaleString("en")} tokens`));
+  select.append(option("0", "the longest that costs no speed"));
+  select.value = asked == null ? "" : String(asked);
+  select.addEventListener("change", () => onPick(select.value === "" ? null : Number(select.value)));
+  label.append(el("span", "", "Plan for a context of"), select);
+  return label;
+}
+
+// The parts that follow the plan: choices, memory and reasons (the speed chart keeps the plan the
+// model runs with: a what-if context does not change what replies measured).
+function fillPlan(root, ctx, plan, asked) {
+  const { info, names, modelId } = ctx;
+  const choicesPanel = sectionPanel("plan-choices", "How it runs here");
+  const tools = el("div", "plan-tools");
+  tools.append(contextPicker(plan, info, ctx.nowCtx, asked, (n) => replan(root, ctx, n)));
+  if (asked != null) tools.append(el("span", "what-if", "A what-if: the model does not run this way now."));
+  choicesPanel.append(tools, choices(root, plan, info, names));
+  const memoryPanel = sectionPanel("plan-memory", "Memory per device", HELP.memory);
+  memoryPanel.append(memoryChart(plan.memory, { label: "Where the model's memory goes on each device", names }));
+  const note = dryRunNote(plan);
+  if (note) memoryPanel.append(note);
+  root.querySelector(".plan-choices")?.replaceWith(choicesPanel);
+  root.querySelector(".plan-memory")?.replaceWith(memoryPanel);
+  root.querySelector(".plan-reasons")?.replaceWith(reasonsList(root, plan));
+  root.dataset.nCtx = String(plan.n_ctx);
+  root.dataset.modelId = modelId;
+}
+
+async function replan(root, ctx, nCtx) {
+  const token = planView.token;
+  root.querySelector(".plan-tools select")?.setAttribute("disabled", "");
+  const q = nCtx == null ? "" : `?n_ctx=${nCtx}`;
+  try {
+    const plan = await api("GET", `/api/models/${encodeURIComponent(ctx.modelId)}/plan${q}`);
+    if (token !== planView.token) return;
+    fillPlan(root, ctx, plan, nCtx);
+  } catch (err) {
+    if (token !== planView.token) return;
+    root.querySelector(".plan-tools select")?.removeAttribute("disabled");
+    root.querySelector(".plan-choices")?.append(errorBox(err));
+  }
+}
+
+function planHeader(model, served, info) {
+  const head = el("header", "plan-head");
+  const title = el("div", "plan-title");
+  const h = el("h2", "", modelLabel(model));
+  h.title = modelTitle(model);
+  title.append(h);
+  if (model.is_default) title.append(el("span", "badge", "default"));
+  if (served?.loaded) title.append(el("span", "badge loaded", "loaded"));
+  if (model.missing) title.append(el("span", "badge missing", "missing"));
+  head.append(title);
+  const meta = [size(model.disk_bytes || model.size_bytes), model.quant || info?.file_type];
+  if (info) {
+    meta.push(`${info.architecture}, ${info.n_params >= 1e9 ? (info.n_params / 1e9).toFixed(1) + " B" : Math.round(info.n_params / 1e6) + " M"} parameters`);
+    meta.push(`${info.n_layer} layers`);
+  }
+  if (served?.drafts?.length) meta.push(`can be drafted for by ${served.drafts.join(", ")}`);
+  head.append(el("p", "muted plan-meta", meta.filter(Boolean).join(" · ")));
+  return head;
+}
+
+/**
+ * The plan view of one installed model, into the Models page's view: how it runs here and why,
+ * its memory per device, and its replies' speed against the prediction. For #/models/<id>.
+ */
+export async function renderModelPlan(view, modelId) {
+  const token = ++planView.token;
+  page.view = view;
+  page.visible = true;
+  view.dataset.view = "plan";
+  view.dataset.model = modelId;
+  const root = el("div", "plan-view");
+  root.dataset.model = modelId;
+  const back = el("a", "back", "← Models");
+  back.href = "#/models";
+  const crumbs = el("nav", "crumbs");
+  crumbs.setAttribute("aria-label", "Back to the models");
+  crumbs.append(back);
+  root.append(crumbs, el("p", "muted loading", "Planning how it runs on this machine…"));
+  view.replaceChildren(root);
+  view.scrollTop = 0;
+  const path = `/api/models/${encodeURIComponent(modelId)}`;
+  const [installed, served, hw, info, speed, plan] = await Promise.all([
+    api("GET", "/api/hub/models").catch(() => []),
+    api("GET", "/api/models").catch(() => []),
+    api("GET", "/api/hardware").catch(() => null),
+    api("GET", `${path}/info`).catch(() => null),
+    api("GET", `${path}/speed?limit=50`).catch(() => null),
+    api("GET", `${path}/plan`).catch((err) => ({ error: err })),
+  ]);
+  if (token !== planView.token || !view.contains(root)) return;  // another view was opened meanwhile
+  const model = installed.find((m) => m.id === modelId) || served.find((m) => m.id === modelId);
+  if (!model) {
+    root.replaceChildren(crumbs, errorBox({ message: `No model with the id ${modelId} is installed.`, code: "not_found" }));
+    return;
+  }
+  const names = gpuNames(hw);
+  const ctx = { info, names, modelId, nowCtx: plan.error ? 0 : plan.n_ctx };
+  root.replaceChildren(crumbs, planHeader(model, served.find((m) => m.id === modelId), info));
+  const layout = el("div", "plan-layout");
+  const main = el("div", "plan-main");
+  const side = el("div", "plan-side");
+  layout.append(main, side);
+  root.append(layout);
+  if (plan.error) {
+    main.append(errorBox(plan.error));
+    if (model.missing) main.append(el("p", "muted", `Its file is missing: ${model.missing_files.join(", ")}.`));
+  } else {
+    main.append(el("section", "plan-choices"), el("section", "plan-memory"));
+    side.append(el("section", "plan-reasons"));
+    fillPlan(root, ctx, plan, null);
+  }
+  const speedPanel = sectionPanel("plan-speed", "Speed: measured against predicted", HELP.speed);
+  const predicted = speed?.predicted_tps ?? (plan.error ? null : plan.decode_tps);
+  speedPanel.append(speedChart({ replies: speed?.replies || [], predicted_tps: predicted }, {
+    title: "Tokens per second while writing each recent reply, against the plan's prediction",
+  }));
+  main.append(speedPanel);
 }

@@ -1,7 +1,10 @@
-"""The Hardware page, on this machine and on a captured machine with a GPU the build cannot use."""
+"""The Hardware page, on this machine and on captured machines (a GPU the build cannot use, a laptop
+with a 4 GB GPU): the machine's cards, the default model's memory bars per device, and the link
+from its plan card to the model's plan view."""
 
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -9,34 +12,66 @@ from tandem.app.server import ServerThread
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.e2e
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "hardware" / "nvidia-with-cpu-only-build.json"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "hardware"
+CPU_ONLY_BUILD = FIXTURES / "nvidia-with-cpu-only-build.json"
+LAPTOP_GPU = FIXTURES / "laptop-4gb-gpu.json"
+MODEL = "smollm2-135m-instruct-q4_1"
+PARTS = ("weights", "kv", "compute", "overhead", "margin")
+WIDE = {"width": 1400, "height": 900}
 
 
-def test_hardware_page_on_this_machine(page):
+def expect_memory_bars(chart, memory):
+    """One group per device, one segment per part the plan gives it, a legend entry per part."""
+    expect(chart.locator("svg g.mem-device")).to_have_count(len(memory))
+    for dev in memory:
+        parts = [k for k in PARTS if dev[k]]
+        expect(chart.locator(f"svg g.mem-device[data-device={dev['device']}] rect.seg")).to_have_count(len(parts))
+    used = {k for dev in memory for k in PARTS if dev[k]}
+    expect(chart.locator(".chart-legend .legend-item[data-part]:not([data-part=free])")).to_have_count(len(used))
+
+
+def test_hardware_page_on_this_machine(page, server, screenshot):
+    page.set_viewport_size(WIDE)
     page.click("#show-hardware")
     view = page.locator("#hardware-view")
     # the first visit probes the machine (a bandwidth measurement) and dry-runs the plan: allow time
     expect(view.locator(".hw-card h3", has_text="CPU")).to_be_visible(timeout=30_000)
     expect(view).to_contain_text("GB/s (measured)")
-    expect(view).to_contain_text("Model: Smollm2")
+    expect(view.locator(".hw-card.model h3")).to_have_text("Model: SmolLM2 135M Instruct (Q4_1)")
+    expect(view.locator(".hw-card dt", has_text="Trained context")).to_have_attribute("title", "The longest text, in tokens, the model saw in training; past it, answers get weaker.")
     plan = view.locator(".hw-card.plan")
-    expect(plan.locator("h3")).to_contain_text("tokens/s predicted", timeout=30_000)
-    expect(plan.locator(".device[data-device=CPU] .part.weights")).to_have_count(1)
+    expect(plan.locator("h3")).to_contain_text("SmolLM2 135M Instruct (Q4_1) runs", timeout=30_000)
+    expect(plan.locator("h3")).to_contain_text("tokens/s predicted")
+    memory = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["memory"]
+    expect_memory_bars(plan.locator(".memory-chart"), memory)
+    expect(plan.locator(".memory-chart g.mem-device[data-device=CPU] .device-name")).to_have_text("RAM (CPU)")
     expect(plan.locator(".reasons")).to_contain_text("threads: one per physical core")
     expect(plan.locator(".speculative")).to_have_text("Speculative decoding: prompt lookup")
-    expect(view.locator(".hw-card.models li[data-model=smollm2-135m-instruct-q4_1]")).to_contain_text(
-        "no installed model can draft for it")
+    expect(view.locator(f".hw-card.models li[data-model={MODEL}]")).to_contain_text("no installed model can draft for it")
+    screenshot(page, "hardware")
+
+    # the plan card leads to the model's plan view; Back returns here
+    plan.locator("a.open-plan").click()
+    assert page.evaluate("location.hash") == f"#/models/{MODEL}"
+    plan_view = page.locator(f"#models-view .plan-view[data-model={MODEL}]")
+    expect(plan_view.locator(".plan-memory g.mem-device")).to_have_count(len(memory), timeout=30_000)
+    expect(view).to_be_hidden()
+    page.go_back()
+    expect(page.locator("#hardware-view .hw-card.plan")).to_be_visible(timeout=30_000)
+
     expect(page.locator("#composer")).to_be_hidden()
     page.click("#new-chat")  # back to chatting
     expect(page.locator("#composer")).to_be_visible()
-    expect(view).to_be_hidden()
+    expect(page.locator("#hardware-view")).to_be_hidden()
 
 
 def test_gpu_bar_and_build_warning(browser, tmp_path):
-    settings = make_settings(tmp_path, hardware_profile=FIXTURE)
+    settings = make_settings(tmp_path, hardware_profile=CPU_ONLY_BUILD)
     with ServerThread(settings) as server:
         context = browser.new_context(base_url=server.url)
         page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto("/")
         page.click("#show-hardware")
         view = page.locator("#hardware-view")
@@ -48,5 +83,37 @@ def test_gpu_bar_and_build_warning(browser, tmp_path):
         assert width.startswith("95.")
         # that build cannot offload: the plan keeps every layer on the CPU and says why
         expect(view.locator(".hw-card.plan .reasons")).to_contain_text("cannot offload")
-        expect(view.locator(".hw-card.plan .device")).to_have_count(1)
+        expect(view.locator(".hw-card.plan g.mem-device")).to_have_count(1)
+        expect(view.locator(".hw-card.plan g.mem-device[data-device=CPU]")).to_have_count(1)
         context.close()
+        assert errors == []
+
+
+def test_memory_bars_of_a_laptop_with_a_small_gpu(browser, tmp_path, screenshot):
+    """The plan on a captured laptop: the model on its GPU, a little on the CPU; a bar for each."""
+    settings = make_settings(tmp_path, hardware_profile=LAPTOP_GPU)
+    with ServerThread(settings) as server:
+        memory = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["memory"]
+        assert [d["device"] for d in memory] == ["CPU", "GPU0"]
+        context = browser.new_context(base_url=server.url, viewport=WIDE)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto("/")
+        page.click("#show-hardware")
+        chart = page.locator("#hardware-view .hw-card.plan .memory-chart")
+        expect_memory_bars(chart, memory)
+        expect(chart.locator("g.mem-device[data-device=GPU0] .device-name")).to_have_text(
+            "GPU 0 VRAM · NVIDIA GeForce RTX 3050 Laptop GPU")
+        expect(chart.locator("g.mem-device[data-device=GPU0] line.capacity")).to_have_count(1)
+        page.locator("#hardware-view .hw-card.plan").scroll_into_view_if_needed()
+        screenshot(page, "hardware-gpu")
+        page.locator("#hardware-view a.open-plan").click()
+        plan_view = page.locator(f"#models-view .plan-view[data-model={MODEL}]")
+        expect_memory_bars(plan_view.locator(".plan-memory .memory-chart"), memory)
+        expect(plan_view.locator(".choice[data-topic=placement] .choice-value")).to_have_text("Fits on the GPU")
+        plan_view.locator(".choice[data-topic=placement]").click()
+        expect(plan_view.locator(".plan-reasons li.highlight")).to_contain_text("layers and the output on the GPU")
+        screenshot(page, "model-plan-gpu")
+        context.close()
+        assert errors == []

@@ -1,7 +1,10 @@
-"""The Models page against a local hub: search, a repo's verdicts, a download with progress, pause
-and resume, the installed list, the chat's model picker, and a reply written by the downloaded
-model. Screenshots of each step (1400x900 and 700 px wide) go to the test's tmp_path."""
+"""The Models page against a local hub: an installed model's plan view (choices tied to reasons,
+memory bars, speed of real replies against the prediction, Back), search, a repo's verdicts, a
+download with progress, pause and resume, the installed list, the chat's model picker, and a reply
+written by the downloaded model. Screenshots of each step (1400x900 and 700 px wide) go to the
+test's tmp_path; those of the plan view to test-artifacts/screenshots."""
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tandem.app.server import ServerThread
-from tests.conftest import make_settings
+from tests.conftest import make_settings, read_sse
 from tests.fixtures.hubserver import Fault, HubServer
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +49,137 @@ def server(hub, tmp_path_factory):
 def shot(page, folder: Path, name: str) -> None:
     folder.mkdir(exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"), full_page=False)
+
+
+BUILTIN = "smollm2-135m-instruct-q4_1"
+PARTS = ("weights", "kv", "compute", "overhead", "margin")
+
+
+def size(n: int) -> str:
+    """Bytes as the page writes them (charts.js size)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        v = n / 2 ** shift
+        if v >= 1:
+            return f"{int(v)} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} B"
+
+
+def reply(api: httpx.Client, cid: str, content: str) -> dict:
+    with api.stream("POST", f"/api/conversations/{cid}/messages", json={"content": content, "max_tokens": 16}) as r:
+        assert r.status_code == 200, r.read()
+        event, data = list(read_sse(r))[-1]
+    assert event == "done", data
+    return data["message"]
+
+
+def test_plan_view_linked_from_the_models_page(page, server, screenshot):
+    """Models page -> a model's plan: choices that lead to their reasons, memory bars, the speed of
+    real replies against the prediction; Back returns to the Models page."""
+    api = httpx.Client(base_url=server.url, timeout=120)
+    assert api.get(f"/api/models/{BUILTIN}/speed").json()["replies"] == []
+    page.set_viewport_size(WIDE)
+    page.click("#show-models")
+    view = page.locator("#models-view")
+    row = view.locator(f"#installed-panel .installed-row[data-model={BUILTIN}]")
+    expect(row.locator(".row-name")).to_have_text("SmolLM2 135M Instruct (Q4_1)")
+    expect(row.locator(".row-plan")).to_contain_text("tok/s predicted", timeout=30_000)
+    screenshot(page, "models")
+
+    row.locator("a.plan-link").click()
+    assert page.evaluate("location.hash") == f"#/models/{BUILTIN}"
+    plan_view = view.locator(f".plan-view[data-model={BUILTIN}]")
+    expect(plan_view.locator(".plan-head h2")).to_have_text("SmolLM2 135M Instruct (Q4_1)", timeout=30_000)
+    plan = api.get(f"/api/models/{BUILTIN}/plan").json()
+    # the memory bars: one group per device, one segment per part the plan gives it, a legend with sizes
+    chart = plan_view.locator(".plan-memory .memory-chart")
+    expect(chart.locator("svg g.mem-device")).to_have_count(len(plan["memory"]))
+    for dev in plan["memory"]:
+        parts = [k for k in PARTS if dev[k]]
+        segs = chart.locator(f"svg g.mem-device[data-device={dev['device']}] rect.seg")
+        expect(segs).to_have_count(len(parts))
+        assert [s.get_attribute("data-part") for s in segs.all()] == parts
+    legend = chart.locator(".chart-legend")
+    expect(legend.locator(".legend-item[data-part=weights] .legend-size")).to_have_text(
+        size(sum(d["weights"] for d in plan["memory"])))
+    expect(legend.locator(".legend-item[data-part=kv]")).to_have_attribute("title", re.compile("memory of the conversation"))
+    # the reasons beside the choices; a choice leads to the reason that explains it
+    reasons = plan_view.locator(".plan-reasons li")
+    expect(reasons).to_have_count(len(plan["reasons"]))
+    plan_view.locator(".choice[data-topic=threads]").click()
+    expect(plan_view.locator(".plan-reasons li.highlight")).to_contain_text("threads: one per physical core")
+    plan_view.locator(".choice[data-topic=kv]").click()
+    expect(plan_view.locator(".plan-reasons li.highlight")).to_contain_text("KV cache f16")
+    expect(plan_view.locator(".choice[data-topic=speed] .choice-value")).to_contain_text("tokens/s writing")
+    # a what-if: planned again for a longer context, the choices, memory and reasons follow
+    plan_view.locator(".context-picker select").select_option("8192")
+    expect(plan_view.locator(".choice[data-topic=context] .choice-value")).to_have_text("8,192 tokens", timeout=30_000)
+    expect(plan_view.locator(".what-if")).to_be_visible()
+    expect(plan_view.locator(".plan-reasons")).to_contain_text("Context 8192 tokens")
+    expect(plan_view.locator(".context-picker select option").first).to_have_text(f"as it runs now ({plan['n_ctx']:,})")
+    plan_view.locator(".context-picker select").select_option("")
+    expect(plan_view.locator(".what-if")).to_have_count(0, timeout=30_000)
+    # no reply yet: the speed chart says so
+    expect(plan_view.locator(".plan-speed .chart-empty")).to_contain_text("No replies yet with this model")
+
+    # Back returns to the Models page
+    page.go_back()
+    expect(view.locator("#installed-panel .installed-row").first).to_be_visible()
+    expect(view.locator(".plan-view")).to_have_count(0)
+
+    # two real replies, then the chart has a point for each, beside the predicted line
+    cid = api.post("/api/conversations", json={}).json()["id"]
+    stored = [reply(api, cid, "Name a colour."), reply(api, cid, "Name a fruit.")]
+    row.locator("a.plan-link").click()
+    points = plan_view.locator(".plan-speed svg .point")
+    expect(points).to_have_count(2, timeout=30_000)
+    assert [float(p.get_attribute("data-tps")) for p in points.all()] == [m["decode_tps"] for m in stored]
+    expect(plan_view.locator(".plan-speed svg line.predicted")).to_have_count(1)
+    expect(plan_view.locator(".plan-speed .chart-summary")).to_contain_text("Median of the last 2 replies")
+    page.set_viewport_size({"width": 1400, "height": 1250})  # the whole plan view in one picture
+    screenshot(page, "model-plan")
+    page.set_viewport_size(NARROW)
+    plan_view.locator(".plan-memory").scroll_into_view_if_needed()
+    screenshot(page, "model-plan-narrow")
+    page.set_viewport_size(WIDE)
+    page.go_back()
+    expect(view.locator("#installed-panel")).to_be_visible()
+    api.close()
+
+
+def test_charts_with_one_reply_and_a_plan_that_does_not_fit(page):
+    """charts.js on its own: a single reply still makes a chart; a device the plan overflows says so."""
+    result = page.evaluate("""async () => {
+      const { speedChart, memoryChart } = await import("/charts.js");
+      const box = document.createElement("div");
+      box.id = "chart-test";
+      document.body.prepend(box);
+      const reply = { created_at: "2025-01-02T03:04:05Z", decode_tps: 42.5, predicted_tps: 40,
+                      completion_tokens: 16, spec_source: null, acceptance: null };
+      box.append(speedChart({ replies: [reply], predicted_tps: 40 }, { title: "one" }));
+      box.append(speedChart({ replies: [], predicted_tps: 40 }, { title: "none" }));
+      const gib = 2 ** 30;
+      box.append(memoryChart([{ device: "GPU0", weights: 7 * gib, kv: gib, compute: gib / 2, overhead: gib / 2,
+                                 margin: gib / 4, total: 9 * gib, capacity: 6 * gib, fits: false }],
+                             { title: "too big", names: { GPU0: "Test GPU" } }));
+      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+      return true;
+    }""")
+    assert result
+    box = page.locator("#chart-test")
+    one, none = box.locator(".speed-chart").nth(0), box.locator(".speed-chart").nth(1)
+    expect(one.locator("svg circle.point")).to_have_count(1)
+    expect(one.locator("svg line.predicted")).to_have_count(1)
+    expect(one.locator("svg")).to_have_attribute("aria-label", re.compile("1 reply, median 42.5 tokens/s against 40.0 predicted"))
+    expect(one.locator(".chart-summary")).to_contain_text("One reply so far, at 42.5 tokens/s against 40.0 predicted")
+    expect(none.locator(".chart-empty")).to_contain_text("No replies yet with this model")
+    expect(none.locator("svg")).to_have_count(0)
+    big = box.locator(".memory-chart g.mem-device[data-device=GPU0]")
+    expect(big).to_have_class(re.compile("overflow"))
+    expect(big.locator("rect.seg")).to_have_count(5)
+    expect(big.locator(".device-detail")).to_have_text("needs 9.3 GiB, only 6 GiB free: does not fit")
+    cap_x = float(big.locator("line.capacity").get_attribute("x1"))
+    width = float(box.locator(".memory-chart svg").get_attribute("width"))
+    assert 0.6 * width < cap_x < 0.7 * width  # 6 of 9.25 GiB
 
 
 def test_search_verdict_download_pick_and_chat(page, server, hub, tmp_path):
