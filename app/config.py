@@ -10,9 +10,10 @@ import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tandem.app.security import is_loopback
+
 
 DEFAULT_PORT = 8742
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DATA_DIR_FILE = "data-dir"  # in config_dir(): the data folder chosen on the Settings page
 
 
@@ -63,6 +64,10 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(0, ge=0)
     # Extra Host header values to accept (e.g. a LAN name when serving beyond loopback).
     allowed_hosts: list[str] = []
+    # Needed to serve beyond this machine (--host 0.0.0.0): other machines send it as a Bearer token.
+    api_key: str | None = Field(None, min_length=16)
+    # The largest request body accepted (MiB); past it: 413.
+    max_body_mb: int = Field(32, ge=1, le=4096)
 
     @field_validator("data_dir", "model", mode="after")
     @classmethod
@@ -79,4 +84,4 @@ class Settings(BaseSettings):
 
     @property
     def loopback(self) -> bool:
-        return self.host in LOOPBACK_HOSTS
+        return is_loopback(self.host)

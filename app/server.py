@@ -19,7 +19,7 @@ from tandem.app.api import window as window_api
 from tandem.app.config import Settings
 from tandem.app.errors import TandemError
 from tandem.app.paths import ui_dir
-from tandem.app.security import HostGuard
+from tandem.app.security import BodyLimit, HostGuard
 from tandem.app.services import Services
 
 log = logging.getLogger("tandem")
@@ -54,8 +54,10 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(stats.router)
     app.include_router(window_api.router)
     app.mount("/", StaticFiles(directory=ui_dir(), html=True), name="ui")
-    allowed = set(settings.allowed_hosts) if settings.loopback else None
-    app.add_middleware(HostGuard, allowed_hosts=allowed)
+    app.add_middleware(BodyLimit, limit=settings.max_body_mb * 1024 * 1024)
+    # Added last, so it runs first: a refused request never reaches the body reader or a route.
+    app.add_middleware(HostGuard, allowed_hosts=set(settings.allowed_hosts), lan=not settings.loopback,
+                       api_key=settings.api_key)
     return app
 
 
@@ -90,6 +92,11 @@ class ServerThread:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        if not settings.loopback and not settings.api_key:
+            raise TandemError(
+                f"Serving beyond this machine (--host {settings.host}) needs an API key, or anyone on the "
+                "network could use it: set TANDEM_API_KEY to a secret of 16 or more characters, or "
+                "serve on 127.0.0.1.")
         if "port" not in settings.model_fields_set:  # neither --port nor TANDEM_PORT: the saved one
             from tandem.app.services.settings import saved_start_port
 

@@ -1,0 +1,53 @@
+"""The guards on a real server: rebinding, foreign origins, framing, oversized bodies, LAN without a key."""
+
+import httpx
+import pytest
+
+from tandem.app.errors import TandemError
+from tandem.app.server import ServerThread
+from tests.conftest import make_settings
+
+
+def test_a_loopback_name_in_any_spelling_keeps_the_guard_on(tmp_path):
+    with ServerThread(make_settings(tmp_path, host="LOCALHOST")) as srv:
+        url = f"http://127.0.0.1:{srv.port}"
+        with httpx.Client(timeout=30) as c:
+            assert c.get(url + "/api/health").status_code == 200
+            r = c.post(url + "/api/conversations", json={}, headers={"Host": "rebind.evil", "Origin": "http://evil.example"})
+            assert r.status_code == 403 and "not allowed" in r.json()["error"]["message"]
+            r = c.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
+                       headers={"Origin": "http://localhost:9999"})
+            assert r.status_code == 403  # another program's page on this machine
+            r = c.get(url + "/api/hardware", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"})
+            assert r.status_code == 403
+            ok = c.post(url + "/api/conversations", json={}, headers={"Origin": f"http://localhost:{srv.port}"})
+            assert ok.status_code == 201
+
+
+def test_every_response_carries_the_security_headers(server):
+    with httpx.Client(timeout=30) as c:
+        for path in ("/", "/app.js", "/api/health", "/api/conversations/nope", "/no-such-file"):
+            r = c.get(server.url + path)
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["referrer-policy"] == "no-referrer"
+            assert "'unsafe-inline'" not in r.headers["content-security-policy"]
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    huge = b'{"messages": [' + b'{"role": "user", "content": "x"},' * 1_100_000 + b'{"role": "user", "content": "x"}]}'
+    assert len(huge) > 32 * 1024 * 1024
+    with httpx.Client(timeout=60) as c:
+        r = c.post(server.url + "/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "TANDEM_MAX_BODY_MB" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/api/health").status_code == 200
+
+
+def test_serving_beyond_this_machine_needs_an_api_key(tmp_path):
+    with pytest.raises(TandemError, match="TANDEM_API_KEY"):
+        ServerThread(make_settings(tmp_path, host="0.0.0.0"))
+    key = "a-long-enough-secret-key"
+    with ServerThread(make_settings(tmp_path, host="0.0.0.0", api_key=key)) as srv:
+        with httpx.Client(timeout=30) as c:  # this machine itself needs no key
+            assert c.get(f"http://127.0.0.1:{srv.port}/api/health").status_code == 200
+            assert c.get(f"http://127.0.0.1:{srv.port}/api/health", headers={"Host": "rebind.evil"}).status_code == 403
