@@ -240,7 +240,7 @@ async def reply_events(chat: ChatService, reply: Reply, watch: ClientWatch):
         )
         async for event in reply.stream:
             if isinstance(event, Token):
-                reply.parts.append(event.text)
+                chat.written(reply, event.text)
                 yield sse({"text": event.text}, "token")
             elif isinstance(event, Progress):
                 yield sse({"done": event.done, "total": event.total}, "progress")

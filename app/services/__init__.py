@@ -50,6 +50,9 @@ class Services:
     def open(cls, settings: Settings) -> "Services":
         store = Store(settings.db_path)
         apply_saved_start_settings(settings, store)
+        cut = store.mark_interrupted()
+        if cut:
+            log.warning("%d reply(s) cut off when Tandem last stopped are kept, marked interrupted", cut)
         hardware = HardwareService(settings)
         models = ModelService(settings, store, hardware.profile)
         hub = None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 
 from tandem.app.errors import Conflict, InvalidRequest, NotFound
@@ -23,6 +25,8 @@ from tandem.runtime.engine import Failed, Finished, Queued, ReplyStats, ReplyStr
 from tandem.runtime.engine.context import POLICIES, POLICY_NAMES, ContextPolicy
 from tandem.runtime.errors import Interrupted
 
+log = logging.getLogger("tandem")
+FLUSH_S = 0.5  # how often a reply's text so far is written to the database
 STATUS_FOR_FINISH = {"stop": "complete", "length": "complete", "cancelled": "stopped"}
 
 
@@ -45,6 +49,30 @@ class Reply:
     ids: list[int | None] = field(default_factory=list)  # message ids, in the order submitted (None: system prompt)
     saved: dict | None = None
     title: str = ""
+    row: dict | None = None  # the reply's message, created when the engine takes the prompt
+    flushed_at: float = 0.0  # when its text was last written to the database
+    flushed_len: int = 0
+
+
+def alternate(rows: list[dict]) -> tuple[list[int | None], list[dict]]:
+    """(ids, messages) where user and assistant turns alternate, as strict templates demand: a
+    stopped, failed or cut-off reply stays as the (possibly empty) turn it is, and where two turns
+    of one role meet anyway (history from before, an import), an empty turn of the other role is
+    put between them (id None). A conversation is never made unanswerable by its own history."""
+    ids: list[int | None] = []
+    messages: list[dict] = []
+    last = None
+    for m in rows:
+        role = m["role"]
+        if role != "system":
+            if role == last or (last is None and role == "assistant"):
+                other = "assistant" if role == "user" else "user"
+                ids.append(None)
+                messages.append({"role": other, "content": ""})
+            last = role
+        ids.append(m["id"])
+        messages.append({"role": role, "content": m["content"]})
+    return ids, messages
 
 
 class ChatService:
@@ -59,9 +87,8 @@ class ChatService:
         """(message ids, {role, content}, indices the latest reply was written without) of the branch
         ending at leaf (default: the active one), after the conversation's system prompt (id None)."""
         rows = [m for m in self.store.branch(conversation["id"], leaf)
-                if m["content"] and m["role"] in ("system", "user", "assistant")]
-        ids: list[int | None] = [m["id"] for m in rows]
-        messages = [{"role": m["role"], "content": m["content"]} for m in rows]
+                if m["role"] in ("system", "user", "assistant") and (m["content"] or m["role"] == "assistant")]
+        ids, messages = alternate(rows)
         if conversation.get("system_prompt"):
             ids.insert(0, None)
             messages.insert(0, {"role": "system", "content": conversation["system_prompt"]})
@@ -176,11 +203,24 @@ class ChatService:
         else:
             user = self.store.add_message(reply.conversation_id, "user", reply.content, parent_id=reply.parent)
         reply.user_message = self.store.with_siblings(user)
+        reply.row = self.store.begin_reply(reply.conversation_id, user["id"], reply.model.id)
+        reply.flushed_at = time.monotonic()
         reply.title = self.store.get_conversation(reply.conversation_id)["title"]
         reply.prompt_tokens = started.prompt_tokens
         reply.evicted_ids = [reply.ids[i] for i in started.dropped if reply.ids[i] is not None]
         reply.evicted_tokens = started.evicted_tokens
         reply.policy = started.policy
+
+    def written(self, reply: Reply, text: str) -> None:
+        """A token arrived: save the text so far every FLUSH_S (a kill keeps what was streamed)."""
+        reply.parts.append(text)
+        now = time.monotonic()
+        if reply.row is not None and now - reply.flushed_at >= FLUSH_S:
+            reply.flushed_at = now
+            try:
+                self.store.write_reply(reply.row["id"], "".join(reply.parts))
+            except Exception:  # noqa: BLE001 - a failed interim save must not end the reply
+                log.exception("could not save a reply's text so far")
 
     def end_unstarted(self, reply: Reply) -> None:
         """A queued reply ended before its turn (stopped or refused): nothing was stored."""
@@ -265,8 +305,11 @@ class ChatService:
                     fields.update(spec_source=stats.spec_source, drafted_tokens=stats.drafted_tokens,
                                   accepted_tokens=stats.accepted_tokens)
             try:
-                saved = self.store.add_message(reply.conversation_id, "assistant", text,
-                                               parent_id=reply.user_message["id"], **fields)
+                if reply.row is not None:
+                    saved = self.store.end_reply(reply.row["id"], text, **fields)
+                else:
+                    saved = self.store.add_message(reply.conversation_id, "assistant", text,
+                                                   parent_id=reply.user_message["id"], **fields)
                 reply.saved = self.store.with_siblings(saved)
             except NotFound:  # the conversation was deleted while the reply was written
                 reply.saved = {}

@@ -176,6 +176,39 @@ class ConversationStore:
             self.db["conversations"].update(conversation_id, changes)
             return self.db["messages"].get(row["id"])
 
+    # --- a reply as it is written: created when it starts, its text saved as it grows
+    def begin_reply(self, conversation_id: str, parent_id: int, model_id: str) -> dict:
+        """An empty assistant message with status 'writing' below parent_id (a process killed
+        mid-reply leaves it there: mark_interrupted() marks it at the next start)."""
+        return self.add_message(conversation_id, "assistant", "", parent_id=parent_id, status="writing",
+                                model_id=model_id)
+
+    def write_reply(self, message_id: int, content: str) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("update messages set content = ? where id = ? and status = 'writing'", [content, message_id])
+
+    def end_reply(self, message_id: int, content: str, **fields) -> dict:
+        """The reply's final text and stats; NotFound when its conversation was deleted meanwhile."""
+        from tandem.app.store.store import now_iso
+
+        unknown = set(fields) - set(REPLY_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown message fields: {sorted(unknown)}")
+        with self._lock, self.db.atomic():
+            rows = list(self.db["messages"].rows_where("id = ?", [message_id]))
+            if not rows:
+                raise NotFound(f"Message {message_id} no longer exists; its conversation was deleted.")
+            self.db["messages"].update(message_id, {"content": content, **fields})
+            self.db["conversations"].update(rows[0]["conversation_id"], {"updated_at": now_iso()})
+            return self.db["messages"].get(message_id)
+
+    def mark_interrupted(self) -> int:
+        """Replies still 'writing' when the app starts were cut off by a crash or a kill: they keep
+        the text saved so far, marked interrupted."""
+        with self._lock, self.db.atomic():
+            return self.db.execute("update messages set status = 'interrupted', finish_reason = 'interrupted'"
+                                   " where status = 'writing'").rowcount
+
     def with_siblings(self, message: dict) -> dict:
         with self._lock:
             ids = [r["id"] for r in self.db.query(

@@ -138,3 +138,30 @@ def test_presets_and_settings(store):
     assert store.saved_settings() == {"theme": "dark", "temperature": 0.3}
     store.save_settings({"theme": None})
     assert store.saved_settings() == {"temperature": 0.3}
+
+
+def test_turns_alternate_for_strict_templates():
+    from tandem.app.services.chat import alternate
+
+    rows = [{"id": 1, "role": "user", "content": "a"}, {"id": 2, "role": "user", "content": "b"},
+            {"id": 3, "role": "assistant", "content": ""}, {"id": 4, "role": "assistant", "content": "c"}]
+    ids, messages = alternate(rows)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert ids == [1, None, 2, 3, None, 4]
+    ids, messages = alternate([{"id": 9, "role": "system", "content": "s"}, {"id": 5, "role": "assistant", "content": "x"}])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"] and ids == [9, None, 5]
+
+
+def test_a_reply_is_written_as_it_grows_and_a_cut_off_one_is_marked(store):
+    cid, (u1,) = chat(store, ("user", "hi"))
+    row = store.begin_reply(cid, u1, "m")
+    assert row["status"] == "writing" and store.branch(cid)[-1]["id"] == row["id"]
+    store.write_reply(row["id"], "partial te")
+    assert store.mark_interrupted() == 1
+    cut = store.get_message(cid, row["id"])
+    assert (cut["status"], cut["content"], cut["finish_reason"]) == ("interrupted", "partial te", "interrupted")
+    store.write_reply(row["id"], "late write")  # a save after the mark changes nothing
+    assert store.get_message(cid, row["id"])["content"] == "partial te"
+    store.delete_conversation(cid)
+    with pytest.raises(NotFound):
+        store.end_reply(row["id"], "x")
