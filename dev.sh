@@ -2,6 +2,7 @@
 # Set up Tandem from a checkout and run it or its tests.
 #   ./dev.sh run    install what is missing, then start Tandem (desktop window, or a browser URL)
 #   ./dev.sh test   install what is missing (test tools, Chromium), then run every test
+#   ./dev.sh package  install what is missing (PyInstaller), then build the app folder in dist/tandem
 # System packages are installed with apt-get when run as root; otherwise the command to run is shown.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -66,8 +67,13 @@ case "${1:-run}" in
     shift || true
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+  package)
+    setup
+    shift || true
+    TANDEM_VENV=$VENV exec packaging/build.sh
+    ;;
   *)
-    echo "usage: ./dev.sh run [tandem options] | ./dev.sh test [pytest options]" >&2
+    echo "usage: ./dev.sh run [tandem options] | ./dev.sh test [pytest options] | ./dev.sh package" >&2
     exit 2
     ;;
 esac

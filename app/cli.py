@@ -17,7 +17,9 @@ from tandem.runtime.errors import RuntimeFailure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: an option given before the subcommand (tandem --data-dir X serve) is not reset by
+    # the subcommand's own default.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
     common.add_argument("--port", type=int, help="port to listen on; 0 picks a free port")
     common.add_argument("--model", type=Path, help="a GGUF file to chat with instead of the built-in model")
@@ -29,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tandem {__version__}")
     parser.add_argument("--browser", action="store_true", help="open in the web browser instead of a window")
+    # The packaged app's smoke test: print the window's title and the page's once it is ready.
+    parser.add_argument("--smoke-test", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", parents=[common], help="run the server without opening a window")
     bench = sub.add_parser("bench", parents=[common], help="measured against predicted: the plan, the sweep, the defaults")
@@ -84,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {
-        "host": args.host,
-        "port": args.port,
-        "model": args.model,
-        "data_dir": args.data_dir,
-        "n_ctx": args.n_ctx,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "model": getattr(args, "model", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "n_ctx": getattr(args, "n_ctx", None),
         "hardware_profile": getattr(args, "hardware", None),
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_hub_command(settings, args)
         if args.command == "serve":
             return run_server(settings)
-        return run_app(settings, browser=args.browser)
+        return run_app(settings, browser=args.browser, smoke_test=args.smoke_test)
     except (TandemError, RuntimeFailure) as err:
         print(f"tandem: error: {err}", file=sys.stderr)
         return 1
@@ -181,26 +185,64 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _claim_data_dir(settings: Settings):
+    """(lock, None) when this process may serve the data folder, (None, running) when a Tandem
+    serving it answers already."""
+    from tandem.app.instance import InstanceLock
+
+    def waiting(pid: int) -> None:
+        print(f"tandem: Tandem is starting in another process (pid {pid}); waiting for it.", file=sys.stderr, flush=True)
+
+    lock = InstanceLock(settings.data_dir)
+    running = lock.acquire(on_wait=waiting)
+    return (lock, None) if running is None else (None, running)
+
+
 def run_server(settings: Settings) -> int:
-    server = _start(settings)
-    print(f"Tandem is running at {server.url}/  (Ctrl-C to stop)", flush=True)
+    lock, running = _claim_data_dir(settings)
+    if running is not None:
+        explicit = "port" in settings.model_fields_set
+        if not explicit or settings.port == running.port:
+            print(f"tandem: error: Tandem is already running at {running.url}/ (pid {running.pid}). Use it, "
+                  "stop it first, or give --port to run a second server on the same data.", file=sys.stderr)
+            return 1
+        # A second server on purpose (another port): the running one keeps the lock.
     try:
+        server = _start(settings)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    try:
+        if lock is not None:
+            lock.publish(server.url)
+        print(f"Tandem is running at {server.url}/  (Ctrl-C to stop)", flush=True)
         server.wait()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+        if lock is not None:
+            lock.release()
     return 0
 
 
-def run_app(settings: Settings, browser: bool = False) -> int:
+def run_app(settings: Settings, browser: bool = False, smoke_test: bool = False) -> int:
     from tandem.app import desktop
 
-    server = _start(settings)
+    lock, running = _claim_data_dir(settings)
+    if running is not None:
+        return _use_running(settings, running, browser)
     try:
+        server = _start(settings)
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        lock.publish(server.url)
         if not browser and desktop.display_available():
             try:
-                desktop.open_window(server.url + "/")
+                _run_window(settings, server, smoke_test)
                 return 0  # the window was closed
             except desktop.DesktopUnavailable as err:
                 print(f"tandem: {err}; opening the browser instead.", file=sys.stderr)
@@ -213,6 +255,63 @@ def run_app(settings: Settings, browser: bool = False) -> int:
         return 0
     finally:
         server.stop()
+        lock.release()
+
+
+def _run_window(settings: Settings, server, smoke_test: bool) -> None:
+    from tandem.app import desktop
+    from tandem.app.api import window as window_api
+    from tandem.app.hub.downloads import ACTIVE
+
+    def active_downloads() -> int:
+        return len(server.services.store.list_downloads(ACTIVE))
+
+    shell = desktop.Shell(server.url + "/", data_dir=settings.data_dir, active_downloads=active_downloads,
+                          report_loaded=smoke_test)
+    window_api.set_focus_handler(shell.focus)
+    try:
+        shell.run()
+    finally:
+        window_api.set_focus_handler(None)
+
+
+def _use_running(settings: Settings, running, browser: bool) -> int:
+    """Another Tandem serves this data folder: bring its window forward (or open its page)."""
+    from tandem.app import desktop
+    from tandem.app.instance import post
+
+    url = running.url + "/"
+    if browser:
+        opened = desktop.display_available() and webbrowser.open(url)
+        done = "opened it in the browser" if opened else "open that address in a browser"
+        print(f"Tandem is already running at {url}; {done}.", flush=True)
+        return 0
+    try:
+        status, body = post(running.url + "/api/app/focus")
+    except OSError as err:
+        print(f"tandem: error: Tandem is running at {url} (pid {running.pid}) but did not answer ({err}). "
+              "Try again in a moment, or stop that process.", file=sys.stderr)
+        return 1
+    if status == 200:
+        print(f"Tandem is already running at {url}; its window was brought forward.", flush=True)
+        return 0
+    if status == 409 and desktop.display_available():
+        # It runs without a window (tandem serve): show one on it rather than a second server.
+        print(f"Tandem is already running at {url} without a window; opening one on it.", flush=True)
+        try:
+            desktop.Shell(url, data_dir=settings.data_dir).run()
+            return 0
+        except desktop.DesktopUnavailable as err:
+            print(f"tandem: {err}; opening the browser instead.", file=sys.stderr)
+            webbrowser.open(url)
+            return 0
+    if status == 409:
+        print(f"Tandem is already running at {url}; open that address in a browser.", flush=True)
+        return 0
+    message = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else None
+    print(f"tandem: error: Tandem is running at {url} but refused to show its window (HTTP {status}"
+          f"{': ' + message if message else ''}).", file=sys.stderr)
+    return 1
 
 
 def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) -> int:

@@ -8,6 +8,15 @@ export class ApiError extends Error {
   }
 }
 
+const OFFLINE = "Tandem's server is not answering. Is it still running?";
+
+// A request that never reached the server: the page's status dot checks at once instead of at
+// its next poll.
+function offline() {
+  document.dispatchEvent(new CustomEvent("tandem:offline"));
+  return new ApiError(0, "offline", OFFLINE);
+}
+
 async function fail(resp) {
   let code = "http_error";
   let message = `Request failed (${resp.status})`;
@@ -18,41 +27,50 @@ async function fail(resp) {
   throw new ApiError(resp.status, code, message);
 }
 
+// body: an object sent as JSON, or a Blob/File sent as it is (an imported file: the server, not
+// the page, says what is wrong with it).
 export async function api(method, path, body) {
   const init = { method, headers: {} };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = body instanceof Blob ? body : JSON.stringify(body);
   }
   let resp;
   try {
     resp = await fetch(path, init);
   } catch {
-    throw new ApiError(0, "offline", "Tandem's server is not answering. Is it still running?");
+    throw offline();
   }
   if (!resp.ok) await fail(resp);
   return resp.status === 204 ? null : resp.json();
 }
 
-// POST a message and call onEvent(name, data) for each server-sent event until the reply ends.
-export async function streamReply(conversationId, content, onEvent, signal) {
+// POST body to path and call onEvent(name, data) for each server-sent event until the stream ends.
+export async function streamEvents(path, body, onEvent, signal) {
   let resp;
   try {
-    resp = await fetch(`/api/conversations/${encodeURIComponent(conversationId)}/messages`, {
+    resp = await fetch(path, {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify({ content }),
+      body: JSON.stringify(body),
       signal,
     });
   } catch (err) {
     if (err.name === "AbortError") return;
-    throw new ApiError(0, "offline", "Tandem's server is not answering. Is it still running?");
+    throw offline();
   }
   if (!resp.ok) await fail(resp);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
-    const { value, done } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      throw offline();
+    }
+    const { value, done } = chunk;
     if (done) break;
     buffer += value;
     let cut;
@@ -68,4 +86,18 @@ export async function streamReply(conversationId, content, onEvent, signal) {
       if (data.length) onEvent(event, JSON.parse(data.join("\n")));
     }
   }
+}
+
+const conversationPath = (id) => `/api/conversations/${encodeURIComponent(id)}`;
+
+// A message and its reply; extra: edit_of (a new sibling of that user message), temperature,
+// max_tokens, seed.
+export function streamReply(conversationId, content, onEvent, signal, extra = {}) {
+  return streamEvents(`${conversationPath(conversationId)}/messages`, { content, ...extra }, onEvent, signal);
+}
+
+// Another reply: body.message_id names an assistant message (a sibling is written) or a user
+// message (a reply to it); without it, the last reply of the active branch.
+export function streamRegenerate(conversationId, body, onEvent, signal) {
+  return streamEvents(`${conversationPath(conversationId)}/regenerate`, body, onEvent, signal);
 }

@@ -1,0 +1,185 @@
+// The Settings page: what new conversations start with, the theme, where data lives, the server.
+// Each field saves on its own; the API says which ones wait for the next start.
+import { el, option } from "./dom.js";
+import { api } from "./api.js";
+import { modelLabel } from "./names.js";
+import { state, showError } from "./state.js";
+
+const THEME_NAMES = { system: "Match the system", light: "Light", dark: "Dark" };
+const POLICY_NAMES = { sink_window: "Keep the start, slide the rest", drop_turns: "Drop the oldest messages", stop: "Stop when it is full" };
+const THEME_KEY = "tandem.theme";
+
+export function applyTheme(theme) {
+  if (theme === "light" || theme === "dark") document.documentElement.dataset.theme = theme;
+  else delete document.documentElement.dataset.theme;
+  try {
+    localStorage.setItem(THEME_KEY, theme || "system");
+  } catch {}
+}
+
+// The theme saved on the server wins over the one this browser remembered.
+export async function loadSettings() {
+  try {
+    state.settings = await api("GET", "/api/settings");
+    applyTheme(state.settings.values.theme);
+  } catch {}
+  return state.settings;
+}
+
+// One setting: its label, its control (saved on change), "takes effect at next start" when the
+// API says so, a help line and the server's answer when it refuses a value.
+function field(name, label, control, kind, help) {
+  const row = el("div", "setting");
+  row.dataset.name = name;
+  if (!control.id) control.id = `set-${name}`;
+  const caption = el(control.tagName === "DIV" ? "span" : "label", "setting-label", label);
+  if (caption.tagName === "LABEL") caption.htmlFor = control.id;
+  const head = el("div", "setting-head");
+  head.append(caption);
+  if (state.settings.restart?.includes(name)) head.append(el("span", "restart-note"));
+  head.append(el("span", "saved", ""));
+  row.append(head, control);
+  showRestart(row);
+  if (help) row.append(el("p", "setting-help", help));
+  row.append(el("p", "field-error"));
+  if (kind) {
+    control.addEventListener("change", () => {
+      const value = read(control, kind);
+      if (value === undefined) return invalid(row, "Enter a number.");
+      saveSetting(row, value);
+    });
+  }
+  return row;
+}
+
+// A setting read at start only: says so, and what the running server still uses once it differs.
+function showRestart(row) {
+  const note = row.querySelector(".restart-note");
+  if (!note) return;
+  const name = row.dataset.name;
+  const running = state.settings.running?.[name];
+  const pending = running !== undefined && running !== state.settings.values[name];
+  note.textContent = pending ? `takes effect at next start (now ${running})` : "takes effect at next start";
+  note.title = "Tandem reads this when it starts: restart it for a change to apply.";
+  row.classList.toggle("pending-restart", pending);
+}
+
+function invalid(row, message) {
+  row.querySelector(".field-error").textContent = message;
+  row.classList.toggle("invalid", !!message);
+}
+
+function input(type, value, attrs = {}) {
+  const node = el("input");
+  node.type = type;
+  node.value = value ?? "";
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function select(choices, value) {
+  const node = el("select");
+  node.append(...choices.map(([v, text]) => option(v, text)));
+  node.value = value ?? "";
+  return node;
+}
+
+async function saveSetting(row, value) {
+  const name = row.dataset.name;
+  const saved = row.querySelector(".saved");
+  try {
+    state.settings = await api("PATCH", "/api/settings", { [name]: value });
+    invalid(row, "");
+    showRestart(row);
+    if (name === "theme") applyTheme(state.settings.values.theme);
+    saved.textContent = "Saved";
+    setTimeout(() => (saved.textContent = ""), 1500);
+    showError("");
+  } catch (err) {
+    invalid(row, err.message);
+  }
+}
+
+// The value a control holds, as the API takes it; undefined: not a valid entry (not sent).
+function read(control, kind) {
+  const raw = control.value.trim();
+  if (kind === "int" || kind === "float") {
+    if (!raw) return undefined;
+    const n = kind === "int" ? Number(raw) : parseFloat(raw);
+    return Number.isFinite(n) && (kind === "float" || Number.isInteger(n)) ? n : undefined;
+  }
+  if (kind === "nullable") return raw || null;
+  return control.value;
+}
+
+function themeField(values, choices) {
+  const group = el("div", "theme-choice");
+  group.setAttribute("role", "radiogroup");
+  group.setAttribute("aria-label", "Theme");
+  group.id = "set-theme";
+  for (const theme of choices.theme ?? ["system", "light", "dark"]) {
+    const label = el("label", "theme-option");
+    const radio = input("radio", theme, { name: "theme" });
+    radio.checked = (values.theme ?? "system") === theme;
+    radio.addEventListener("change", () => radio.checked && saveSetting(label.closest(".setting"), theme));
+    label.append(radio, document.createTextNode(THEME_NAMES[theme] ?? theme));
+    group.append(label);
+  }
+  return field("theme", "Theme", group, null);
+}
+
+function section(title, intro, ...rows) {
+  const box = el("section", "panel settings-section");
+  box.append(el("h3", "", title));
+  if (intro) box.append(el("p", "muted", intro));
+  box.append(...rows);
+  return box;
+}
+
+export async function renderSettings(view) {
+  view.replaceChildren(el("p", "muted", "Loading settings…"));
+  const [settings, installed] = await Promise.all([
+    api("GET", "/api/settings"),
+    state.models.length ? state.models : api("GET", "/api/models").catch(() => []),
+  ]);
+  state.settings = settings;
+  const { values, choices = {} } = settings;
+  const byDefault = installed.find((m) => m.is_default);
+  const models = [["", byDefault ? `The built-in default: ${modelLabel(byDefault)}` : "The built-in default"],
+    ...installed.map((m) => [m.id, modelLabel(m)])];
+  if (values.default_model_id && !installed.some((m) => m.id === values.default_model_id)) {
+    models.push([values.default_model_id, `${values.default_model_id} (not installed)`]);
+  }
+  const policies = (choices.context_policy ?? Object.keys(POLICY_NAMES)).filter((p) => p);
+  const prompt = el("textarea");
+  prompt.rows = 4;
+  prompt.value = values.system_prompt ?? "";
+  prompt.placeholder = "None: the model's own behaviour";
+
+  const num = (value, attrs) => input("number", value, attrs);
+  const page = el("div", "settings-page");
+  page.append(
+    section("New conversations", "Every new chat starts with these. A conversation's own settings (⚙ in its header) change it alone.",
+      field("default_model_id", "Model", select(models, values.default_model_id), "nullable"),
+      field("system_prompt", "System prompt", prompt, "text", "Instructions the model reads before every conversation."),
+      field("temperature", "Temperature", num(values.temperature, { min: 0, max: 2, step: 0.05 }), "float",
+        "0: always the most likely words; higher: more varied replies."),
+      field("top_p", "Top p", num(values.top_p, { min: 0, max: 1, step: 0.05 }), "float",
+        "Only the most likely words that together make up this share are considered."),
+      field("max_tokens", "Longest reply (tokens)", num(values.max_tokens, { min: 1, step: 1 }), "int"),
+      field("context_policy", "When a conversation outgrows the context",
+        select([["", "Automatic: the plan's choice"], ...policies.map((p) => [p, POLICY_NAMES[p] ?? p])], values.context_policy), "nullable"),
+    ),
+    section("Appearance", null, themeField(values, choices)),
+    section("Storage", null,
+      field("data_dir", "Data folder", input("text", values.data_dir, { spellcheck: "false" }), "text",
+        "Conversations, downloaded models and saved caches live here."),
+      field("context_cache_mb", "Saved-cache size (MB)", num(values.context_cache_mb, { min: 0, step: 1 }), "int",
+        "Disk space for saved conversation caches, so that long conversations resume at once. 0 turns saving off."),
+    ),
+    section("Server", null,
+      field("port", "Port", num(values.port, { min: 1, max: 65535, step: 1 }), "int", "The port the app and its API answer on."),
+    ),
+  );
+  view.replaceChildren(page);
+}
