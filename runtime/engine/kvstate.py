@@ -8,15 +8,24 @@ The header names the binding (a hash of the model file and of every load paramet
 the cache), the token count, the state's length and its SHA-256. A file whose binding differs, or
 that is truncated or corrupted, is discarded: the caller re-evaluates, never uses a wrong cache.
 The directory is kept under a size cap by removing the least recently used files.
+
+Each write goes to a temporary file of its own (named with the writing process's id, so that a
+temporary file left by a crash is recognised and removed at the next start), is renamed into place
+and the directory synced. A discard wins over a save running at the same moment: the save does
+not rename its file into place once the key was discarded after it began. A state is read
+straight into the buffer llama.cpp reads from, so restoring costs about the state's size in RAM.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import struct
+import threading
+import uuid
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +34,8 @@ log = logging.getLogger("tandem")
 
 MAGIC = b"TANDEMKV1\n"
 SUFFIX = ".kvstate"
+TMP_SUFFIX = ".tmp"
+MAX_HEADER = 1 << 16
 KV_SHAPING_PARAMS = ("n_ctx", "n_gpu_layers", "n_ubatch", "flash_attn", "type_k", "type_v",
                      "offload_kqv", "swa_full", "main_gpu", "tensor_split")
 
@@ -47,7 +58,28 @@ def state_path(directory: Path, key: str) -> Path:
 @dataclass(frozen=True)
 class SavedState:
     tokens: list[int]
-    data: bytes
+    data: object  # a ctypes byte array (what llama.cpp reads), or bytes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours (or cannot tell): leave its file alone
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX; Windows has no directory handles to sync)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class KVStateStore:
@@ -58,31 +90,58 @@ class KVStateStore:
         self.binding = binding
         self.cap_bytes = cap_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._epochs: dict[str, int] = {}  # a discard bumps the key's epoch: saves begun before it lose
+        self.removed_temps = self._clean_temps()
+
+    def _clean_temps(self) -> int:
+        """Remove temporary files of writes that never finished (their process is gone)."""
+        removed = 0
+        for p in self.directory.glob("*" + TMP_SUFFIX):
+            parts = p.name.split(".")
+            pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+            if pid is None or not _pid_alive(pid):
+                p.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def path_for(self, key: str) -> Path:
         return state_path(self.directory, key)
 
-    def save(self, key: str, tokens: list[int], data: bytes) -> Path | None:
-        """Write the state of `key`; None when it alone is over the cap (nothing is written)."""
+    def save(self, key: str, tokens: list[int], data) -> Path | None:
+        """Write the state of `key` (bytes-like); None when it alone is over the cap or the key was
+        discarded while it was being written (nothing is left behind)."""
+        with self._lock:
+            epoch = self._epochs.get(key, 0)
+        view = memoryview(data).cast("B")
         header = json.dumps({
-            "binding": self.binding, "n_tokens": len(tokens), "state_bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "binding": self.binding, "n_tokens": len(tokens), "state_bytes": len(view),
+            "sha256": hashlib.sha256(view).hexdigest(),
         }).encode()
-        size = len(MAGIC) + 4 + len(header) + 4 * len(tokens) + len(data)
+        size = len(MAGIC) + 4 + len(header) + 4 * len(tokens) + len(view)
         if size > self.cap_bytes:
             self.discard(key)
             return None
         path = self.path_for(key)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            f.write(struct.pack("<I", len(header)))
-            f.write(header)
-            f.write(array("i", tokens).tobytes())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = self.directory / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC)
+                f.write(struct.pack("<I", len(header)))
+                f.write(header)
+                f.write(array("i", tokens).tobytes())
+                f.write(view)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._lock:
+                if self._epochs.get(key, 0) != epoch:  # discarded meanwhile: the discard wins
+                    tmp.unlink(missing_ok=True)
+                    return None
+                os.replace(tmp, path)
+            _fsync_dir(self.directory)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._enforce_cap(keep=path)
         return path
 
@@ -91,55 +150,75 @@ class KVStateStore:
         (the last two are deleted, with the reason logged)."""
         path = self.path_for(key)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                problem, state = _read(f, os.fstat(f.fileno()).st_size, self.binding)
         except FileNotFoundError:
             return None
-        problem, state = _parse(raw, self.binding)
         if problem:
             log.warning("discarding saved context %s: %s", path.name, problem)
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # recently used
+        try:
+            os.utime(path)  # recently used
+        except FileNotFoundError:
+            pass
         return state
 
     def discard(self, key: str) -> None:
-        self.path_for(key).unlink(missing_ok=True)
+        with self._lock:
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+            self.path_for(key).unlink(missing_ok=True)
 
     def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.glob("*" + SUFFIX))
+        """Saved states and temporary files alike: both take the disk the cap is about."""
+        return sum(size for _, size, _ in self._files())
+
+    def _files(self) -> list[tuple[Path, int, int]]:
+        out = []
+        for p in [*self.directory.glob("*" + SUFFIX), *self.directory.glob("*" + TMP_SUFFIX)]:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append((p, st.st_size, st.st_mtime_ns))
+        return out
 
     def _enforce_cap(self, keep: Path) -> None:
-        files = sorted(self.directory.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in files)
-        for p in files:  # oldest use first
+        files = sorted(self._files(), key=lambda f: f[2])
+        total = sum(size for _, size, _ in files)
+        for p, size, _ in files:  # oldest use first
             if total <= self.cap_bytes:
                 break
-            if p != keep:
-                total -= p.stat().st_size
+            if p != keep and p.suffix == SUFFIX:
+                total -= size
                 p.unlink(missing_ok=True)
 
 
-def _parse(raw: bytes, binding: str) -> tuple[str | None, SavedState | None]:
-    if not raw.startswith(MAGIC):
+def _read(f, file_size: int, binding: str) -> tuple[str | None, SavedState | None]:
+    """Check and read a state file; the state goes straight into a ctypes buffer."""
+    if f.read(len(MAGIC)) != MAGIC:
         return "not a saved context (wrong magic)", None
-    at = len(MAGIC)
-    if len(raw) < at + 4:
+    raw = f.read(4)
+    if len(raw) < 4:
         return "truncated header", None
-    (n,) = struct.unpack_from("<I", raw, at)
-    at += 4
+    (n,) = struct.unpack("<I", raw)
+    if n > MAX_HEADER:
+        return "unreadable header", None
     try:
-        header = json.loads(raw[at : at + n])
+        header = json.loads(f.read(n))
         n_tokens, n_state = int(header["n_tokens"]), int(header["state_bytes"])
     except (ValueError, KeyError, TypeError):
         return "unreadable header", None
     if header.get("binding") != binding:
         return "saved for another model file or plan", None
-    at += n
-    if len(raw) != at + 4 * n_tokens + n_state:
-        return f"{len(raw)} bytes where the header promises {at + 4 * n_tokens + n_state} (truncated?)", None
+    at = len(MAGIC) + 4 + n
+    if n_tokens < 0 or n_state < 0 or file_size != at + 4 * n_tokens + n_state:
+        return f"{file_size} bytes where the header promises {at + 4 * max(n_tokens, 0) + max(n_state, 0)} (truncated?)", None
     tokens = array("i")
-    tokens.frombytes(raw[at : at + 4 * n_tokens])
-    data = raw[at + 4 * n_tokens :]
-    if hashlib.sha256(data).hexdigest() != header.get("sha256"):
+    tokens.frombytes(f.read(4 * n_tokens))
+    data = (ctypes.c_uint8 * n_state)()
+    if f.readinto(data) != n_state:
+        return "truncated state", None
+    if hashlib.sha256(memoryview(data).cast("B")).hexdigest() != header.get("sha256"):
         return "checksum mismatch (corrupted)", None
     return None, SavedState(tokens.tolist(), data)

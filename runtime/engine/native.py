@@ -161,17 +161,19 @@ class NativeDecoder:
         return True
 
     # --- saved state of the cache (sequence 0)
-    def state(self) -> bytes:
+    def state(self) -> memoryview:
+        """The cache's state, a view of the one buffer llama.cpp wrote it into (no copies)."""
         ctx = self.ctx
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-        return bytes(buf)[:written]
+        return memoryview(buf).cast("B")[:written]
 
-    def restore(self, tokens: list[int], data: bytes) -> bool:
-        """Load a saved cache holding `tokens`; False (and an empty cache) if llama.cpp refuses it."""
+    def restore(self, tokens: list[int], data) -> bool:
+        """Load a saved cache holding `tokens` (a ctypes byte array is used in place, bytes are
+        copied); False (and an empty cache) if llama.cpp refuses it."""
         self.reset()
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        buf = data if isinstance(data, ctypes.Array) else (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         read = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), 0)
         held = llama_cpp.llama_memory_seq_pos_max(self.memory, 0) + 1
         if read != len(data) or held != len(tokens):

@@ -1,64 +1,86 @@
-"""Saved-cache files: round trip, binding, damage, size cap (pure file logic, no model)."""
+"""Saved conversation caches on a real directory: atomic writes, crash leftovers, discard races."""
 
-from __future__ import annotations
-
+import ctypes
 import os
+import subprocess
+import sys
 
 import pytest
 
-from tandem.runtime.engine.kvstate import KVStateStore, state_path
+from tandem.runtime.engine import kvstate
+from tandem.runtime.engine.kvstate import KVStateStore
 
 
-def store(tmp_path, binding="plan-a", cap=10_000) -> KVStateStore:
-    return KVStateStore(tmp_path, binding, cap)
+@pytest.fixture()
+def store(tmp_path):
+    return KVStateStore(tmp_path, binding="b1", cap_bytes=10_000)
 
 
-def test_round_trip(tmp_path):
-    s = store(tmp_path)
-    s.save("conv", [1, 2, 3, 70000], b"state-bytes")
-    saved = s.load("conv")
-    assert saved.tokens == [1, 2, 3, 70000] and saved.data == b"state-bytes"
-    assert s.load("other") is None
+def test_a_state_comes_back_in_a_buffer_llama_cpp_can_read_in_place(store):
+    store.save("conv", [1, 2, 3], memoryview(b"state-bytes"))
+    saved = store.load("conv")
+    assert saved.tokens == [1, 2, 3]
+    assert isinstance(saved.data, ctypes.Array) and bytes(saved.data) == b"state-bytes"
+    assert [p.name for p in store.directory.iterdir() if p.suffix == ".tmp"] == []
 
 
-def test_keys_are_hashed_into_file_names(tmp_path):
-    path = state_path(tmp_path, "../../etc/passwd")
-    assert path.parent == tmp_path and "/" not in path.name and path.suffix == ".kvstate"
+def test_damaged_or_foreign_files_are_discarded(tmp_path, store):
+    path = store.save("conv", [1, 2], b"x" * 100)
+    raw = path.read_bytes()
+    for damaged in (raw[:-1], raw[:20], b"junk", raw[:-5] + b"yyyyy"):
+        path.write_bytes(damaged)
+        assert store.load("conv") is None and not path.exists()
+    store.save("conv", [1, 2], b"x" * 100)
+    assert KVStateStore(tmp_path, binding="other", cap_bytes=10_000).load("conv") is None
 
 
-def test_another_binding_is_refused_and_deleted(tmp_path):
-    store(tmp_path, "plan-a").save("conv", [1, 2], b"x")
-    assert store(tmp_path, "plan-b").load("conv") is None
-    assert not state_path(tmp_path, "conv").exists()
+def test_temporary_files_of_a_dead_writer_are_removed_at_start(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    left = tmp_path / f".abc.{dead_pid}.1234abcd.tmp"
+    left.write_bytes(b"x" * 500)
+    old_style = tmp_path / "abc.tmp"
+    old_style.write_bytes(b"x")
+    alive = tmp_path / f".def.{os.getppid()}.1234abcd.tmp"  # a live process may still be writing it
+    alive.write_bytes(b"y")
+    store = KVStateStore(tmp_path, binding="b1", cap_bytes=10_000)
+    assert store.removed_temps == 2
+    assert not left.exists() and not old_style.exists() and alive.exists()
+    assert store.total_bytes() == 1  # what is on the disk counts against the cap
 
 
-@pytest.mark.parametrize("damage", [
-    lambda raw: raw[:-3],  # truncated
-    lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]),  # one bit flipped in the state
-    lambda raw: b"NOTKV" + raw[5:],  # wrong magic
-    lambda raw: raw[:14] + b"{broken" + raw[21:],  # header no longer JSON
-    lambda raw: raw + b"extra",
-])
-def test_damaged_files_are_discarded(tmp_path, damage):
-    s = store(tmp_path)
-    path = s.save("conv", [5, 6, 7], b"0123456789" * 10)
-    path.write_bytes(damage(path.read_bytes()))
-    assert s.load("conv") is None
-    assert not path.exists()
+def test_a_discard_during_a_save_wins(store, monkeypatch):
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync_then_discard(fd):
+        real_fsync(fd)
+        if not calls:
+            calls.append(fd)
+            store.discard("conv")  # the conversation is deleted while its cache is being written
+
+    monkeypatch.setattr(kvstate.os, "fsync", fsync_then_discard)
+    assert store.save("conv", [1], b"data") is None
+    assert not store.path_for("conv").exists()
+    assert list(store.directory.iterdir()) == []
+    assert store.save("conv", [1], b"data") is not None  # a later save is not refused
 
 
-def test_least_recently_used_go_first_under_the_cap(tmp_path):
-    s = store(tmp_path, cap=1500)  # room for three files of about 450 bytes
-    for i, key in enumerate(["old", "mid", "new"]):
-        path = s.save(key, [1], b"x" * 300)
-        os.utime(path, ns=(i * 10**9, i * 10**9))
-    assert s.load("old") is not None  # using it makes it recent
-    s.save("newest", [1], b"x" * 300)
-    assert s.total_bytes() <= 1500
-    assert s.load("mid") is None and s.load("old") is not None and s.load("newest") is not None
+def test_a_failed_write_leaves_no_temporary_file(store, monkeypatch):
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kvstate.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        store.save("conv", [1], b"data")
+    assert list(store.directory.iterdir()) == []
 
 
-def test_a_state_larger_than_the_cap_is_not_written(tmp_path):
-    s = store(tmp_path, cap=100)
-    assert s.save("big", [1], b"x" * 500) is None
-    assert s.load("big") is None and s.total_bytes() == 0
+def test_the_cap_removes_least_recently_used(tmp_path):
+    store = KVStateStore(tmp_path, binding="b1", cap_bytes=600)
+    for key in ("a", "b", "c"):
+        store.save(key, [1], b"x" * 150)
+        os.utime(store.path_for(key), ns=(0, {"a": 1, "b": 2, "c": 3}[key] * 10**9))
+    store.save("d", [1], b"x" * 150)
+    assert store.load("a") is None and store.load("d") is not None
+    assert store.save("huge", [1], b"x" * 1000) is None and not store.path_for("huge").exists()
