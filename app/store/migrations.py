@@ -184,23 +184,35 @@ def applied(db: Database) -> list[str]:
 
 
 def migrate(db: Database, upto: str | None = None) -> list[str]:
-    """Apply every migration not yet recorded (each in its own transaction). Returns their names.
+    """Apply every migration not yet recorded (each in its own savepoint, all under one write lock,
+    so that two processes opening the same new database at once apply each migration once).
+    Returns their names.
 
     `upto` stops after the named migration: tests use it to build an older schema.
     """
-    if not db[MIGRATIONS_TABLE].exists():
-        db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
-    done = set(applied(db))
-    ran = []
-    for migration in MIGRATIONS:
-        name = migration.__name__
-        if name not in done:
-            with db.atomic():
-                migration(db)
-                db[MIGRATIONS_TABLE].insert(
-                    {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()}
-                )
-            ran.append(name)
-        if name == upto:
-            break
+    names = [m.__name__ for m in MIGRATIONS]
+    if db[MIGRATIONS_TABLE].exists() and set(names[: names.index(upto) + 1] if upto else names) <= set(applied(db)):
+        return []  # the common case: nothing to do, no write lock taken
+    db.conn.execute("BEGIN IMMEDIATE")  # waits (the connection's timeout) for another process's migrations
+    try:
+        if not db[MIGRATIONS_TABLE].exists():
+            db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
+        done = set(applied(db))  # read again under the lock: another process may have done them
+        ran = []
+        for migration in MIGRATIONS:
+            name = migration.__name__
+            if name not in done:
+                with db.atomic():
+                    migration(db)
+                    db[MIGRATIONS_TABLE].insert(
+                        {"name": name, "applied_at": datetime.now(timezone.utc).isoformat()}
+                    )
+                ran.append(name)
+            if name == upto:
+                break
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
     return ran

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,10 +33,22 @@ class Store(ConversationStore, PrefsStore):
         conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=10)
         self.db = Database(conn)
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.enable_wal()
+        self._enable_wal()
         self._lock = threading.RLock()
         with self._lock:
             self.migrations_run = migrate(self.db)
+
+    def _enable_wal(self, attempts: int = 50) -> None:
+        """WAL mode. Switching needs the database to itself for a moment, and SQLite does not wait
+        for that (no busy handler), so a second process opening it at once retries."""
+        for i in range(attempts):
+            try:
+                self.db.enable_wal()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or i == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     def close(self) -> None:
         with self._lock:

@@ -123,3 +123,19 @@ def test_only_one_default_model(tmp_path):
 def test_title_from_long_text():
     assert title_from("x" * 100) == "x" * 59 + "…"
     assert title_from("   ") == DEFAULT_TITLE
+
+
+def test_processes_opening_a_new_database_at_once_each_apply_nothing_twice(tmp_path):
+    import subprocess
+    import sys
+
+    for round_ in range(3):
+        path = tmp_path / f"race{round_}.db"
+        code = f"from tandem.app.store import Store; Store({str(path)!r}).close()"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], errors
+        db = Database(sqlite3.connect(path))
+        assert applied(db) == [m.__name__ for m in MIGRATIONS]
+        assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
+        db.close()
