@@ -54,7 +54,8 @@ def describe_validation(err: RequestValidationError) -> str:
         if e.get("type") == "json_invalid":
             return "The request body is not valid JSON. Send a JSON object with Content-Type: application/json."
         parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-    return "Invalid request: " + "; ".join(parts)
+    more = f"; and {len(parts) - 5} more" if len(parts) > 5 else ""  # a huge request gets a short answer
+    return "Invalid request: " + "; ".join(parts[:5]) + more
 
 
 def install(app: FastAPI) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -21,14 +21,19 @@ from tandem.runtime.errors import Interrupted
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
+MAX_MESSAGES = 4096
+MAX_CHARS = 1_000_000  # per message: far past any context Tandem plans for
+MAX_STOPS, MAX_STOP_CHARS = 16, 256  # each stop string is checked after every token
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: str = Field(..., max_length=MAX_CHARS)
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart] | None = None
+    content: Annotated[str, Field(max_length=MAX_CHARS)] | Annotated[list[TextPart], Field(max_length=256)] | None = None
 
     def plain(self) -> dict:
         content = self.content
@@ -44,14 +49,15 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     model: str | None = None
-    messages: list[ChatMessage] = Field(..., min_length=1)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Annotated[str, Field(max_length=MAX_STOP_CHARS)] | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOPS)] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1)
     # seconds the model stays loaded once idle (Tandem and Ollama extension; negative: always)

@@ -51,3 +51,23 @@ def test_serving_beyond_this_machine_needs_an_api_key(tmp_path):
         with httpx.Client(timeout=30) as c:  # this machine itself needs no key
             assert c.get(f"http://127.0.0.1:{srv.port}/api/health").status_code == 200
             assert c.get(f"http://127.0.0.1:{srv.port}/api/health", headers={"Host": "rebind.evil"}).status_code == 403
+
+
+def test_request_limits_answer_422_with_the_limit(server):
+    url = server.url + "/v1/chat/completions"
+    one = {"role": "user", "content": "hi"}
+    cases = [
+        ({"messages": [one] * 5000}, "messages"),
+        ({"messages": [one], "stop": ["x"] * 17}, "stop"),
+        ({"messages": [one], "stop": ["x" * 300]}, "stop"),
+        ({"messages": [{"role": "user", "content": "x" * 1_000_001}]}, "content"),
+        ({"messages": [one], "max_tokens": 10**9}, "max_tokens"),
+    ]
+    with httpx.Client(timeout=60) as c:
+        for body, word in cases:
+            r = c.post(url, json=body)
+            assert r.status_code == 422, (word, r.status_code)
+            message = r.json()["error"]["message"]
+            assert word in message and len(message) < 2000, message
+        ok = c.post(url, json={"messages": [one], "stop": ["x"] * 16, "max_tokens": 2})
+        assert ok.status_code == 200
