@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlite_utils.db
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -83,6 +84,11 @@ def install(app: FastAPI) -> None:
         if err.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
         return error_response(err.status_code, "http_error", message)
+
+    @app.exception_handler(sqlite_utils.db.NotFoundError)
+    async def _gone(request: Request, err: Exception):
+        # A row deleted by another request between this request's check and its write.
+        return error_response(404, "not_found", "What this request changes was deleted meanwhile; reload and try again.")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception):
