@@ -94,6 +94,12 @@ function metaLine(m) {
   const meta = el("div", "meta");
   if (m.status === "stopped") meta.append(el("span", "badge stopped", "stopped"));
   if (m.status === "error") meta.append(el("span", "badge error", "failed"));
+  if (m.status === "interrupted") {
+    const cut = el("span", "badge stopped", "cut off");
+    cut.title = "Tandem was closed (or stopped working) while it wrote this reply; what it had written is kept.";
+    meta.append(cut);
+  }
+  if (m.status === "writing") meta.append(el("span", "badge", "being written"));
   const evicted = evictedIds(m);
   const tokens = m.evicted_tokens ? ` (${m.evicted_tokens} tokens)` : "";
   if (evicted.length) {
@@ -122,6 +128,23 @@ export function evictedIds(m) {
   }
 }
 
+// A long paste would push the conversation off the screen: show its start, the rest on request.
+const LONG_CHARS = 1500;
+const LONG_LINES = 25;
+const isLong = (text) => text.length > LONG_CHARS || text.split("\n").length > LONG_LINES;
+
+function collapser(node) {
+  node.classList.add("collapsed");
+  const toggle = button("Show more", "show-more", "Show the whole message");
+  toggle.addEventListener("click", () => {
+    const open = node.classList.toggle("collapsed") === false;
+    toggle.textContent = open ? "Show less" : "Show more";
+    toggle.title = open ? "Show only the start of the message" : "Show the whole message";
+    toggle.setAttribute("aria-label", toggle.title);
+  });
+  return toggle;
+}
+
 // actions: {copy, edit, regenerate, fork, branch}, each called with the message (branch: an id);
 // without actions (a message not stored yet) there is no bar.
 export function messageNode(m, actions) {
@@ -131,6 +154,7 @@ export function messageNode(m, actions) {
   if (m.role === "assistant") body.append(renderMarkdown(m.content));
   else body.textContent = m.content;
   node.append(body);
+  if (m.role === "user" && isLong(m.content)) node.append(collapser(node));
   if (m.role === "assistant") {
     if (m.model_id) node.dataset.model = m.model_id;
     node.append(metaLine(m));

@@ -245,7 +245,14 @@ async function importFile() {
 
 export function initSidebar() {
   on("list", loadSoon);
-  on("conversation", markActive);
+  on("conversation", (e) => {
+    markActive(e);
+    // opened from an address or a search before the list knew it (made in another tab, imported)
+    if (state.current && !state.conversations.some((c) => c.id === state.current.id)) loadSoon();
+  });
+  // Another tab or an API client may have changed the conversations meanwhile.
+  window.addEventListener("focus", loadSoon);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) loadSoon(); });
   $("search").addEventListener("input", searchInput);
   $("search").addEventListener("keydown", (e) => {
     if (e.key === "Escape" && $("search").value) {
