@@ -3,7 +3,7 @@
 import { el, button } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { modelLabel } from "./names.js";
-import { modelById } from "./state.js";
+import { modelById, on } from "./state.js";
 
 const modelName = (id) => modelLabel(modelById(id) ?? { id });
 const tps = (v) => `${v.toFixed(v < 10 ? 1 : 0)} tok/s`;
@@ -160,5 +160,18 @@ export function messageNode(m, actions) {
     node.append(metaLine(m));
   }
   if (actions && m.id != null) node.append(actionBar(m, actions));
+  node.tandemMessage = m;
   return node;
 }
+
+// The installed models' names arrive after the first messages may be on screen: name them then.
+function refreshStats() {
+  for (const node of document.querySelectorAll(".message.assistant")) {
+    const span = node.tandemMessage && node.querySelector(".meta .stats");
+    if (!span) continue;
+    const line = stats(node.tandemMessage);
+    span.textContent = line.text;
+    span.title = line.title;
+  }
+}
+on("models-loaded", refreshStats);

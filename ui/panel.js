@@ -5,7 +5,7 @@ import { $, option } from "./dom.js";
 import { api } from "./api.js";
 import * as models from "./models.js";
 import { modelLabel, modelTitle } from "./names.js";
-import { state, streamingHere, showError, on, modelById } from "./state.js";
+import { state, streamingHere, showError, on, notify, modelById } from "./state.js";
 
 const path = (id) => `/api/conversations/${encodeURIComponent(id)}`;
 const NUMBERS = [["conv-temperature", "temperature", parseFloat], ["conv-top-p", "top_p", parseFloat], ["conv-max-tokens", "max_tokens", (v) => parseInt(v, 10)]];
@@ -24,6 +24,7 @@ export async function loadModels() {
   } catch {
     return;
   }
+  notify("models-loaded");
   renderPicker();
 }
 

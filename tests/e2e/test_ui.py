@@ -178,7 +178,7 @@ def test_speculative_decoding_is_shown_under_the_reply(page, server):
 
     send(page, TASKS["copy"])  # a reply that copies a code block: prompt lookup drafts it
     stats = page.locator(".message.assistant .stats").last
-    expect(stats).to_contain_text("tokens", timeout=60_000)
+    expect(stats).to_contain_text("tokens", timeout=180_000)  # 256 tokens: slow on a busy machine
     expect(stats).to_contain_text(re.compile(r"(faster than|slower than|as fast as) predicted"))
     expect(stats).to_contain_text(re.compile(r"\d+ of \d+ guessed tokens accepted"))
     assert "prompt lookup" in stats.get_attribute("title")

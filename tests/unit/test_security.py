@@ -1,6 +1,7 @@
 """Host and Origin normalisation and the guard's decisions, on plain ASGI scopes."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -44,6 +45,16 @@ def test_origin_parts():
         assert origin_parts(bad) is None
 
 
+def run_async(coro):
+    """asyncio.run in a thread of its own: a browser test earlier in the session may have left an
+    event loop running in this one."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=asyncio.run(coro)))
+    thread.start()
+    thread.join()
+    return box.get("result")
+
+
 def run(guard, path="/api/health", method="GET", headers=(), client=("127.0.0.1", 5000), port=8742):
     scope = {"type": "http", "method": method, "path": path, "server": ("127.0.0.1", port), "client": client,
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers]}
@@ -55,7 +66,7 @@ def run(guard, path="/api/health", method="GET", headers=(), client=("127.0.0.1"
     async def send(message):
         sent.append(message)
 
-    asyncio.run(guard(scope, receive, send))
+    run_async(guard(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     return start["status"], dict(start["headers"])
 
@@ -131,7 +142,7 @@ def test_body_limit_counts_declared_and_chunked_bodies():
         async def send(m):
             sent.append(m)
 
-        asyncio.run(BodyLimit(read_all, limit=10)(scope, receive, send))
+        run_async(BodyLimit(read_all, limit=10)(scope, receive, send))
         return sent[0]["status"], sent[-1]["body"]
 
     assert post([b"12345"], declared=5) == (200, b"5")
