@@ -24,11 +24,11 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from tandem.app.api.deps import ChatDep, SettingsDep, StoreDep, check_max_tokens
+from tandem.app.api.deps import ChatDep, KeepAlive, RowId, SettingsDep, StoreDep, check_max_tokens
 from tandem.app.services.chat import ChatService, Reply
 from tandem.app.api.disconnect import ClientWatch
 from tandem.app.api.errors import error_body, runtime_status
-from tandem.app.api.sse import SSE_HEADERS, sse
+from tandem.app.api.sse import SSE_HEADERS, SSE_RESPONSE, sse
 from tandem.runtime.engine import Failed, Finished, Progress, Queued, Started, Token
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
@@ -57,23 +57,22 @@ class ReplyOptions(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
-    # seconds the model stays loaded once idle (0: unload after this reply; negative: always)
-    keep_alive: float | None = None
+    keep_alive: KeepAlive | None = None
 
 
 class PostMessage(ReplyOptions):
     content: str = Field(..., min_length=1, max_length=200_000)
     # a user message this one replaces: it becomes its sibling and the old branch stays
-    edit_of: int | None = None
+    edit_of: RowId | None = None
 
 
 class Regenerate(ReplyOptions):
     # an assistant message (a new reply beside it) or a user message (a new reply to it); null: the latest
-    message_id: int | None = None
+    message_id: RowId | None = None
 
 
 class MessageRef(BaseModel):
-    message_id: int
+    message_id: RowId
 
 
 @router.get("")
@@ -158,7 +157,7 @@ def fork_conversation(conversation_id: str, body: MessageRef, store: StoreDep) -
     return store.fork(conversation_id, body.message_id)
 
 
-@router.get("/{conversation_id}/export")
+@router.get("/{conversation_id}/export", responses={200: {"description": "The conversation as a file", "content": {"text/markdown": {}, "application/json": {}}}})
 def export_conversation(conversation_id: str, store: StoreDep,
                         format: Literal["json", "markdown"] = "markdown") -> Response:
     data = store.export(conversation_id)
@@ -171,7 +170,7 @@ def export_conversation(conversation_id: str, store: StoreDep,
                     headers={"Content-Disposition": f'attachment; filename="{name}.{ext}"'})
 
 
-@router.post("/{conversation_id}/messages")
+@router.post("/{conversation_id}/messages", responses=SSE_RESPONSE)
 async def post_message(conversation_id: str, body: PostMessage, request: Request, chat: ChatDep,
                        settings: SettingsDep):
     check_max_tokens(body.max_tokens, settings)
@@ -181,7 +180,7 @@ async def post_message(conversation_id: str, body: PostMessage, request: Request
     return await stream_reply(request, chat, conversation_id, body.content, parent, sampling, body.keep_alive)
 
 
-@router.post("/{conversation_id}/regenerate")
+@router.post("/{conversation_id}/regenerate", responses=SSE_RESPONSE)
 async def regenerate(conversation_id: str, body: Regenerate, request: Request, chat: ChatDep, settings: SettingsDep):
     """A new reply (a sibling of the old one, which stays) to a user message."""
     check_max_tokens(body.max_tokens, settings)

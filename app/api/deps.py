@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import Field
 
 from tandem.app.config import Settings
 from tandem.app.errors import InvalidRequest
@@ -14,6 +15,12 @@ from tandem.app.services.hardware import HardwareService
 from tandem.app.services.models import ModelService
 from tandem.app.services.settings import SettingsService
 from tandem.app.store import Store
+
+
+# A stored row's id: SQLite integers are 64-bit, so a larger number can name nothing.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# Seconds a model stays loaded once idle (0: unload after this request; negative: always).
+KeepAlive = Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
 
 
 def _settings(request: Request) -> Settings:

@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from tandem.app.api.deps import HubDep
-from tandem.app.api.sse import SSE_HEADERS, sse
+from tandem.app.api.sse import SSE_HEADERS, SSE_RESPONSE, sse
 
 router = APIRouter(prefix="/api/hub", tags=["hub"])
 EVENT_INTERVAL_S = 0.5
@@ -71,7 +71,7 @@ def start_download(body: NewDownload, hub: HubDep) -> dict:
     return {**status, "verdict": entry.get("verdict")}
 
 
-@router.get("/downloads/events")
+@router.get("/downloads/events", responses=SSE_RESPONSE)
 async def download_events(request: Request, hub: HubDep, id: str | None = None) -> StreamingResponse:
     if id is not None:
         hub.downloads.status(id)  # 404 now, not inside the stream

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, Field
 
-from tandem.app.api.deps import PrefsDep, StoreDep
+from tandem.app.api.deps import PrefsDep, RowId, StoreDep
 from tandem.app.errors import InvalidRequest
 
 router = APIRouter(prefix="/api", tags=["library"])
@@ -38,7 +38,7 @@ def add_preset(body: NewPreset, store: StoreDep) -> dict:
 
 
 @router.delete("/presets/{preset_id}", status_code=204)
-def delete_preset(preset_id: int, store: StoreDep) -> Response:
+def delete_preset(preset_id: RowId, store: StoreDep) -> Response:
     store.delete_preset(preset_id)
     return Response(status_code=204)
 

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from tandem.app.api.deps import ModelsDep, SettingsDep, StoreDep, check_max_tokens
+from tandem.app.api.deps import KeepAlive, ModelsDep, SettingsDep, StoreDep, check_max_tokens
 from tandem.app.api.disconnect import ClientWatch
 from tandem.app.api.errors import error_body, runtime_status
-from tandem.app.api.sse import SSE_HEADERS, sse
+from tandem.app.api.sse import JSON_OR_SSE_RESPONSE, SSE_HEADERS, sse
 from tandem.runtime.engine import Failed, Finished, Queued, SamplingParams, Token
 from tandem.runtime.errors import Interrupted
 
@@ -61,7 +61,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1, le=1)
     # seconds the model stays loaded once idle (Tandem and Ollama extension; negative: always)
-    keep_alive: float | None = None
+    keep_alive: KeepAlive | None = None
 
     def sampling(self, default_temperature: float, default_max: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -85,7 +85,7 @@ def list_models(store: StoreDep) -> dict:
     }
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=JSON_OR_SSE_RESPONSE)
 async def chat_completions(body: ChatCompletionRequest, request: Request, models: ModelsDep, settings: SettingsDep):
     check_max_tokens(body.max_completion_tokens or body.max_tokens, settings)
     sampling = body.sampling(settings.temperature, settings.max_tokens)

@@ -26,3 +26,9 @@ def parse_sse(lines):
             payload = "\n".join(data)
             yield event, (payload if payload == "[DONE]" else json.loads(payload))
             event, data = "message", []
+
+
+# For the OpenAPI schema: a route that answers with server-sent events (or, for /v1, JSON too).
+SSE_RESPONSE = {200: {"description": "Server-sent events", "content": {"text/event-stream": {}}}}
+JSON_OR_SSE_RESPONSE = {200: {"description": "JSON, or server-sent events when streaming",
+                              "content": {"application/json": {}, "text/event-stream": {}}}}

@@ -229,7 +229,9 @@ class ConversationStore:
 
     def search(self, query: str, limit: int = 30) -> list[dict]:
         """Conversations whose title or messages match; message hits with a snippet (FTS5 ranking)."""
-        words = [w for w in query.replace('"', " ").split() if w]
+        # Printable characters only: FTS5 reads a NUL as the end of the query string.
+        clean = "".join(ch if ch.isprintable() and ch != '"' else " " for ch in query)
+        words = clean.split()
         if not words:
             return []
         # Each word as a quoted prefix term: user text never reaches FTS5's query syntax.

@@ -74,7 +74,7 @@ def test_search_finds_words_in_messages_and_titles_without_query_syntax(store):
     assert any(p["hit"] and p["text"].lower() == "sourdough" for p in parts)
     assert "".join(p["text"] for p in parts) == "How do I bake sourdough bread?"
     assert [h["conversation_id"] for h in store.search("levai")] == [cid]  # prefix match
-    for hostile in ('"', "AND OR NOT", "a*b(", "NEAR(x y)", "col:thing", "%", "_", "\\"):
+    for hostile in ('"', "AND OR NOT", "a*b(", "NEAR(x y)", "col:thing", "%", "_", "\\", "a\x00b", "\x00", "'"):
         store.search(hostile)  # never an FTS5 syntax error
     assert store.search("   ") == []
     store.delete_conversation(other)
