@@ -19,6 +19,20 @@ class InvalidModelFile(ModelFileError):
     code = "invalid_model_file"
 
 
+class UnsafeChatTemplate(InvalidModelFile):
+    """The model's chat template breaks a limit on what rendering a prompt may take (time, steps,
+    output size, nesting): a broken or hostile template. `what` says which limit."""
+
+    code = "unsafe_chat_template"
+
+    def __init__(self, what: str):
+        self.what = what
+        super().__init__(
+            f"This model's chat template {what}, so Tandem stopped it: laying out a conversation never "
+            "takes that much. Use another copy of the model or a model with a standard template."
+        )
+
+
 class ModelLoadError(RuntimeFailure):
     """llama.cpp refused to load the model with the requested parameters."""
 

@@ -154,8 +154,12 @@ class ModelService:
         for m in self.store.list_models():
             try:
                 out[m["id"]] = (m, inspect_model(Path(m["path"])))
-            except (OSError, RuntimeFailure):
-                out[m["id"]] = (m, None)  # a missing or damaged file is not offered as a draft
+            except Exception as err:  # noqa: BLE001 - one bad file must not break the list of all models
+                # a missing, damaged or hostile file is not offered as a draft; its own load or
+                # info request reports why
+                if not isinstance(err, (OSError, RuntimeFailure)):
+                    log.warning("inspecting %s failed unexpectedly: %r", m["path"], err)
+                out[m["id"]] = (m, None)
         return out
 
     def _drafts(self, model_id: str, info: ModelInfo, installed: dict) -> list[tuple[str, ModelInfo, float | None]]:

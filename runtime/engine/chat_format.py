@@ -1,15 +1,22 @@
 """Rendering a conversation into prompt tokens with the model's own chat template.
 
 Templates come from the GGUF file and are untrusted: they are rendered only through
-llama-cpp-python's Jinja2ChatFormatter, which uses jinja2's ImmutableSandboxedEnvironment
-(the fix for CVE-2024-34359). Never render a model's template anywhere else.
+template_sandbox.LimitedTemplate (jinja2's sandbox with bounded time, steps, output and memory,
+and no constant folding), with the same settings, filters and variables as llama-cpp-python's
+Jinja2ChatFormatter, so a normal template renders exactly as it did there. A template that breaks
+a limit raises UnsafeChatTemplate; at load a trial render does the same, so such a model refuses
+to load.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from tandem.runtime.errors import ChatTemplateError
+from tandem.runtime.engine.template_sandbox import LimitedTemplate, limit_llama_templates, template_variables
+from tandem.runtime.errors import ChatTemplateError, ModelLoadError, UnsafeChatTemplate
+
+__all__ = ["ChatFormatter", "RenderedPrompt", "limit_llama_templates", "validate_messages"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -19,6 +26,13 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# rendered once at load: a template that breaks a limit on these refuses to load
+_TRIAL = (
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello!"},
+     {"role": "assistant", "content": "Hi! How can I help?"}, {"role": "user", "content": "Tell me a joke."}],
 )
 
 
@@ -49,30 +63,45 @@ class ChatFormatter:
     """Formats messages for one loaded llama_cpp.Llama."""
 
     def __init__(self, llama):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         self._llama = llama
         model = llama._model
         eos_id, bos_id = llama.token_eos(), llama.token_bos()
-        eos = model.token_get_text(eos_id) if eos_id != -1 else ""
-        bos = model.token_get_text(bos_id) if bos_id != -1 else ""
+        self._eos = model.token_get_text(eos_id) if eos_id != -1 else ""
+        self._bos = model.token_get_text(bos_id) if bos_id != -1 else ""
         template = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
         self.has_own_template = "tokenizer.chat_template" in llama.metadata
-        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        self._bare = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False)
+        name = Path(getattr(llama, "model_path", None) or "the model").name
+        try:
+            self._template = LimitedTemplate(template)
+        except ChatTemplateError as err:
+            # a template that does not compile is a broken file, as when llama.cpp refused it
+            raise ModelLoadError(
+                f"{name}: the model's chat template does not compile ({err}). "
+                "Use another copy of the model or a model with a standard template."
+            ) from err
+        for messages in _TRIAL:  # a template that breaks a limit refuses to load
+            try:
+                self._template.render(**self._variables(messages, True))
+            except UnsafeChatTemplate:
+                raise
+            except Exception:  # noqa: BLE001 - rejecting a conversation (roles must alternate) is its right
+                pass
+
+    def _variables(self, messages: list[dict], generation_prompt: bool) -> dict:
+        return template_variables(messages, self._eos, self._bos, generation_prompt)
 
     def render(self, messages: list[dict], generation_prompt: bool = True) -> RenderedPrompt:
         """The prompt tokens; generation_prompt False: without the opening of the reply, which
         gives where a message ends inside a longer conversation."""
         messages = validate_messages(messages)
         try:
-            result = (self._formatter if generation_prompt else self._bare)(messages=messages)
+            prompt = self._template.render(**self._variables(messages, generation_prompt))
+        except UnsafeChatTemplate:
+            raise
         except Exception as err:  # the template itself raised (e.g. "roles must alternate")
             raise ChatTemplateError(
                 f"The model's chat template rejected this conversation: {err}"
             ) from err
-        tokens = self._llama.tokenize(
-            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-        )
-        stops = result.stop if isinstance(result.stop, list) else [result.stop]
-        return RenderedPrompt(tokens=tokens, stops=tuple(s for s in stops if s))
+        # as llama-cpp-python's formatter: the template writes the BOS itself (added_special)
+        tokens = self._llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        return RenderedPrompt(tokens=tokens, stops=tuple(s for s in (self._eos,) if s))

@@ -12,7 +12,7 @@ import ctypes
 import threading
 import time
 
-from tandem.runtime.engine.chat_format import ChatFormatter
+from tandem.runtime.engine.chat_format import ChatFormatter, limit_llama_templates
 from tandem.runtime.engine.native import NativeDecoder
 from tandem.runtime.engine.params import KV_TYPES, LoadParams
 from tandem.runtime.engine.speculative import Controller, DraftModel, PromptLookup
@@ -24,6 +24,9 @@ MAX_CONTROLLERS = 64
 # llama.cpp's log at its true levels, once, after llama_cpp's import installed its own callback
 # (a LogCapture around a load replaces it for its duration and puts it back).
 llama_log.install()
+# Every Llama created in this process (benchmarks included) compiles the file's chat templates
+# through the limits; _open_llama and _load_draft make sure of it again.
+limit_llama_templates()
 
 
 class LoadedModel:
@@ -56,7 +59,13 @@ class LoadedModel:
         except BaseException:
             llama.close()
             raise
-        return cls(llama, params, draft_model, time.perf_counter() - t0)
+        try:  # building the chat formatter renders the template once: it may refuse the model
+            return cls(llama, params, draft_model, time.perf_counter() - t0)
+        except BaseException:
+            if draft_model is not None:
+                draft_model.close()
+            llama.close()
+            raise
 
     def close(self) -> None:
         self.decoder.close()
@@ -127,6 +136,7 @@ def _llama_kwargs(p: LoadParams) -> dict:
 def _open_llama(p: LoadParams):
     import llama_cpp
 
+    limit_llama_templates()  # creating a Llama compiles the file's chat templates
     try:
         return llama_cpp.Llama(
             **_llama_kwargs(p), offload_kqv=p.offload_kqv, swa_full=p.swa_full,
@@ -142,6 +152,7 @@ def _open_llama(p: LoadParams):
 def _load_draft(llama, p: LoadParams) -> DraftModel:
     import llama_cpp
 
+    limit_llama_templates()
     try:
         draft = llama_cpp.Llama(**_llama_kwargs(p))
     except Exception as err:

@@ -5,7 +5,8 @@ import struct
 import pytest
 
 from tandem.runtime.errors import InvalidModelFile, ModelFileError
-from tandem.runtime.gguf import HeaderIncomplete, check_model_file, header_from_bytes
+from tandem.runtime.gguf import (HeaderIncomplete, SkippedArray, StringArray, check_model_file, header_from_bytes,
+                                 read_model_headers)
 from tandem.runtime.model_info import inspect_bytes, inspect_model
 
 F32 = 0
@@ -49,6 +50,15 @@ def test_smollm2(model_path):
     assert len(set(info.layer_bytes)) == 1 and info.layer_bytes[0] > 0
     assert info.weight_bytes <= info.file_size < info.weight_bytes + 8 << 20  # header is the rest
     assert 134_000_000 < info.n_params < 136_000_000
+
+
+def test_bulky_metadata_is_measured_not_kept(model_path):
+    [header] = read_model_headers(model_path)
+    kv = header.metadata
+    assert kv["tokenizer.ggml.tokens"] == StringArray(49152) and kv["tokenizer.ggml.merges"] == StringArray(48900)
+    assert kv["tokenizer.ggml.token_type"] == SkippedArray(49152)  # 49,152 numbers nothing reads
+    assert kv["tokenizer.chat_template"].startswith("{% for message in messages %}")
+    assert kv["llama.block_count"] == 30 and kv["general.name"].startswith("Smollm2")
 
 
 def test_gemma3_sliding_window_layout(gemma_path):
@@ -109,6 +119,8 @@ def test_duplicate_tensor_names(tmp_path):
 def test_hostile_counts_and_types(tmp_path):
     with pytest.raises(InvalidModelFile, match="not plausible"):
         header_from_bytes(gguf_bytes([], n_tensors=1 << 40))
+    with pytest.raises(InvalidModelFile, match="cannot fit"):  # within the cap, but not in this file
+        check_model_file(write(tmp_path, "many.gguf", gguf_bytes([], n_tensors=100_000)))
     with pytest.raises(InvalidModelFile, match="unknown type 999"):
         header_from_bytes(gguf_bytes([("w", (32,), 999, 0)]))
     with pytest.raises(InvalidModelFile, match="dimensions"):
