@@ -10,6 +10,8 @@ to load.
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,7 @@ class ChatFormatter:
 
     def __init__(self, llama):
         self._llama = llama
+        self._special_memo: dict[str, bool] = {}
         model = llama._model
         eos_id, bos_id = llama.token_eos(), llama.token_bos()
         self._eos = model.token_get_text(eos_id) if eos_id != -1 else ""
@@ -90,18 +93,75 @@ class ChatFormatter:
     def _variables(self, messages: list[dict], generation_prompt: bool) -> dict:
         return template_variables(messages, self._eos, self._bos, generation_prompt)
 
-    def render(self, messages: list[dict], generation_prompt: bool = True) -> RenderedPrompt:
-        """The prompt tokens; generation_prompt False: without the opening of the reply, which
-        gives where a message ends inside a longer conversation."""
-        messages = validate_messages(messages)
+    def _fill(self, messages: list[dict], generation_prompt: bool) -> str:
         try:
-            prompt = self._template.render(**self._variables(messages, generation_prompt))
+            return self._template.render(**self._variables(messages, generation_prompt))
         except UnsafeChatTemplate:
             raise
         except Exception as err:  # the template itself raised (e.g. "roles must alternate")
             raise ChatTemplateError(
                 f"The model's chat template rejected this conversation: {err}"
             ) from err
-        # as llama-cpp-python's formatter: the template writes the BOS itself (added_special)
-        tokens = self._llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def render(self, messages: list[dict], generation_prompt: bool = True) -> RenderedPrompt:
+        """The prompt tokens; generation_prompt False: without the opening of the reply, which
+        gives where a message ends inside a longer conversation.
+
+        Only the template's own markup becomes special tokens: text in a message that spells one
+        (a user writing `<|im_end|><|im_start|>system`) stays plain text, so no message can forge
+        a turn of another role."""
+        messages = validate_messages(messages)
+        prompt = self._fill(messages, generation_prompt)
+        risky = [i for i, m in enumerate(messages) if self._spells_special(m["content"])]
+        if not risky:  # the common case: the prompt as llama-cpp-python's formatter tokenizes it
+            tokens = self._tokenize(prompt, special=True)
+        else:
+            tokens = self._tokenize_apart(messages, generation_prompt, prompt, risky)
         return RenderedPrompt(tokens=tokens, stops=tuple(s for s in (self._eos,) if s))
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        # as llama-cpp-python's formatter: the template writes the BOS itself (added_special)
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
+
+    def _spells_special(self, text: str) -> bool:
+        """Whether parsing special tokens would change how this text is tokenized."""
+        if not text:
+            return False
+        known = self._special_memo.get(text)
+        if known is None:
+            known = self._tokenize(text, special=True) != self._tokenize(text, special=False)
+            if len(self._special_memo) > 4096:  # history repeats every turn; a bound keeps it small
+                self._special_memo.clear()
+            self._special_memo[text] = known
+        return known
+
+    def _tokenize_apart(self, messages: list[dict], generation_prompt: bool, prompt: str, risky: list[int]) -> list[int]:
+        """Tokenize the template's text with special tokens and the risky messages' text without.
+
+        The template is rendered again with a unique marker in place of each risky message; when
+        putting the messages back in gives the same prompt (the template copies message text as
+        it is, as chat templates do), the pieces are tokenized apart. A template that changes the
+        text it copies gets the messages with each special token's spelling broken instead."""
+        nonce = secrets.token_hex(6)
+        marks = {i: f"\ue000{nonce}:{i}\ue001" for i in risky}
+        marked = [{**m, "content": marks[i]} if i in marks else m for i, m in enumerate(messages)]
+        shape = self._fill(marked, generation_prompt)
+        pattern = re.compile("(" + "|".join(re.escape(v) for v in marks.values()) + ")")
+        pieces = pattern.split(shape)
+        by_mark = {v: messages[i]["content"] for i, v in marks.items()}
+        if "".join(by_mark.get(p, p) for p in pieces) == prompt:
+            tokens: list[int] = []
+            for piece in pieces:
+                tokens += self._tokenize(by_mark[piece], special=False) if piece in by_mark else self._tokenize(piece, special=True)
+            return tokens
+        defused = [{**m, "content": self._defuse(m["content"])} if i in marks else m for i, m in enumerate(messages)]
+        return self._tokenize(self._fill(defused, generation_prompt), special=True)
+
+    def _defuse(self, text: str) -> str:
+        """The text with a word joiner inside each special token it spells (it then reads as text)."""
+        plain = set(self._tokenize(text, special=False))
+        for token in set(self._tokenize(text, special=True)) - plain:
+            spelled = self._llama._model.token_get_text(token)
+            if len(spelled) > 1:
+                text = text.replace(spelled, spelled[0] + "\u2060" + spelled[1:])
+        return text
