@@ -6,6 +6,7 @@ The shape matches OpenAI's, so standard clients show Tandem's message as it is.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import sqlite_utils.db
 from fastapi import FastAPI, Request
@@ -84,6 +85,15 @@ def install(app: FastAPI) -> None:
         if err.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
         return error_response(err.status_code, "http_error", message)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _database(request: Request, err: sqlite3.OperationalError):
+        if "full" in str(err):  # SQLITE_FULL: the write was rolled back, earlier data is intact
+            log.error("the disk is full: %s on %s", err, request.url.path)
+            return error_response(507, "disk_full", "The disk that holds Tandem's data folder is full, so this "
+                                  "was not saved (nothing saved earlier is lost). Free some space, then try again.")
+        log.exception("database error on %s", request.url.path)
+        return error_response(500, "internal_error", "Tandem hit a database error; the details are in its log.")
 
     @app.exception_handler(sqlite_utils.db.NotFoundError)
     async def _gone(request: Request, err: Exception):
