@@ -163,6 +163,9 @@ class ChatService:
         try:
             ids, messages, before = self.history(conversation, parent)
             if content is not None:
+                if messages and messages[-1]["role"] == "user":  # the last reply never got stored
+                    ids.append(None)
+                    messages.append({"role": "assistant", "content": ""})
                 messages.append({"role": "user", "content": content})
             def cancelled() -> bool:
                 return conversation_id in self._stop_asked or (watch is not None and watch.cancelled())
