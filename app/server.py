@@ -92,15 +92,20 @@ class ServerThread:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        from tandem.app.services.settings import saved_start_values
+
+        saved = saved_start_values(settings.db_path)  # what the Settings page chose, unless set now
+        if "port" not in settings.model_fields_set and "port" in saved:
+            settings.port = saved["port"]
+        if "host" not in settings.model_fields_set and saved.get("lan_access"):
+            settings.host = "0.0.0.0"
+        if not settings.api_key and "api_key" in saved:
+            settings.api_key = saved["api_key"]
         if not settings.loopback and not settings.api_key:
             raise TandemError(
                 f"Serving beyond this machine (--host {settings.host}) needs an API key, or anyone on the "
                 "network could use it: set TANDEM_API_KEY to a secret of 16 or more characters, or "
                 "serve on 127.0.0.1.")
-        if "port" not in settings.model_fields_set:  # neither --port nor TANDEM_PORT: the saved one
-            from tandem.app.services.settings import saved_start_port
-
-            settings.port = saved_start_port(settings.db_path) or settings.port
         self.sock = bind_socket(settings.host, settings.port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{url_host(settings.host)}:{self.port}"

@@ -59,7 +59,8 @@ function showRestart(row) {
   const name = row.dataset.name;
   const running = state.settings.running?.[name];
   const pending = running !== undefined && running !== state.settings.values[name];
-  note.textContent = pending ? `takes effect at next start (now ${running})` : "takes effect at next start";
+  const now = running === true ? "on" : running === false ? "off" : running;
+  note.textContent = pending ? `takes effect at next start (now ${now})` : "takes effect at next start";
   note.title = "Tandem reads this when it starts: restart it for a change to apply.";
   row.classList.toggle("pending-restart", pending);
 }
@@ -109,6 +110,7 @@ function read(control, kind) {
     return Number.isFinite(n) && (kind === "float" || Number.isInteger(n)) ? n : undefined;
   }
   if (kind === "nullable") return raw || null;
+  if (kind === "bool") return control.checked;
   return control.value;
 }
 
@@ -179,7 +181,56 @@ export async function renderSettings(view) {
     ),
     section("Server", null,
       field("port", "Port", num(values.port, { min: 1, max: 65535, step: 1 }), "int", "The port the app and its API answer on."),
+      lanField(values),
     ),
   );
   view.replaceChildren(page);
+}
+
+// Other devices on the network: off by default; on, they need the API key shown here.
+function lanField(values) {
+  const box = el("div", "lan-access");
+  box.id = "set-lan_access";
+  const toggle = input("checkbox", "", { id: "set-lan-toggle" });
+  toggle.checked = !!values.lan_access;
+  const label = el("label", "lan-toggle");
+  label.append(toggle, document.createTextNode(" Let other devices on this network use Tandem's API"));
+  const key = el("div", "api-key");
+  const shown = input("text", values.api_key ?? "", { readonly: "", spellcheck: "false", "aria-label": "API key" });
+  const copy = el("button", "", "Copy");
+  copy.type = "button";
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(shown.value);
+      copy.textContent = "Copied";
+    } catch {
+      shown.select();
+      copy.textContent = document.execCommand("copy") ? "Copied" : "Select and copy it";
+    }
+    setTimeout(() => (copy.textContent = "Copy"), 1500);
+  });
+  const renew = el("button", "", "New key");
+  renew.type = "button";
+  renew.title = "Make a new key; the old one stops working at the next start";
+  renew.addEventListener("click", async () => {
+    try {
+      state.settings = await api("POST", "/api/settings/api-key");
+      shown.value = state.settings.values.api_key ?? "";
+    } catch (err) {
+      showError(err.message);
+    }
+  });
+  key.append(shown, copy, renew);
+  const showKey = () => (key.hidden = !toggle.checked || !shown.value);
+  box.append(label, key);
+  const row = field("lan_access", "Network access", box, null,
+    "Off: only this computer can reach Tandem. On: Tandem listens on every network address, and other " +
+    "devices must send the key (Authorization: Bearer KEY), e.g. an OpenAI client pointed at http://THIS-COMPUTER:PORT/v1.");
+  toggle.addEventListener("change", async () => {
+    await saveSetting(row, toggle.checked);
+    shown.value = state.settings.values.api_key ?? "";
+    showKey();
+  });
+  showKey();
+  return row;
 }

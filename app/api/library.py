@@ -54,3 +54,9 @@ def change_settings(prefs: PrefsDep, changes: Annotated[Any, Body()]) -> dict:
     if not isinstance(changes, dict):
         raise InvalidRequest('Send the settings to change as a JSON object, e.g. {"theme": "dark"}.')
     return prefs.update(changes)
+
+
+@router.post("/settings/api-key")
+def renew_api_key(prefs: PrefsDep) -> dict:
+    """A new API key for other devices on the network (used from the next start)."""
+    return prefs.renew_api_key()

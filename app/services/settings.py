@@ -3,9 +3,9 @@
 Two kinds:
 - live ones (theme, the defaults of new conversations, the default model) apply at once and are
   kept in the database;
-- start-up ones (port, saved-cache size, data folder) apply at the next start. Port and cache
-  size are kept in the database and used when neither a command-line option nor a TANDEM_*
-  variable sets them; the data folder cannot live inside itself, so it is kept in a small file in
+- start-up ones (port, saved-cache size, LAN access, data folder) apply at the next start. Port,
+  cache size and LAN access (with its API key, made when it is first turned on) are kept in the
+  database and used when neither a command-line option nor a TANDEM_* variable sets them; the data folder cannot live inside itself, so it is kept in a small file in
   the user's config folder (TANDEM_CONFIG_DIR), read when TANDEM_DATA_DIR and --data-dir are unset.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from pathlib import Path
 
 from tandem.app.config import DATA_DIR_FILE, Settings, config_dir
@@ -22,7 +23,7 @@ from tandem.runtime.engine.context import POLICIES
 
 THEMES = ("system", "light", "dark")
 LIVE = ("theme", "default_model_id", "system_prompt", "temperature", "top_p", "max_tokens", "context_policy")
-AT_START = ("port", "context_cache_mb", "data_dir")
+AT_START = ("port", "context_cache_mb", "data_dir", "lan_access")
 MAX_SYSTEM_PROMPT = 20_000
 
 
@@ -48,6 +49,9 @@ class SettingsService:
             "port": saved.get("port", s.port),
             "context_cache_mb": saved.get("context_cache_mb", s.context_cache_mb),
             "data_dir": str(_saved_data_dir() or s.data_dir),
+            # other devices on the network may use the API, with this key (shown to this machine only)
+            "lan_access": bool(saved.get("lan_access", not s.loopback)),
+            "api_key": saved.get("api_key") or s.api_key,
         }
 
     def describe(self) -> dict:
@@ -55,7 +59,8 @@ class SettingsService:
         return {
             "values": self.values(),
             "restart": list(AT_START),
-            "running": {"port": self.running_port or s.port, "context_cache_mb": s.context_cache_mb, "data_dir": str(s.data_dir)},
+            "running": {"port": self.running_port or s.port, "context_cache_mb": s.context_cache_mb,
+                        "data_dir": str(s.data_dir), "lan_access": not s.loopback},
             "choices": {"theme": list(THEMES), "context_policy": [None, *POLICIES]},
         }
 
@@ -70,7 +75,14 @@ class SettingsService:
             self.store.upsert_model({**model, "is_default": 1})
         if "data_dir" in clean:
             _save_data_dir(clean.pop("data_dir"))
+        if clean.get("lan_access") and not self.values()["api_key"]:
+            clean["api_key"] = new_api_key()  # never open to the network without a key
         self.store.save_settings(clean)
+        return self.describe()
+
+    def renew_api_key(self) -> dict:
+        """A new key for other devices (the old one stops working at the next start)."""
+        self.store.save_settings({"api_key": new_api_key()})
         return self.describe()
 
     # --- what a reply or a new conversation uses
@@ -88,7 +100,7 @@ class SettingsService:
 
 def apply_saved_start_settings(settings: Settings, store: Store) -> None:
     """The saved cache size, where no option or TANDEM_* variable set it for this run (the port:
-    saved_start_port, before the server binds)."""
+    saved_start_values, before the server binds)."""
     saved = store.saved_settings()
     for key in ("context_cache_mb",):
         if key in saved and key not in settings.model_fields_set:
@@ -132,6 +144,10 @@ def _check(key: str, value, settings: Settings):
         return number(1, settings.max_reply_tokens, integer=True)
     if key == "port":
         return number(1, 65535, integer=True)
+    if key == "lan_access":
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"lan_access must be true or false; got {value!r}.")
+        return value
     if key == "context_cache_mb":
         return number(0, 1024 * 1024, integer=True)
     if key == "data_dir":
@@ -163,23 +179,36 @@ def _saved_data_dir() -> Path | None:
     return Path(text) if text else None
 
 
-def saved_start_port(db_path: Path) -> int | None:
-    """The port saved on the Settings page, read before the server binds (None: none saved)."""
+def new_api_key() -> str:
+    return "tdm-" + secrets.token_urlsafe(24)
+
+
+def saved_start_values(db_path: Path) -> dict:
+    """Port, LAN access and API key saved on the Settings page, read before the server binds
+    (without opening the store: its migrations may not have run yet). Unusable values are left out."""
     import json
     import sqlite3
 
     if not db_path.is_file():
-        return None
+        return {}
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         try:
-            row = conn.execute("select value from settings where key = 'port'").fetchone()
+            rows = conn.execute("select key, value from settings where key in ('port', 'lan_access', 'api_key')").fetchall()
         finally:
             conn.close()
-        port = json.loads(row[0]) if row else None
+        saved = {k: json.loads(v) for k, v in rows}
     except (sqlite3.Error, ValueError, TypeError):
-        return None
-    return port if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535 else None
+        return {}
+    out = {}
+    port = saved.get("port")
+    if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
+        out["port"] = port
+    if isinstance(saved.get("lan_access"), bool):
+        out["lan_access"] = saved["lan_access"]
+    if isinstance(saved.get("api_key"), str) and len(saved["api_key"]) >= 16:
+        out["api_key"] = saved["api_key"]
+    return out
 
 
 def _save_data_dir(path: Path) -> None:

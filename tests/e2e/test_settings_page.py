@@ -81,3 +81,23 @@ def test_a_refused_value_shows_the_server_message(page, server):
     page.fill("#set-temperature", "")
     page.locator("#set-temperature").press("Tab")
     expect(setting(page, "temperature").locator(".field-error")).to_have_text("Enter a number.")
+
+
+def test_network_access_shows_its_key_and_waits_for_the_next_start(page, server, screenshot):
+    page.click("#show-settings")
+    row = setting(page, "lan_access")
+    expect(row.locator(".restart-note")).to_contain_text("takes effect at next start")
+    key = row.locator(".api-key input")
+    expect(key).to_be_hidden()
+    row.locator("#set-lan-toggle").check()
+    expect(row.locator(".saved")).to_have_text("Saved")
+    expect(key).to_be_visible()
+    first = key.input_value()
+    assert first.startswith("tdm-") and first == httpx.get(f"{server.url}/api/settings").json()["values"]["api_key"]
+    expect(row.locator(".restart-note")).to_contain_text("now off")
+    screenshot(page, "settings-network")
+    row.locator("button", has_text="New key").click()
+    expect(key).not_to_have_value(first)
+    row.locator("#set-lan-toggle").uncheck()
+    expect(key).to_be_hidden()
+    assert httpx.get(f"{server.url}/api/settings").json()["values"]["lan_access"] is False

@@ -71,3 +71,26 @@ def test_request_limits_answer_422_with_the_limit(server):
             assert word in message and len(message) < 2000, message
         ok = c.post(url, json={"messages": [one], "stop": ["x"] * 16, "max_tokens": 2})
         assert ok.status_code == 200
+
+
+def test_network_access_from_the_settings_page_applies_at_the_next_start(tmp_path):
+    with ServerThread(make_settings(tmp_path)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        s = c.patch("/api/settings", json={"lan_access": True}).json()
+        key = s["values"]["api_key"]
+        assert s["values"]["lan_access"] and key.startswith("tdm-") and len(key) > 30
+        assert s["running"]["lan_access"] is False and "lan_access" in s["restart"]
+        assert c.patch("/api/settings", json={"lan_access": "yes"}).status_code == 422
+    with ServerThread(make_settings(tmp_path)) as srv:  # the next start listens on the network, with the key
+        assert srv.settings.host == "0.0.0.0" and srv.settings.api_key == key
+        url = f"http://127.0.0.1:{srv.port}"
+        with httpx.Client(timeout=30) as c:
+            assert c.get(url + "/api/health", headers={"Host": "192.168.1.5"}).status_code == 200
+            assert c.get(url + "/api/health", headers={"Host": "rebind.evil"}).status_code == 403
+            renewed = c.post(url + "/api/settings/api-key").json()["values"]["api_key"]
+            assert renewed != key
+            c.patch(url + "/api/settings", json={"lan_access": False})
+    with ServerThread(make_settings(tmp_path)) as srv:
+        assert srv.settings.loopback
+        httpx.patch(srv.url + "/api/settings", json={"lan_access": True})
+    with ServerThread(make_settings(tmp_path, host="127.0.0.1")) as srv:  # an explicit --host wins
+        assert srv.settings.host == "127.0.0.1"
