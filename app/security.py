@@ -17,7 +17,10 @@ import json
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = {"localhost"}
-API_PREFIXES = ("/api/", "/v1/", "/api", "/v1")
+API_PREFIXES = ("/api/", "/v1/", "/api", "/v1", "/openapi.json", "/docs", "/redoc")
+# What only this machine may do, key or not: change settings (and read the key), take files from
+# paths on this machine, delete models.
+LOCAL_ONLY = ("/api/settings", "/api/hub/import", "/api/app/")
 
 SECURITY_HEADERS = [
     # The page's own meta CSP says the same for documents; the header also covers every other
@@ -134,10 +137,13 @@ class HostGuard:
             navigation = scope.get("method") == "GET" and headers.get("sec-fetch-mode") == "navigate"
             if not navigation or scope["path"].startswith(API_PREFIXES):
                 return 403, "Cross-site requests to Tandem are refused."
-        if self.lan and self.api_key and not is_loopback((scope.get("client") or ("", 0))[0] or ""):
-            if scope["path"].startswith(API_PREFIXES) and not self.key_ok(headers):
+        if self.lan and not is_loopback((scope.get("client") or ("", 0))[0] or ""):
+            path = scope["path"]
+            if path.startswith(API_PREFIXES) and not (self.api_key and self.key_ok(headers)):
                 return 401, ("This Tandem server needs its API key: send it as 'Authorization: Bearer KEY' "
-                             "(the key is TANDEM_API_KEY on the machine that runs Tandem).")
+                             "(the key is on the Settings page of the machine that runs Tandem).")
+            if path.startswith(LOCAL_ONLY) or (scope.get("method") == "DELETE" and path.startswith("/api/hub/models")):
+                return 403, "Only the computer that runs Tandem can do this."
         return None
 
     def key_ok(self, headers: dict) -> bool:

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from tandem.app import __version__
 from tandem.app.api import conversations, errors, hub, library, openai, system
 from tandem.app.api import stats
+from tandem.app.api import ollama as ollama_api
 from tandem.app.api import window as window_api
 from tandem.app.config import Settings
 from tandem.app.errors import TandemError
@@ -50,6 +51,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(library.router)
     app.include_router(openai.router)
+    app.include_router(ollama_api.router)
     app.include_router(hub.router)
     app.include_router(stats.router)
     app.include_router(window_api.router)

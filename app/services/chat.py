@@ -1,8 +1,9 @@
 """Chatting in a stored conversation: history in, reply streamed out, everything saved.
 
 The user's message is stored only once the engine has accepted the prompt (it fits the
-context), so a refused request leaves the conversation as it was. The reply is stored when it
-ends: complete, stopped (with the partial text) or failed. A conversation is a tree
+context), so a refused request leaves the conversation as it was. The reply's message is made
+then too, its text saved as it streams, and its end (complete, stopped with the partial text, or
+failed) written when it ends; a reply cut off by a crash is marked interrupted at the next start. A conversation is a tree
 (store/conversations.py): a new message continues the active branch, an edit is a sibling of the
 message it replaces, a regenerated reply a sibling of the reply; the prompt is the branch that
 leads to it, after the conversation's system prompt.
@@ -93,7 +94,10 @@ class ChatService:
             ids.insert(0, None)
             messages.insert(0, {"role": "system", "content": conversation["system_prompt"]})
         last = next((m for m in reversed(rows) if m["role"] == "assistant" and m.get("evicted_ids")), None)
-        before = set(json.loads(last["evicted_ids"])) if last else set()
+        try:
+            before = {x for x in json.loads(last["evicted_ids"]) if isinstance(x, int)} if last else set()
+        except (ValueError, TypeError):  # a damaged value must not make the branch unanswerable
+            before = set()
         return ids, messages, [i for i, x in enumerate(ids) if x is not None and x in before]
 
     def policy_for(self, conversation: dict, model: ServedModel) -> ContextPolicy:
@@ -113,8 +117,9 @@ class ChatService:
             own = conversation.get(name)
             return own if own is not None else defaults[name]
 
+        limit = self.models.settings.max_reply_tokens  # however the conversation's value got stored
         return SamplingParams(temperature=pick("temperature", temperature), top_p=pick("top_p", None),
-                              max_tokens=pick("max_tokens", max_tokens), seed=seed)
+                              max_tokens=min(pick("max_tokens", max_tokens), limit), seed=seed)
 
     def create(self, title: str | None = None, model_id: str | None = None) -> dict:
         """A new conversation with the Settings page's defaults (its system prompt)."""

@@ -49,7 +49,7 @@ class SettingsService:
             "port": saved.get("port", s.port),
             "context_cache_mb": saved.get("context_cache_mb", s.context_cache_mb),
             "data_dir": str(_saved_data_dir() or s.data_dir),
-            # other devices on the network may use the API, with this key (shown to this machine only)
+            # other devices on the network may use the API, with this key (the settings are this machine's only)
             "lan_access": bool(saved.get("lan_access", not s.loopback)),
             "api_key": saved.get("api_key") or s.api_key,
         }
@@ -75,8 +75,9 @@ class SettingsService:
             self.store.upsert_model({**model, "is_default": 1})
         if "data_dir" in clean:
             _save_data_dir(clean.pop("data_dir"))
-        if clean.get("lan_access") and not self.values()["api_key"]:
-            clean["api_key"] = new_api_key()  # never open to the network without a key
+        if clean.get("lan_access") and not self.store.saved_settings().get("api_key"):
+            # a key of its own, never only TANDEM_API_KEY: a later start without it must still have one
+            clean["api_key"] = new_api_key()
         self.store.save_settings(clean)
         return self.describe()
 
@@ -123,6 +124,10 @@ def _check(key: str, value, settings: Settings):
             raise InvalidRequest(f"theme must be one of {', '.join(THEMES)}; got {value!r}.")
         return value
     if key == "default_model_id":
+        if value is None:  # back to the built-in model
+            from tandem.runtime import embedded
+
+            return embedded.MODEL_ID
         if not isinstance(value, str) or not value:
             raise InvalidRequest("default_model_id must be an installed model's id (GET /api/models lists them).")
         return value

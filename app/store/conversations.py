@@ -7,6 +7,7 @@ shown and continued. Full-text search runs on SQLite FTS5 (messages_fts, kept by
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from tandem.app.errors import InvalidRequest, NotFound
@@ -290,12 +291,9 @@ class ConversationStore:
             ids.add(mid)
             row = {"id": mid, "parent_id": parent, "role": m["role"], "content": m["content"],
                    "created_at": m.get("created_at") if isinstance(m.get("created_at"), str) else None}
-            for k in REPLY_FIELDS:
-                v = m.get(k)
-                if isinstance(v, (str, int, float)) and not isinstance(v, bool):
-                    row[k] = v
+            row.update(_reply_fields(m))
             clean.append(row)
-        settings = {k: conv.get(k) for k in SETTING_FIELDS if isinstance(conv.get(k), (str, int, float))}
+        settings = _settings(conv)
         if settings.get("model_id") is not None:
             with self._lock:
                 if not list(self.db["models"].rows_where("id = ?", [settings["model_id"]])):
@@ -338,6 +336,60 @@ class ConversationStore:
             if row["id"] is None:
                 return node
             node = row["id"]
+
+
+# What an imported file may say of a reply and of the conversation's settings; anything else (or a
+# value out of range) is left out, so a shared file cannot store what later breaks the conversation.
+_STATUSES = {"complete", "stopped", "error", "interrupted"}
+_FINISHES = {"stop", "length", "cancelled", "error", "interrupted"}
+_COUNTS = ("prompt_tokens", "completion_tokens", "evicted_tokens", "drafted_tokens", "accepted_tokens")
+_RATES = ("ttft_s", "decode_tps", "predicted_tps")
+_BIG = 2**53
+
+
+def _reply_fields(m: dict) -> dict:
+    out: dict = {}
+    if m.get("status") in _STATUSES:
+        out["status"] = m["status"]
+    if m.get("finish_reason") in _FINISHES:
+        out["finish_reason"] = m["finish_reason"]
+    for k in ("model_id", "spec_source"):
+        if isinstance(m.get(k), str) and len(m[k]) <= 200:
+            out[k] = m[k]
+    for k in _COUNTS:
+        v = m.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _BIG:
+            out[k] = v
+    for k in _RATES:
+        v = m.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < _BIG:
+            out[k] = float(v)
+    ev = m.get("evicted_ids")
+    try:
+        parsed = json.loads(ev) if isinstance(ev, str) else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in parsed):
+        out["evicted_ids"] = ev
+    return out
+
+
+def _settings(conv: dict) -> dict:
+    from tandem.runtime.engine.context import POLICIES
+
+    out: dict = {}
+    checks = {
+        "model_id": lambda v: isinstance(v, str) and len(v) <= 200,
+        "context_policy": lambda v: v in POLICIES,
+        "system_prompt": lambda v: isinstance(v, str) and len(v) <= 20_000,
+        "temperature": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5,
+        "top_p": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0.01 <= v <= 1,
+        "max_tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31,
+    }
+    for k, ok in checks.items():
+        if conv.get(k) is not None and ok(conv[k]):
+            out[k] = conv[k]
+    return out
 
 
 def _conversation(row: dict) -> dict:

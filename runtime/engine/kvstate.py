@@ -32,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger("tandem")
 
-MAGIC = b"TANDEMKV1\n"
+MAGIC = b"TANDEMKV2\n"  # 2: the checksum covers the tokens too
 SUFFIX = ".kvstate"
 TMP_SUFFIX = ".tmp"
 MAX_HEADER = 1 << 16
@@ -59,6 +59,16 @@ def state_path(directory: Path, key: str) -> Path:
 class SavedState:
     tokens: list[int]
     data: object  # a ctypes byte array (what llama.cpp reads), or bytes
+
+
+_RUN = uuid.uuid4().hex[:8]  # names this process's temporary files apart from a crashed one's
+
+
+def _digest(token_bytes: bytes, state) -> str:
+    """SHA-256 over the tokens and the state: a changed token id would reuse a wrong cache."""
+    h = hashlib.sha256(token_bytes)
+    h.update(state)
+    return h.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,7 +110,10 @@ class KVStateStore:
         for p in self.directory.glob("*" + TMP_SUFFIX):
             parts = p.name.split(".")
             pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
-            if pid is None or not _pid_alive(pid):
+            # this process's own pid on a file it did not write: a crashed process had the same pid
+            # (pid 1 in a container), so it is a leftover too
+            ours = pid == os.getpid() and parts[-2].startswith(_RUN)
+            if pid is None or (pid == os.getpid() and not ours) or (pid != os.getpid() and not _pid_alive(pid)):
                 p.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -108,28 +121,34 @@ class KVStateStore:
     def path_for(self, key: str) -> Path:
         return state_path(self.directory, key)
 
-    def save(self, key: str, tokens: list[int], data) -> Path | None:
-        """Write the state of `key` (bytes-like); None when it alone is over the cap or the key was
-        discarded while it was being written (nothing is left behind)."""
+    def epoch(self, key: str) -> int:
+        """Take before reading the state to save: a discard after this point wins over that save."""
         with self._lock:
-            epoch = self._epochs.get(key, 0)
+            return self._epochs.get(key, 0)
+
+    def save(self, key: str, tokens: list[int], data, epoch: int | None = None) -> Path | None:
+        """Write the state of `key` (bytes-like); None when it alone is over the cap or the key was
+        discarded since `epoch` (default: since this call began); nothing is left behind then."""
+        if epoch is None:
+            epoch = self.epoch(key)
         view = memoryview(data).cast("B")
+        token_bytes = array("i", tokens).tobytes()
         header = json.dumps({
             "binding": self.binding, "n_tokens": len(tokens), "state_bytes": len(view),
-            "sha256": hashlib.sha256(view).hexdigest(),
+            "sha256": _digest(token_bytes, view),
         }).encode()
-        size = len(MAGIC) + 4 + len(header) + 4 * len(tokens) + len(view)
+        size = len(MAGIC) + 4 + len(header) + len(token_bytes) + len(view)
         if size > self.cap_bytes:
             self.discard(key)
             return None
         path = self.path_for(key)
-        tmp = self.directory / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+        tmp = self.directory / f".{path.stem}.{os.getpid()}.{_RUN}{uuid.uuid4().hex[:4]}{TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
                 f.write(MAGIC)
                 f.write(struct.pack("<I", len(header)))
                 f.write(header)
-                f.write(array("i", tokens).tobytes())
+                f.write(token_bytes)
                 f.write(view)
                 f.flush()
                 os.fsync(f.fileno())
@@ -214,11 +233,12 @@ def _read(f, file_size: int, binding: str) -> tuple[str | None, SavedState | Non
     at = len(MAGIC) + 4 + n
     if n_tokens < 0 or n_state < 0 or file_size != at + 4 * n_tokens + n_state:
         return f"{file_size} bytes where the header promises {at + 4 * max(n_tokens, 0) + max(n_state, 0)} (truncated?)", None
+    token_bytes = f.read(4 * n_tokens)
     tokens = array("i")
-    tokens.frombytes(f.read(4 * n_tokens))
+    tokens.frombytes(token_bytes)
     data = (ctypes.c_uint8 * n_state)()
     if f.readinto(data) != n_state:
         return "truncated state", None
-    if hashlib.sha256(memoryview(data).cast("B")).hexdigest() != header.get("sha256"):
+    if _digest(token_bytes, memoryview(data).cast("B")) != header.get("sha256"):
         return "checksum mismatch (corrupted)", None
     return None, SavedState(tokens.tolist(), data)

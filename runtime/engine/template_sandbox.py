@@ -221,6 +221,7 @@ def _make_environment_class():
     from jinja2.sandbox import (MAX_RANGE, ImmutableSandboxedEnvironment, SandboxedEscapeFormatter,
                                 SandboxedFormatter, safe_range)
     from markupsafe import Markup
+    from jinja2.runtime import LoopContext
     from jinja2.utils import Namespace, _PassArg
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -402,6 +403,13 @@ def _make_environment_class():
             self.step()
             return super().getattr(obj, attribute)
 
+        def is_safe_attribute(self, obj, attr, value):
+            # Codecs run in Python where no step is counted, some in quadratic time (punycode):
+            # no chat template needs them.
+            if attr in ("encode", "decode"):
+                return False
+            return super().is_safe_attribute(obj, attr, value)
+
         def getitem(self, obj, argument):
             self.step()
             return super().getitem(obj, argument)
@@ -419,6 +427,8 @@ def _make_environment_class():
             b = __self.step()
             if isinstance(__obj, types.MethodType) and getattr(__obj.__func__, "tandem_internal", False):
                 return __obj(*args)  # jinja2 adds _loop_vars / _block_vars for Context.call only
+            if isinstance(__obj, LoopContext) and args:  # loop(...) of a recursive for: its items count too
+                args = (__self.tandem_loop(args[0]), *args[1:])
             args = __self._check_call(__obj, args, kwargs)
             b.depth += 1
             try:

@@ -315,7 +315,9 @@ class ModelWorker:
             return
         try:
             if decoder.cached:
-                self._states.save(key, decoder.cached, decoder.state())
+                epoch = self._states.epoch(key)  # before the state is read: a delete meanwhile wins
+                if key not in self._forgotten:  # deleted between the first look and the epoch
+                    self._states.save(key, decoder.cached, decoder.state(), epoch=epoch)
             self._dirty = False
         except OSError as err:  # a full disk must not cost the reply
             log.warning("could not save the context of conversation %s: %s", key, err)

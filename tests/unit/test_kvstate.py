@@ -84,3 +84,27 @@ def test_the_cap_removes_least_recently_used(tmp_path):
     store.save("d", [1], b"x" * 150)
     assert store.load("a") is None and store.load("d") is not None
     assert store.save("huge", [1], b"x" * 1000) is None and not store.path_for("huge").exists()
+
+
+def test_a_leftover_with_this_processes_pid_is_removed_but_not_its_own_writes(tmp_path):
+    leftover = tmp_path / f".abc.{os.getpid()}.deadbeef12.tmp"  # a crashed process that had our pid
+    leftover.write_bytes(b"x")
+    mine = tmp_path / f".def.{os.getpid()}.{kvstate._RUN}ab12.tmp"  # this process writing right now
+    mine.write_bytes(b"y")
+    KVStateStore(tmp_path, binding="b1", cap_bytes=10_000)
+    assert not leftover.exists() and mine.exists()
+
+
+def test_a_changed_token_id_makes_the_file_unusable(store):
+    path = store.save("conv", [11, 22, 33], b"s" * 64)
+    raw = bytearray(path.read_bytes())
+    at = raw.find((22).to_bytes(4, "little"))
+    raw[at] = 23
+    path.write_bytes(bytes(raw))
+    assert store.load("conv") is None
+
+
+def test_a_discard_after_the_epoch_was_taken_wins(store):
+    epoch = store.epoch("conv")  # taken before the (slow) state is read
+    store.discard("conv")  # the conversation is deleted meanwhile
+    assert store.save("conv", [1], b"data", epoch=epoch) is None and not store.path_for("conv").exists()

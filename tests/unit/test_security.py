@@ -117,6 +117,12 @@ def test_lan_mode_takes_ip_hosts_and_wants_the_key_from_other_machines():
     assert run(guard, headers=[("Host", "rebind.evil:8742"), ("Authorization", f"Bearer {key}")], client=lan_client)[0] == 403
     assert run(guard, path="/", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 200  # the page itself
     assert run(guard, headers=[("Host", "127.0.0.1:8742")])[0] == 200  # this machine needs no key
+    keyed = [("Host", "192.168.1.5:8742"), ("Authorization", f"Bearer {key}")]
+    for path, method in (("/api/settings", "GET"), ("/api/settings/api-key", "POST"), ("/api/hub/import", "POST"),
+                         ("/api/hub/models/x", "DELETE")):  # this machine's own business, key or not
+        assert run(guard, path=path, method=method, headers=keyed, client=lan_client)[0] == 403
+        assert run(guard, path=path, method=method, headers=[("Host", "127.0.0.1:8742")])[0] == 200
+    assert run(guard, path="/openapi.json", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 401
 
 
 def test_body_limit_counts_declared_and_chunked_bodies():

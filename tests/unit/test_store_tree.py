@@ -165,3 +165,18 @@ def test_a_reply_is_written_as_it_grows_and_a_cut_off_one_is_marked(store):
     store.delete_conversation(cid)
     with pytest.raises(NotFound):
         store.end_reply(row["id"], "x")
+
+
+def test_an_import_keeps_only_values_that_cannot_break_the_conversation(store):
+    data = {"tandem_export": 1,
+            "conversation": {"title": "Shared", "temperature": "hot", "top_p": 7, "context_policy": "bogus",
+                             "max_tokens": 10**30, "system_prompt": "Be brief."},
+            "messages": [{"id": 1, "role": "user", "content": "hi"},
+                         {"id": 2, "parent_id": 1, "role": "assistant", "content": "hello", "prompt_tokens": 10**30,
+                          "evicted_ids": "x", "status": "writing", "decode_tps": float("nan"), "completion_tokens": 3}]}
+    conv = store.import_export(data)
+    assert (conv["temperature"], conv["top_p"], conv["context_policy"], conv["max_tokens"]) == (None, None, None, None)
+    assert conv["system_prompt"] == "Be brief."
+    reply = store.branch(conv["id"])[-1]
+    assert reply["prompt_tokens"] is None and reply["evicted_ids"] is None and reply["decode_tps"] is None
+    assert reply["status"] == "complete" and reply["completion_tokens"] == 3
