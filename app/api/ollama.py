@@ -685,6 +685,8 @@ async def pull(body: PullRequest, request: Request, hub: HubDep, store: StoreDep
                 break
             if d["status"] not in ("queued", "downloading"):
                 raise OllamaError(*_failure(d))
+            if await request.is_disconnected():  # the download goes on; only the waiting stops
+                raise Interrupted("The client went away.")
             await asyncio.sleep(PULL_POLL_S)
         return {"status": "success"}
 

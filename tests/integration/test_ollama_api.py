@@ -11,7 +11,7 @@ import pytest
 
 from tandem.app.server import ServerThread
 from tests.conftest import make_settings
-from tests.fixtures.hubserver import HubServer
+from tests.fixtures.hubserver import Fault, HubServer
 
 MODEL = "smollm2-135m-instruct-q4_1"
 QUICK = {"temperature": 0, "num_predict": 8}
@@ -243,12 +243,13 @@ def hub_server(model_path, tmp_path_factory):
         mp.setenv("TANDEM_DOWNLOAD_STALL_S", "2")
         settings = make_settings(tmp_path_factory.mktemp("data"), hardware_profile=PROFILE)
         with ServerThread(settings) as srv:
-            yield srv
+            yield srv, hub
     mp.undo()
 
 
 def test_pull_from_the_hub_then_chat_and_delete(hub_server, model_path):
-    oll = ollama.Client(host=hub_server.url, timeout=120)
+    server, _ = hub_server
+    oll = ollama.Client(host=server.url, timeout=120)
     try:
         parts = list(oll.pull(PULL_NAME, stream=True))
         statuses = [p.status for p in parts]
@@ -269,6 +270,9 @@ def test_pull_from_the_hub_then_chat_and_delete(hub_server, model_path):
 
         assert oll.delete(PULL_NAME).status == "success"
         assert [m.model for m in oll.list().models] == [MODEL]
+        assert oll.pull(PULL_NAME).status == "success"  # not streamed: one answer once it is installed
+        assert len(oll.list().models) == 2
+        assert oll.delete(PULL_NAME).status == "success"
         with pytest.raises(ollama.ResponseError) as err:
             oll.delete(PULL_NAME)
         assert err.value.status_code == 404
@@ -277,7 +281,8 @@ def test_pull_from_the_hub_then_chat_and_delete(hub_server, model_path):
 
 
 def test_pull_errors_come_back_as_response_errors(hub_server):
-    oll = ollama.Client(host=hub_server.url, timeout=120)
+    server, hub = hub_server
+    oll = ollama.Client(host=server.url, timeout=120)
     try:
         with pytest.raises(ollama.ResponseError) as err:
             oll.pull("hf.co/nobody/Nothing-GGUF:Q4_K_M")
@@ -285,5 +290,18 @@ def test_pull_errors_come_back_as_response_errors(hub_server):
         with pytest.raises(ollama.ResponseError) as err:
             list(oll.pull(f"{SMOL}:Q8_0", stream=True))
         assert 400 <= err.value.status_code < 500 and "Q4_1" in err.value.error
+
+        # a download that fails once under way: a line with the error, or the status when not streamed
+        hub.file(SMOL, FILE).fault = Fault(corrupt_at=12_345)
+        with pytest.raises(ollama.ResponseError) as err:
+            list(oll.pull(PULL_NAME, stream=True))
+        assert "damaged" in err.value.error
+        with pytest.raises(ollama.ResponseError) as err:
+            oll.pull(PULL_NAME)
+        assert err.value.status_code == 502 and "damaged" in err.value.error
+        hub.file(SMOL, FILE).fault = Fault()
+        assert oll.pull(PULL_NAME).status == "success"  # the failed download goes on
+        assert oll.delete(PULL_NAME).status == "success"
     finally:
+        hub.file(SMOL, FILE).fault = Fault()
         oll.close()
