@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -45,6 +48,30 @@ def server(tmp_path_factory):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
+
+
+def start_server_process(data_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """`tandem serve` as a process of its own (to kill or signal it) on a free port: (process, URL)."""
+    env = {**os.environ, "TANDEM_DATA_DIR": str(data_dir), "TANDEM_TEMPERATURE": "0", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "serve", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert "running at" in line, line + proc.stderr.read()
+    return proc, line.split("running at ")[1].split()[0].rstrip("/")
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 200 MB filesystem of its own (tmpfs), so that the disk really fills."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small filesystem needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def read_sse(response: httpx.Response):

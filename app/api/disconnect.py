@@ -14,7 +14,8 @@ import threading
 
 from fastapi import Request
 
-from tandem.runtime.engine import ReplyStream
+from tandem.runtime.engine import Failed, Finished, Queued, ReplyStream
+from tandem.runtime.errors import Interrupted
 
 
 class ClientWatch:
@@ -50,3 +51,16 @@ class ClientWatch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+async def first_event(stream: ReplyStream, watch: ClientWatch):
+    """The reply's first event past its wait for the model (Started, or Finished when it ended
+    before it began); a failure is raised, and so is a client that left while it waited."""
+    first = await stream.next_event()
+    while isinstance(first, Queued):  # waiting for the model: the client may still leave
+        first = await stream.next_event()
+    if isinstance(first, Failed):
+        raise first.error
+    if isinstance(first, Finished) and first.finish_reason == "cancelled" and watch.cancelled():
+        raise Interrupted("The client went away.")
+    return first

@@ -40,11 +40,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.app import __version__
 from tandem.app.api.deps import HubDep, ModelsDep, SettingsDep, StoreDep
-from tandem.app.api.disconnect import ClientWatch
+from tandem.app.api.disconnect import ClientWatch, first_event
 from tandem.app.api.errors import describe_validation, runtime_status
 from tandem.app.errors import Conflict, NotFound, TandemError
 from tandem.app.hub.service import installed_models
-from tandem.runtime.engine import Failed, Finished, Queued, SamplingParams, Token
+from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 from tandem.runtime.engine.chat_format import CHATML_TEMPLATE
 from tandem.runtime.errors import Interrupted, QueueFull, RuntimeFailure
 from tandem.runtime.gguf import read_model_headers
@@ -424,13 +424,7 @@ async def _serve(body: _Generation, model: dict, messages: list[dict], request: 
                 return {"model": loaded.id, "created_at": _now(), **shape(""), "done": True, "done_reason": "load"}
             stream = watch.attach(lease.submit(messages, sampling, loop=asyncio.get_running_loop(),
                                                speculative=models.speculative_for(loaded)))
-        first = await stream.next_event()
-        while isinstance(first, Queued):  # waiting for the model: the client may still leave
-            first = await stream.next_event()
-        if isinstance(first, Failed):
-            raise first.error
-        if isinstance(first, Finished) and first.finish_reason == "cancelled" and watch.cancelled():
-            raise Interrupted("The client went away.")
+        first = await first_event(stream, watch)
         if not body.stream:
             return await _complete(stream, first, loaded, models, load_s, shape)
     return _stream(request, stream, first, loaded, models, load_s, shape)

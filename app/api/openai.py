@@ -12,11 +12,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tandem.app.api.deps import KeepAlive, ModelsDep, SettingsDep, StoreDep, check_max_tokens
-from tandem.app.api.disconnect import ClientWatch
+from tandem.app.api.disconnect import ClientWatch, first_event
 from tandem.app.api.errors import error_body, runtime_status
 from tandem.app.api.sse import JSON_OR_SSE_RESPONSE, SSE_HEADERS, sse
-from tandem.runtime.engine import Failed, Finished, Queued, SamplingParams, Token
-from tandem.runtime.errors import Interrupted
+from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -96,13 +95,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, models
             stream = watch.attach(lease.submit([m.plain() for m in body.messages], sampling,
                                                loop=asyncio.get_running_loop(),
                                                speculative=models.speculative_for(loaded)))
-        first = await stream.next_event()
-        while isinstance(first, Queued):  # waiting for the model: the client may still leave
-            first = await stream.next_event()
-        if isinstance(first, Failed):
-            raise first.error
-        if isinstance(first, Finished) and first.finish_reason == "cancelled" and watch.cancelled():
-            raise Interrupted("The client went away.")
+        first = await first_event(stream, watch)
         if not body.stream:
             return await _complete(stream, first, loaded, models)
     return _stream(body, request, stream, loaded, models)

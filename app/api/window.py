@@ -6,13 +6,13 @@ window, instead of starting a second server on the same data.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from typing import Callable
 
 from fastapi import APIRouter, Request
 
 from tandem.app.errors import TandemError
+from tandem.app.security import is_loopback
 
 router = APIRouter(prefix="/api/app", tags=["app"])
 
@@ -38,21 +38,10 @@ def set_focus_handler(focus: Callable[[], None] | None) -> None:
         _focus = focus
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost"
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 @router.post("/focus")
 def focus(request: Request) -> dict:
     # Even when serving the LAN (--host 0.0.0.0), only this machine may raise the window.
-    if not _is_loopback(request.client.host if request.client else None):
+    if not is_loopback(request.client.host if request.client else ""):
         raise NotLocal("Only a program on this machine can bring Tandem's window forward.")
     with _lock:
         handler = _focus

@@ -3,10 +3,10 @@
 The user's message is stored only once the engine has accepted the prompt (it fits the
 context), so a refused request leaves the conversation as it was. The reply's message is made
 then too, its text saved as it streams, and its end (complete, stopped with the partial text, or
-failed) written when it ends; a reply cut off by a crash is marked interrupted at the next start. A conversation is a tree
-(store/conversations.py): a new message continues the active branch, an edit is a sibling of the
-message it replaces, a regenerated reply a sibling of the reply; the prompt is the branch that
-leads to it, after the conversation's system prompt.
+failed) written when it ends; a reply cut off by a crash is marked interrupted at the next start.
+A conversation is a tree (store/conversations.py): a new message continues the active branch, an
+edit is a sibling of the message it replaces, a regenerated reply a sibling of the reply; the
+prompt is the branch that leads to it, after the conversation's system prompt.
 """
 
 from __future__ import annotations
@@ -47,12 +47,11 @@ class Reply:
     evicted_tokens: int = 0
     policy: str = "stop"
     parts: list[str] = field(default_factory=list)
-    ids: list[int | None] = field(default_factory=list)  # message ids, in the order submitted (None: system prompt)
+    ids: list[int | None] = field(default_factory=list)  # ids of the submitted messages (None: not stored yet)
     saved: dict | None = None
     title: str = ""
     row: dict | None = None  # the reply's message, created when the engine takes the prompt
     flushed_at: float = 0.0  # when its text was last written to the database
-    flushed_len: int = 0
 
 
 def alternate(rows: list[dict]) -> tuple[list[int | None], list[dict]]:
@@ -84,11 +83,15 @@ class ChatService:
         self._active: dict[str, Reply | None] = {}
         self._stop_asked: set[str] = set()  # Stop pressed before the request reached the engine
 
-    def history(self, conversation: dict, leaf: int | None | object = LEAF) -> tuple[list[int | None], list[dict], list[int]]:
+    def history(self, conversation: dict, leaf: int | None | object = LEAF,
+                new: str | None = None) -> tuple[list[int | None], list[dict], list[int]]:
         """(message ids, {role, content}, indices the latest reply was written without) of the branch
-        ending at leaf (default: the active one), after the conversation's system prompt (id None)."""
+        ending at leaf (default: the active one), after the conversation's system prompt (id None),
+        with the new user message `new` (id None) at its end when there is one."""
         rows = [m for m in self.store.branch(conversation["id"], leaf)
                 if m["role"] in ("system", "user", "assistant") and (m["content"] or m["role"] == "assistant")]
+        if new is not None:
+            rows.append({"id": None, "role": "user", "content": new})
         ids, messages = alternate(rows)
         if conversation.get("system_prompt"):
             ids.insert(0, None)
@@ -166,12 +169,7 @@ class ChatService:
         self._active[conversation_id] = None  # reserved: a second request now gets Conflict
         stream = None
         try:
-            ids, messages, before = self.history(conversation, parent)
-            if content is not None:
-                if messages and messages[-1]["role"] == "user":  # the last reply never got stored
-                    ids.append(None)
-                    messages.append({"role": "assistant", "content": ""})
-                messages.append({"role": "user", "content": content})
+            ids, messages, before = self.history(conversation, parent, new=content)
             def cancelled() -> bool:
                 return conversation_id in self._stop_asked or (watch is not None and watch.cancelled())
 

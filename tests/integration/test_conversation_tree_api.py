@@ -1,8 +1,6 @@
 """Branching conversations, fork, search, export/import, presets and settings through the real server."""
 
-import json
 
-import pytest
 
 from tandem.app.config import DATA_DIR_FILE, config_dir
 from tandem.app.server import PortInUse, ServerThread

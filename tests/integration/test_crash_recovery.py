@@ -1,24 +1,12 @@
 """A server killed mid-reply (SIGKILL: no chance to clean up) loses nothing that was streamed."""
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import httpx
 
-from tests.conftest import read_sse
-
-
-def start(data_dir):
-    env = {**os.environ, "TANDEM_DATA_DIR": str(data_dir), "TANDEM_TEMPERATURE": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "serve", "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert "running at" in line, line + proc.stderr.read()
-    return proc, line.split("running at ")[1].split()[0].rstrip("/")
+from tests.conftest import read_sse, start_server_process as start
 
 
 def test_sigkill_mid_reply_keeps_the_streamed_text_marked_interrupted(tmp_path):

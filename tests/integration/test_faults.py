@@ -1,31 +1,17 @@
 """Faults a person's machine has: the server killed (SIGKILL) mid-download and while it saves
 caches, and a full disk under the data folder. Nothing saved earlier is lost; the app goes on."""
 
-import os
-import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import httpx
-import pytest
 
-from tests.conftest import read_sse
+from tests.conftest import read_sse, start_server_process as start
 from tests.fixtures.hubserver import Fault, HubServer
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def start(data_dir, **env):
-    env = {**os.environ, "TANDEM_DATA_DIR": str(data_dir), "TANDEM_TEMPERATURE": "0", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "serve", "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert "running at" in line, line + proc.stderr.read()
-    return proc, line.split("running at ")[1].split()[0].rstrip("/")
 
 
 def kill(proc):
@@ -121,22 +107,8 @@ def test_sigkill_while_caches_are_saved_leaves_nothing_broken(tmp_path):
         stop(proc)
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A filesystem of its own (tmpfs), so that the disk really fills."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small filesystem needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder, keep_free=0):
-    """Take all the space of a filesystem but keep_free bytes; returns the filler file."""
+def fill(folder):
+    """Take all the space of a filesystem; returns the filler file."""
     filler = folder / "other-program.bin"
     with open(filler, "wb") as f:
         try:

@@ -3,9 +3,6 @@ a dropped connection, damaged bytes, a stalled server, a missing file, a full di
 pause / resume / cancel, two managers on one file; registered once, only when verified."""
 
 import hashlib
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -231,20 +228,6 @@ def test_downloads_beyond_the_limit_wait_their_turn(hub, tmp_path, monkeypatch, 
     assert len(svc.store.list_models()) == 2
     svc.close()
     svc.store.close()
-
-
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 200 MB filesystem of its own (tmpfs), so that the disk really fills."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small filesystem needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_disk_that_fills_pauses_the_download_with_a_clear_message(hub, tmp_path, small_disk, monkeypatch):
