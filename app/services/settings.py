@@ -40,11 +40,7 @@ class SettingsService:
         return {
             "theme": saved.get("theme", "system"),
             "default_model_id": default["id"] if default else None,
-            "system_prompt": saved.get("system_prompt"),
-            "temperature": saved.get("temperature", s.temperature),
-            "top_p": saved.get("top_p", 0.95),
-            "max_tokens": saved.get("max_tokens", s.max_tokens),
-            "context_policy": saved.get("context_policy"),
+            **self._reply_defaults(saved),
             # start-up settings: what the next start uses (this run's value is in `running`)
             "port": saved.get("port", s.port),
             "context_cache_mb": saved.get("context_cache_mb", s.context_cache_mb),
@@ -86,17 +82,27 @@ class SettingsService:
         self.store.save_settings({"api_key": new_api_key()})
         return self.describe()
 
-    # --- what a reply or a new conversation uses
+    # --- what a reply or a new conversation uses (read per request: only the saved settings)
+    def _reply_defaults(self, saved: dict) -> dict:
+        s = self.settings
+        return {
+            "system_prompt": saved.get("system_prompt"),
+            "temperature": saved.get("temperature", s.temperature),
+            "top_p": saved.get("top_p", 0.95),
+            "max_tokens": saved.get("max_tokens", s.max_tokens),
+            "context_policy": saved.get("context_policy"),
+        }
+
     def conversation_defaults(self) -> dict:
-        v = self.values()
-        return {k: v[k] for k in ("system_prompt",) if v[k]}
+        prompt = self._reply_defaults(self.store.saved_settings())["system_prompt"]
+        return {"system_prompt": prompt} if prompt else {}
 
     def sampling_defaults(self) -> dict:
-        v = self.values()
+        v = self._reply_defaults(self.store.saved_settings())
         return {"temperature": v["temperature"], "top_p": v["top_p"], "max_tokens": v["max_tokens"]}
 
     def context_policy(self) -> str | None:
-        return self.values()["context_policy"]
+        return self._reply_defaults(self.store.saved_settings())["context_policy"]
 
 
 def apply_saved_start_settings(settings: Settings, store: Store) -> None:

@@ -225,8 +225,7 @@ class ConversationStore:
         if not path:
             raise NotFound(f"No message {message_id} in conversation {conversation_id!r}.")
         settings = {k: conv[k] for k in SETTING_FIELDS}
-        messages = [{**{k: m[k] for k in m if k not in ("siblings", "conversation_id")}} for m in path]
-        return self._insert_tree(f"{conv['title']} (fork)", settings, messages, leaf=path[-1]["id"])
+        return self._insert_tree(f"{conv['title']} (fork)", settings, path, leaf=path[-1]["id"])
 
     def search(self, query: str, limit: int = 30) -> list[dict]:
         """Conversations whose title or messages match; message hits with a snippet (FTS5 ranking)."""
