@@ -44,11 +44,15 @@ class ContextOverflow(RuntimeFailure):
 
     code = "context_overflow"
 
-    def __init__(self, prompt_tokens: int, n_ctx: int, at_least: bool = False):
+    def __init__(self, prompt_tokens: int, n_ctx: int, at_least: bool = False, what: str | None = None):
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
         over = prompt_tokens - n_ctx + 1
         size = f"at least {prompt_tokens}" if at_least else f"{prompt_tokens}"
+        if what is not None:  # an embedding input: no reply needs room
+            super().__init__(f"{what} is {size} tokens long, but an embedding reads at most {n_ctx}. "
+                             "Split the text into shorter pieces.")
+            return
         super().__init__(
             f"The conversation is {size} tokens long but the model's context holds "
             f"{n_ctx} (with room for at least one reply token): {'at least ' if at_least else ''}{over} tokens too many. "
@@ -98,3 +102,14 @@ class ModelUnavailable(RuntimeFailure):
     """The model cannot be loaded now: what it needs is held by models in use, or it failed."""
 
     code = "model_unavailable"
+
+
+class InvalidSampling(RuntimeFailure):
+    """What the request asked of the sampler cannot be done: a grammar that does not parse, a
+    logit bias for a token the model does not have. `param` names the request field."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None):
+        self.param = param
+        super().__init__(message)

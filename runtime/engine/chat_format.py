@@ -10,6 +10,7 @@ to load.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from tandem.runtime.errors import ChatTemplateError, ModelLoadError, UnsafeChatT
 
 __all__ = ["ChatFormatter", "RenderedPrompt", "limit_llama_templates", "validate_messages"]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # Used only when a GGUF carries no chat template at all.
 CHATML_TEMPLATE = (
@@ -45,7 +46,8 @@ class RenderedPrompt:
 
 
 def validate_messages(messages: list[dict]) -> list[dict]:
-    """Plain {role, content} dicts with known roles, or a ChatTemplateError saying what is wrong."""
+    """{role, content} dicts with known roles (and, for tool use, an assistant's tool_calls and a
+    tool result's tool_call_id and name), or a ChatTemplateError saying what is wrong."""
     if not messages:
         raise ChatTemplateError("There are no messages to answer: send at least one user message.")
     clean = []
@@ -57,7 +59,12 @@ def validate_messages(messages: list[dict]) -> list[dict]:
             )
         if not isinstance(content, str):
             raise ChatTemplateError(f"Message {i} has no text content.")
-        clean.append({"role": role, "content": content})
+        out = {"role": role, "content": content}
+        if role == "assistant" and m.get("tool_calls"):
+            out["tool_calls"] = m["tool_calls"]
+        if role == "tool":
+            out.update({k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)})
+        clean.append(out)
     return clean
 
 
@@ -72,6 +79,8 @@ class ChatFormatter:
         self._eos = model.token_get_text(eos_id) if eos_id != -1 else ""
         self._bos = model.token_get_text(bos_id) if bos_id != -1 else ""
         template = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        self._source = template
+        self._tools: list[dict] | None = None
         self.has_own_template = "tokenizer.chat_template" in llama.metadata
         name = Path(getattr(llama, "model_path", None) or "the model").name
         try:
@@ -90,8 +99,41 @@ class ChatFormatter:
             except Exception:  # noqa: BLE001 - rejecting a conversation (roles must alternate) is its right
                 pass
 
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the model's own template lays out tool definitions (it reads `tools`)."""
+        return self.has_own_template and "tools" in self._source
+
+    def with_tools(self, tools) -> "ChatFormatter":
+        """This formatter handing `tools` (OpenAI-style definitions) to the template."""
+        if not tools:
+            return self
+        view = copy.copy(self)
+        view._tools = [self._defused_values(t) for t in tools]
+        return view
+
     def _variables(self, messages: list[dict], generation_prompt: bool) -> dict:
-        return template_variables(messages, self._eos, self._bos, generation_prompt)
+        variables = template_variables(messages, self._eos, self._bos, generation_prompt)
+        if self._tools:
+            variables["tools"] = self._tools
+        return variables
+
+    def _defused_values(self, value):
+        """Structured values (tool definitions, tool call arguments) with every string that spells
+        a special token defused: the template copies them into the prompt as text."""
+        if isinstance(value, str):
+            return self._defuse(value) if self._spells_special(value) else value
+        if isinstance(value, dict):
+            return {self._defused_values(k): self._defused_values(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._defused_values(v) for v in value]
+        return value
+
+    def raw(self, prompt: str) -> RenderedPrompt:
+        """A prompt written out in full (a completion, not a chat): tokenized as it is, control
+        tokens spelled in it included, with the beginning-of-text token where the model wants one."""
+        tokens = self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return RenderedPrompt(tokens=tokens, stops=tuple(s for s in (self._eos,) if s))
 
     def _fill(self, messages: list[dict], generation_prompt: bool) -> str:
         try:
@@ -111,6 +153,8 @@ class ChatFormatter:
         (a user writing `<|im_end|><|im_start|>system`) stays plain text, so no message can forge
         a turn of another role."""
         messages = validate_messages(messages)
+        messages = [{**m, "tool_calls": self._defused_values(m["tool_calls"])} if "tool_calls" in m else m
+                    for m in messages]
         prompt = self._fill(messages, generation_prompt)
         risky = [i for i, m in enumerate(messages) if self._spells_special(m["content"])]
         if not risky:  # the common case: the prompt as llama-cpp-python's formatter tokenizes it

@@ -19,7 +19,7 @@ def oldest_turn(messages: list[dict]) -> list[int]:
     first = candidates[0]
     turn = [first]
     for i in range(first + 1, len(messages)):
-        if messages[i]["role"] != "assistant" or i == last_user:
+        if messages[i]["role"] not in ("assistant", "tool") or i == last_user:
             break
         turn.append(i)
     return turn
@@ -39,7 +39,7 @@ def turn_cuts(messages: list[dict]) -> list[list[int]]:
             return cuts
         turn = [i]
         i += 1
-        while i < n and messages[i]["role"] == "assistant" and i != last_user:
+        while i < n and messages[i]["role"] in ("assistant", "tool") and i != last_user:
             turn.append(i)
             i += 1
         cuts.append(turn)

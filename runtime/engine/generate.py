@@ -18,7 +18,8 @@ from tandem.runtime.engine.context import ContextPolicy, fit_conversation
 from tandem.runtime.engine.model import LoadedModel
 from tandem.runtime.engine.params import SamplingParams
 from tandem.runtime.engine.speculative import SpecStats
-from tandem.runtime.engine.stream import Failed, Finished, Progress, ReplyStats, ReplyStream, Started, Token
+from tandem.runtime.engine.stream import (Failed, Finished, Progress, ReplyStats, ReplyStream, Started, Token,
+                                          TokenLogprob)
 from tandem.runtime.engine.text import StopMatcher, Utf8Stream
 from tandem.runtime.errors import ContextOverflow, Interrupted, RuntimeFailure
 
@@ -36,6 +37,8 @@ class Request:
     speculative: str = "off"  # off, lookup, draft, auto
     max_reply: int | None = None  # the most tokens a reply may have under a shifting policy
     unseen: frozenset[int] = frozenset()  # left out before rendering: too far back to ever fit
+    raw: bool = False  # messages[0]["content"] is the whole prompt, without the chat template
+    tools: tuple[dict, ...] | None = None  # tool definitions handed to the chat template
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -66,6 +69,8 @@ class _Reply:
         self.pieces: list[str] = []
         self.generated: list[int] = []
         self.n_out, self.t_first, self.t_last, self.finish = 0, None, None, "length"
+        self.logprobs: list[TokenLogprob] | None = [] if req.sampling.logprobs is not None else None
+        self._pending: dict[int, TokenLogprob] = {}  # sampled, not yet taken: token -> its logprob
 
     # --- the prompt
     def fit(self):
@@ -74,6 +79,12 @@ class _Reply:
         model, req = self.model, self.req
         fmt, policy, n_ctx = model.formatter, req.context, model.n_ctx
         messages = req.messages
+        if req.raw:
+            prompt = fmt.raw(messages[0]["content"])
+            if len(prompt.tokens) >= n_ctx:
+                raise ContextOverflow(len(prompt.tokens), n_ctx)
+            return messages, prompt.tokens, (), 0, False, 0, prompt.stops
+        fmt = fmt.with_tools(req.tools)
         seen = [m for i, m in enumerate(messages) if i not in req.unseen] if req.unseen else messages
         full = fmt.render(seen)  # evicted_tokens counts what was rendered, not what never could be
         prompt, dropped = full, ()
@@ -119,7 +130,7 @@ class _Reply:
         left_out = set(dropped)
         kept_index = [i for i in range(len(req.messages)) if i not in left_out]
 
-        source = model.source(req.speculative)
+        source = model.source(req.speculative if sampling.plain else "off")
         controller = model.controller(req.key, source) if source is not None else None
         spec = SpecStats(source.name if source is not None else "none")
         context = list(tokens)  # what the reply continues: the prompt and the tokens so far
@@ -129,7 +140,8 @@ class _Reply:
 
         try:
             with decoder.sampler(sampling) as sampler:
-                token = sampler.sample() if not stream.cancelled else None
+                self.sampler = sampler
+                token = self.sample() if not stream.cancelled else None
                 while True:
                     if stream.cancelled:
                         self.finish = "cancelled"
@@ -162,7 +174,7 @@ class _Reply:
                             draft = source.propose(context, k) if k > 0 else []
                     if not draft:
                         decoder.decode([token])
-                        token = sampler.sample()
+                        token = self.sample()
                         if controller is not None:
                             controller.plain_step(time.perf_counter() - t0)
                         continue
@@ -195,7 +207,17 @@ class _Reply:
         stats = _stats(req, self.t_start, len(tokens_in), self.n_out, self.t_first, self.t_last, cached,
                        evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored,
                        spec_source=spec.source, drafted_tokens=spec.drafted, accepted_tokens=spec.accepted)
-        stream.emit(Finished("".join(self.pieces), self.finish, stats, tuple(later_dropped), tuple(self.generated)))
+        stream.emit(Finished("".join(self.pieces), self.finish, stats, tuple(later_dropped), tuple(self.generated),
+                             None if self.logprobs is None else tuple(self.logprobs)))
+
+    def sample(self) -> int:
+        token = self.sampler.sample()
+        if self.logprobs is not None:
+            chosen, top = self.sampler.logprobs(token)
+            piece = self.model.piece
+            self._pending = {token: TokenLogprob(token, piece(token), chosen,
+                                                 tuple((t, piece(t), lp) for t, lp in top))}
+        return token
 
     # --- tokens out
     def show(self, text: str) -> None:
@@ -209,6 +231,8 @@ class _Reply:
             self.finish = "stop"
             return True
         self.generated.append(token)
+        if self.logprobs is not None and token in self._pending:
+            self.logprobs.append(self._pending.pop(token))
         self.n_out += 1
         self.t_last = time.perf_counter()
         if self.t_first is None:

@@ -17,9 +17,10 @@ from tandem.runtime.engine.native import NativeDecoder
 from tandem.runtime.engine.params import KV_TYPES, LoadParams
 from tandem.runtime.engine.speculative import Controller, DraftModel, PromptLookup
 from tandem.runtime import llama_log
-from tandem.runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
+from tandem.runtime.errors import ContextOverflow, DraftModelError, Interrupted, ModelLoadError, RuntimeFailure
 
 MAX_CONTROLLERS = 64
+EMBED_CTX = 2048  # the longest text an embedding reads, in tokens (its context's KV cache is this size)
 
 # llama.cpp's log at its true levels, once, after llama_cpp's import installed its own callback
 # (a LogCapture around a load replaces it for its duration and puts it back).
@@ -49,6 +50,8 @@ class LoadedModel:
         self.n_ctx = min(llama.n_ctx(), len(llama.input_ids))
         self._longest: int | None = None
         self._longest_lock = threading.Lock()
+        self._embed_ctx = None  # a second context on the same weights, for embeddings (made on first use)
+        self.embed_ctx_tokens = min(self.n_ctx, EMBED_CTX)
 
     @classmethod
     def load(cls, params: LoadParams, draft: LoadParams | None = None) -> "LoadedModel":
@@ -68,6 +71,11 @@ class LoadedModel:
             raise
 
     def close(self) -> None:
+        import llama_cpp
+
+        if self._embed_ctx is not None:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         self.decoder.close()
         if self.draft is not None:
             self.draft.close()
@@ -102,6 +110,59 @@ class LoadedModel:
             n = llama_cpp.llama_token_to_piece(self._vocab, t, buf, len(buf), 0, True)
             longest = max(longest, n if n >= 0 else -n)
         return longest
+
+    def embed(self, texts: list[str], cancelled=lambda: False) -> tuple[tuple[tuple[float, ...], ...], int]:
+        """Each text's embedding: the mean of its tokens' last hidden states, scaled to unit
+        length (what OpenAI's embeddings are), from a context of its own on the same weights so
+        that the conversation's cache is untouched. Returns (vectors, tokens read)."""
+        import llama_cpp
+        import numpy as np
+
+        n_ctx = self.embed_ctx_tokens
+        longest = self.max_piece_bytes
+        for i, text in enumerate(texts):  # a text that cannot fit is refused before tokenizing it
+            at_least = -(-len(text.encode("utf-8")) // longest)
+            if at_least > n_ctx:
+                raise ContextOverflow(at_least, n_ctx, at_least=True, what=f"Input {i}")
+        ctx = self._embedding_context()
+        memory = llama_cpp.llama_get_memory(ctx)
+        n_embd = llama_cpp.llama_model_n_embd(self.llama._model.model)
+        vectors, total = [], 0
+        for i, text in enumerate(texts):
+            if cancelled():
+                raise Interrupted("Stopped while embedding.")
+            tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False) or [self.llama.token_eos()]
+            if len(tokens) > n_ctx:
+                raise ContextOverflow(len(tokens), n_ctx, what=f"Input {i}")
+            llama_cpp.llama_memory_clear(memory, True)
+            arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
+            if rc != 0:
+                raise RuntimeFailure(f"llama.cpp could not embed input {i} (llama_decode returned {rc}).")
+            ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+            if not ptr:
+                raise RuntimeFailure("llama.cpp returned no pooled embedding for this model.")
+            v = np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64)
+            norm = float(np.linalg.norm(v))
+            vectors.append(tuple(float(x) for x in (v / norm if norm > 0 else v)))
+            total += len(tokens)
+        return tuple(vectors), total
+
+    def _embedding_context(self):
+        import llama_cpp
+
+        if self._embed_ctx is None:
+            p = llama_cpp.llama_context_default_params()
+            p.n_ctx = p.n_batch = p.n_ubatch = self.embed_ctx_tokens  # a whole text in one batch: pooling sees it all
+            p.n_seq_max = 1
+            p.n_threads, p.n_threads_batch = self.params.n_threads, self.params.n_threads_batch
+            p.embeddings = True
+            p.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            ctx = llama_cpp.llama_init_from_model(self.llama._model.model, p)
+            if not ctx:
+                raise RuntimeFailure("llama.cpp could not make an embedding context for this model (out of memory?).")
+            self._embed_ctx = ctx
+        return self._embed_ctx
 
     def source(self, speculative: str):
         """The draft source a reply asked for: "off", "lookup", "draft" or "auto" (the draft model

@@ -16,7 +16,7 @@ from typing import Callable
 import llama_cpp
 
 from tandem.runtime.engine.params import SamplingParams
-from tandem.runtime.errors import Interrupted, RuntimeFailure
+from tandem.runtime.errors import Interrupted, InvalidSampling, RuntimeFailure
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
 MIN_SHIFT_MATCH = 16  # a shift pays when at least this many cached tokens are reused after the gap
@@ -255,31 +255,68 @@ class Sampler:
 
     def __init__(self, decoder: NativeDecoder, s: SamplingParams):
         self.decoder = decoder
+        self.top_logprobs = s.logprobs
+        n_vocab = llama_cpp.llama_vocab_n_tokens(decoder.vocab)
+        self.n_vocab = n_vocab
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
-        if s.ignore_eos:
-            ends = decoder.end_tokens()
-            bias = (llama_cpp.llama_logit_bias * len(ends))(*[(t, float("-inf")) for t in ends])
-            n_vocab = llama_cpp.llama_vocab_n_tokens(decoder.vocab)
-            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(ends), bias))
-        if s.repeat_penalty != 1.0:
-            add(llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0))
-        if s.temperature == 0.0:
-            add(llama_cpp.llama_sampler_init_greedy())
-        else:
-            if s.top_k > 0:
-                add(llama_cpp.llama_sampler_init_top_k(s.top_k))
-            add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
-            add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            seed = s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
-            add(llama_cpp.llama_sampler_init_dist(ctypes.c_uint32(seed).value))
         self.chain = chain
+        add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+        try:
+            biases = dict(s.logit_bias)
+            bad = [t for t in biases if not 0 <= t < n_vocab]
+            if bad:
+                raise InvalidSampling(f"logit_bias names token {bad[0]}, which this model does not have "
+                                      f"(its token ids go from 0 to {n_vocab - 1}).", "logit_bias")
+            if s.ignore_eos:
+                biases.update((t, float("-inf")) for t in decoder.end_tokens())
+            if biases:
+                arr = (llama_cpp.llama_logit_bias * len(biases))(*biases.items())
+                add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), arr))
+            if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+                add(llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, s.repeat_penalty,
+                                                           s.frequency_penalty, s.presence_penalty))
+            if s.grammar is not None:
+                grammar = llama_cpp.llama_sampler_init_grammar(decoder.vocab, s.grammar.encode("utf-8"), b"root")
+                if not grammar:
+                    raise InvalidSampling("The output format could not be turned into a grammar llama.cpp accepts; "
+                                          "simplify the JSON schema.", "response_format")
+                add(grammar)
+            if s.temperature == 0.0:
+                add(llama_cpp.llama_sampler_init_greedy())
+            else:
+                if s.top_k > 0:
+                    add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+                add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+                add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+                add(llama_cpp.llama_sampler_init_temp(s.temperature))
+                seed = s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+                add(llama_cpp.llama_sampler_init_dist(ctypes.c_uint32(seed).value))
+        except BaseException:
+            llama_cpp.llama_sampler_free(chain)
+            raise
 
     def sample(self, index: int = -1) -> int:
         """The next token from the logits of position `index` of the last batch (-1: its last),
         accepted into the chain."""
         return llama_cpp.llama_sampler_sample(self.chain, self.decoder.ctx, index)
+
+    def logprobs(self, token: int, index: int = -1) -> tuple[float, list[tuple[int, float]]]:
+        """The model's log-probability of `token` at position `index` of the last batch, and the
+        `top_logprobs` most likely tokens there with theirs (from the raw logits, before any bias,
+        penalty or grammar: what the model thought)."""
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self.decoder.ctx, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        top = logits.max()
+        logz = top + np.log(np.exp(logits - top).sum())
+        chosen = float(logits[token] - logz)
+        k = self.top_logprobs or 0
+        if k <= 0:
+            return chosen, []
+        ids = np.argpartition(-logits, k)[:k]
+        ids = ids[np.argsort(-logits[ids])]
+        return chosen, [(int(i), float(logits[i] - logz)) for i in ids]
 
     def __enter__(self) -> "Sampler":
         return self

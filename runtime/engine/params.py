@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tandem.runtime.hardware import physical_cores
 
+MAX_TOP_LOGPROBS = 20
 KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # name -> ggml type id (llama_cpp.GGML_TYPE_*)
 
 
@@ -59,6 +60,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # never end the turn: always max_tokens tokens (benchmarks)
+    presence_penalty: float = 0.0  # subtracted once from each token already in the last 64
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the last 64
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    grammar: str | None = None  # a GBNF grammar (root rule "root") the reply must follow
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
 
     def __post_init__(self) -> None:
         if self.ignore_eos and self.max_tokens is None:
@@ -71,4 +77,15 @@ class SamplingParams:
             raise ValueError(f"top_k must be 0 (off) or more, got {self.top_k}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs}")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
+
+    @property
+    def plain(self) -> bool:
+        """Nothing asked of the sampler that speculative drafting would have to follow too."""
+        return self.grammar is None and self.logprobs is None

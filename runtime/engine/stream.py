@@ -97,6 +97,17 @@ class Finished:
     stats: ReplyStats
     dropped: tuple[int, ...] = ()
     tokens: tuple[int, ...] = ()  # the reply's token ids
+    logprobs: tuple["TokenLogprob", ...] | None = None  # when the sampling asked for them
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One reply token's log-probability under the model, and the most likely alternatives."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,16 @@ class Failed:
     error: RuntimeFailure
 
 
-Event = Union[Queued, Started, Token, Finished, Failed]
+@dataclass(frozen=True)
+class Embedded:
+    """The end of an embedding request: one unit-length vector per input, and the tokens read."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
+
+
+TERMINAL = (Finished, Failed, Embedded)
+Event = Union[Queued, Started, Token, Finished, Failed, Embedded]
 
 
 class ReplyStream:
@@ -123,7 +143,7 @@ class ReplyStream:
 
     # --- worker side
     def emit(self, event: Event) -> None:
-        terminal = isinstance(event, (Finished, Failed))
+        terminal = isinstance(event, TERMINAL)
         if terminal:
             with self._hooks_lock:
                 if self._ended:  # exactly one terminal event per request
@@ -184,7 +204,7 @@ class ReplyStream:
             raise TypeError("this stream was opened for an event loop: use 'async for'")
         while not self.done:
             event = self._sync_q.get()
-            self.done = isinstance(event, (Finished, Failed))
+            self.done = isinstance(event, TERMINAL)
             yield event
 
     async def __aiter__(self) -> AsyncIterator[Event]:
@@ -192,13 +212,13 @@ class ReplyStream:
             raise TypeError("this stream was opened without an event loop: use 'for'")
         while not self.done:
             event = await self._async_q.get()
-            self.done = isinstance(event, (Finished, Failed))
+            self.done = isinstance(event, TERMINAL)
             yield event
 
     async def next_event(self) -> Event:
         """The next event (async streams only), for callers that must see the first ones early."""
         event = await self._async_q.get()
-        self.done = isinstance(event, (Finished, Failed))
+        self.done = isinstance(event, TERMINAL)
         return event
 
     def result(self) -> Finished:

@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tandem.runtime.engine.context import POLICIES, ContextPolicy
@@ -24,8 +25,8 @@ from tandem.runtime.engine.generate import Request, generate
 from tandem.runtime.engine.kvstate import KVStateStore, binding_for
 from tandem.runtime.engine.model import LoadedModel
 from tandem.runtime.engine.params import LoadParams, SamplingParams
-from tandem.runtime.engine.stream import Failed, Finished, Queued, ReplyStats, ReplyStream
-from tandem.runtime.errors import ContextOverflow, EngineClosed, ModelLoadError, QueueFull, RuntimeFailure
+from tandem.runtime.engine.stream import Embedded, Failed, Finished, Queued, ReplyStats, ReplyStream
+from tandem.runtime.errors import ContextOverflow, EngineClosed, Interrupted, ModelLoadError, QueueFull, RuntimeFailure
 from tandem.runtime.gguf import check_model_file
 
 log = logging.getLogger("tandem")
@@ -102,6 +103,8 @@ class ModelWorker:
         key: str | None = None,
         evicted: tuple[int, ...] | list[int] = (),
         speculative: str = "off",
+        raw: bool = False,
+        tools: list[dict] | None = None,
     ) -> ReplyStream:
         """Queue a reply.
 
@@ -112,6 +115,8 @@ class ModelWorker:
         speculative: "off"; "lookup" (drafts from n-grams of the prompt and reply), "draft" (the
             draft model loaded with the worker), "auto" (the draft model if any, else lookup);
             drafting runs only while it measures faster than plain decoding.
+        raw: messages is one message whose content is the whole prompt (a completion: no chat
+            template). tools: tool definitions handed to the model's chat template.
         A request queued behind others gets Queued events with its position.
         """
         if speculative not in SPECULATIVE:
@@ -127,7 +132,18 @@ class ModelWorker:
         except RuntimeFailure as err:
             stream.emit(Failed(err))
             return stream
-        req = Request(messages, sampling, stream, overflow, key, evicted, speculative, self.max_reply, unseen)
+        req = Request(messages, sampling, stream, overflow, key, evicted, speculative, self.max_reply, unseen,
+                      raw=raw, tools=tuple(tools) if tools else None)
+        return self._enqueue(req)
+
+    def embed(self, texts: list[str], loop: asyncio.AbstractEventLoop | None = None) -> ReplyStream:
+        """Queue an embedding of each text (mean-pooled over its tokens, unit length): the stream
+        ends with Embedded, or Failed (ContextOverflow names a text too long for the model)."""
+        stream = ReplyStream(loop)
+        return self._enqueue(EmbedRequest(list(texts), stream))
+
+    def _enqueue(self, req) -> ReplyStream:
+        stream = req.stream
         with self._cond:
             if self._closed:
                 stream.emit(Failed(EngineClosed("The model was unloaded; send the message again.")))
@@ -294,7 +310,10 @@ class ModelWorker:
             t0 = time.perf_counter()
             req.stream.on_end(lambda req=req, t0=t0: self._ended(req, t0))
             try:
-                generate(model, req, self._take)
+                if isinstance(req, EmbedRequest):
+                    self._embed(req)
+                else:
+                    generate(model, req, self._take)
             finally:
                 req.stream.emit(Failed(RuntimeFailure("The reply ended without a result.")))  # no-op when ended
 
@@ -306,6 +325,22 @@ class ModelWorker:
                 self._model.decoder.abort.clear()
                 self.state = "busy" if self._waiting else "idle"
         self._recent_s.append(time.perf_counter() - t0)
+
+    def _embed(self, req: "EmbedRequest") -> None:
+        if req.stream.cancelled:
+            req.stream.emit(Finished("", "cancelled", _empty_stats(req)))
+            return
+        try:
+            vectors, n_tokens = self._model.embed(req.texts, lambda: req.stream.cancelled)
+        except Interrupted:
+            req.stream.emit(Finished("", "cancelled", _empty_stats(req)))
+        except RuntimeFailure as err:
+            req.stream.emit(Failed(err))
+        except Exception as err:  # llama.cpp or numpy failure
+            log.exception("embedding failed")
+            req.stream.emit(Failed(RuntimeFailure(f"Embedding failed: {err}")))
+        else:
+            req.stream.emit(Embedded(vectors, n_tokens))
 
     # --- saved caches
     def _save_owner(self) -> None:
@@ -346,7 +381,14 @@ class ModelWorker:
         return len(saved.tokens)
 
 
-def _empty_stats(req: Request) -> ReplyStats:
+@dataclass
+class EmbedRequest:
+    texts: list[str]
+    stream: ReplyStream
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+def _empty_stats(req) -> ReplyStats:
     waited = time.perf_counter() - req.submitted
     return ReplyStats(prompt_tokens=0, completion_tokens=0, cached_tokens=0, queue_s=waited, ttft_s=None,
                       decode_tps=None, total_s=waited)
