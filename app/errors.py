@@ -20,6 +20,10 @@ class NotFound(TandemError):
     code = "not_found"
 
 
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
 class Conflict(TandemError):
     status = 409
     code = "conflict"

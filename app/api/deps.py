@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from tandem.app.config import Settings
 from tandem.app.errors import InvalidRequest
@@ -17,10 +17,23 @@ from tandem.app.services.settings import SettingsService
 from tandem.app.store import Store
 
 
+def valid_utf8(text: str) -> str:
+    """JSON may carry lone surrogate escapes ("\ud800"); no tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode; it holds a lone surrogate (such as \\ud800)") from None
+    return text
+
+
 # A stored row's id: SQLite integers are 64-bit, so a larger number can name nothing.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 # Seconds a model stays loaded once idle (0: unload after this request; negative: always).
 KeepAlive = Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
+
+
+# Text a model reads
+Utf8 = AfterValidator(valid_utf8)
 
 
 def _settings(request: Request) -> Settings:

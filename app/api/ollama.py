@@ -35,11 +35,11 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.app import __version__
-from tandem.app.api.deps import HubDep, ModelsDep, SettingsDep, StoreDep
+from tandem.app.api.deps import HubDep, ModelsDep, SettingsDep, StoreDep, Utf8
 from tandem.app.api.disconnect import ClientWatch, first_event
 from tandem.app.api.errors import describe_validation, runtime_status
 from tandem.app.errors import Conflict, NotFound, TandemError
@@ -112,18 +112,9 @@ router = APIRouter(prefix="/api", tags=["ollama"], route_class=OllamaRoute)
 
 # --- request bodies
 
-def _utf8(text: str) -> str:
-    # JSON may carry lone surrogate escapes ("\ud800"); they cannot be encoded for the tokenizer
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode; it holds a lone surrogate (such as \\ud800)") from None
-    return text
-
-
-Text = Annotated[str, Field(max_length=MAX_CHARS), AfterValidator(_utf8)]
-ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_utf8)]
-StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS), AfterValidator(_utf8)]
+Text = Annotated[str, Field(max_length=MAX_CHARS), Utf8]
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME), Utf8]
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS), Utf8]
 Finite = dict(allow_inf_nan=False)
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")

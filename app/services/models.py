@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from tandem.app.config import Settings
-from tandem.app.errors import NotFound
+from tandem.app.errors import ModelNotFound
 from tandem.app.store import Store
 from tandem.runtime import embedded
 from tandem.runtime.engine import Lease, LoadParams, ModelWorker, ReplyStats, Scheduler
@@ -114,7 +114,7 @@ class ModelService:
             if name in (m["id"], m["name"], Path(m["path"]).name):
                 return m
         known = ", ".join(m["id"] for m in models)
-        raise NotFound(f"Model {name!r} is not installed. Available: {known}.")
+        raise ModelNotFound(f"Model {name!r} is not installed. Available: {known}.")
 
     def plan_for(self, model: dict, n_ctx: int | None = None, info: ModelInfo | None = None,
                  dry_run: bool = True, hardware: HardwareProfile | None = None) -> Plan:

@@ -82,6 +82,13 @@ class Lease:
         stream.on_end(lambda: self._scheduler._release(self._entry, self._keep_alive))
         return stream
 
+    def embed(self, *args, **kwargs):
+        """ModelWorker.embed, holding the model until it ends."""
+        self._scheduler._hold(self._entry)
+        stream = self._entry.worker.embed(*args, **kwargs)
+        stream.on_end(lambda: self._scheduler._release(self._entry, self._keep_alive))
+        return stream
+
     def release(self) -> None:
         if not self._released:
             self._released = True

@@ -66,6 +66,7 @@ class ModelWorker:
         self.load_s: float | None = None
         self.metadata: dict[str, str] = {}
         self.n_ctx: int | None = None
+        self.supports_tools = False  # the model's chat template lays out tool definitions
         self._thread = threading.Thread(target=self._work, name=f"engine:{params.path.name}", daemon=True)
 
     @classmethod
@@ -268,6 +269,7 @@ class ModelWorker:
             self._ready.set()
             return
         self.load_s, self.metadata, self.n_ctx = self._model.load_s, self._model.metadata, self._model.n_ctx
+        self.supports_tools = self._model.formatter.supports_tools
         self.state = "idle"
         self._ready.set()
         try:
