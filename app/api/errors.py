@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.app.errors import TandemError
-from tandem.runtime.errors import (ChatTemplateError, ContextOverflow, EngineClosed, Interrupted, ModelFileError,
-                            ModelUnavailable, QueueFull, RuntimeFailure)
+from tandem.runtime.errors import (ChatTemplateError, ContextOverflow, EngineClosed, Interrupted, InvalidSampling,
+                                  ModelFileError, ModelUnavailable, QueueFull, RuntimeFailure)
 from tandem.runtime.planner import PlanError
 
 log = logging.getLogger("tandem")
@@ -25,6 +25,7 @@ RUNTIME_STATUS = {
     ContextOverflow: 400,
     PlanError: 400,
     ChatTemplateError: 400,
+    InvalidSampling: 400,
     ModelFileError: 409,
     EngineClosed: 503,
     QueueFull: 429,

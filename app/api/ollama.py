@@ -9,8 +9,10 @@ stream, the client watch). Where Ollama and Tandem differ:
 - Pulls come from Hugging Face only (hf.co/owner/repo:QUANT); Ollama's own library names have no
   mapping and are refused with a hint.
 - What the engine cannot do is refused with Ollama's own 400 answers rather than ignored: tools,
-  images, thinking, raw prompts, suffix (insert), custom templates. Embeddings answer 501.
-- `format` is accepted but does not constrain the reply yet (see _sampling).
+  images, thinking, suffix (insert), custom templates.
+- `format` ("json" or a JSON schema) is enforced with a llama.cpp grammar, so the reply parses.
+- Embeddings are the mean of the tokens' last hidden states, unit length, for /api/embed and the
+  older /api/embeddings alike.
 
 Errors have Ollama's shape, {"error": "message"} with the HTTP status, which the client raises as
 ResponseError; OllamaRoute turns every failure of these routes into that shape, request validation
@@ -41,11 +43,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tandem.app import __version__
 from tandem.app.api.deps import HubDep, ModelsDep, SettingsDep, StoreDep, Utf8
 from tandem.app.api.disconnect import ClientWatch, first_event
+from tandem.app.api.embed import embed_texts
 from tandem.app.api.errors import describe_validation, runtime_status
 from tandem.app.errors import Conflict, NotFound, TandemError
 from tandem.app.hub.service import installed_models
 from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 from tandem.runtime.engine.chat_format import CHATML_TEMPLATE
+from tandem.runtime.engine.formats import schema_grammar
 from tandem.runtime.errors import Interrupted, QueueFull, RuntimeFailure
 from tandem.runtime.gguf import read_model_headers
 from tandem.runtime.model_info import ModelInfo, inspect_model
@@ -174,6 +178,8 @@ class Options(BaseModel):
     # Not used: the planner picks the context that fits this machine; accepted so that clients
     # which always send it still work.
     num_ctx: int | None = Field(None, ge=0, le=2**31 - 1)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, **Finite)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, **Finite)
 
 
 class Message(BaseModel):
@@ -192,7 +198,7 @@ class Message(BaseModel):
 class _Generation(BaseModel):
     model: ModelName
     stream: bool = True
-    # "json" or a JSON schema: accepted, not yet enforced (see _sampling)
+    # "json" or a JSON schema, enforced by a grammar
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
     keep_alive: float | str | None = None
@@ -340,7 +346,13 @@ def _size(model: dict) -> int:
 
 # --- generation
 
-def _sampling(options: Options | None, settings) -> SamplingParams:
+def _grammar(fmt) -> str | None:
+    if not fmt:
+        return None
+    return schema_grammar(None if fmt == "json" else fmt, "format")
+
+
+def _sampling(options: Options | None, settings, fmt=None) -> SamplingParams:
     o = options or Options()
     if o.num_predict is None:
         max_tokens = settings.max_tokens
@@ -351,14 +363,12 @@ def _sampling(options: Options | None, settings) -> SamplingParams:
     else:
         max_tokens = o.num_predict
     stop = [o.stop] if isinstance(o.stop, str) else (o.stop or [])
-    # `format` ("json" or a JSON schema) is accepted but not enforced: constraining the reply
-    # needs a grammar in the sampler chain (runtime.engine.native.Sampler), which SamplingParams
-    # does not carry yet; once it does, the grammar built from `format` goes here.
     kwargs = {k: v for k, v in (("top_p", o.top_p), ("top_k", o.top_k), ("min_p", o.min_p),
                                 ("repeat_penalty", o.repeat_penalty)) if v is not None}
     return SamplingParams(
         temperature=settings.temperature if o.temperature is None else o.temperature,
-        max_tokens=max_tokens, stop=tuple(stop), seed=o.seed, **kwargs,
+        max_tokens=max_tokens, stop=tuple(stop), seed=o.seed, grammar=_grammar(fmt),
+        presence_penalty=o.presence_penalty or 0.0, frequency_penalty=o.frequency_penalty or 0.0, **kwargs,
     )
 
 
@@ -396,10 +406,10 @@ def _final(finished: Finished, load_s: float) -> dict:
 
 
 async def _serve(body: _Generation, model: dict, messages: list[dict], request: Request, models, settings,
-                 shape):
+                 shape, raw: bool = False):
     """Answer one chat or generate request; shape(text) is the part of each answer that differs
-    between the two (message or response)."""
-    sampling = _sampling(body.options, settings)
+    between the two (message or response). raw: messages[0] is the whole prompt."""
+    sampling = _sampling(body.options, settings, body.format)
     model_id = model["id"]
     if not messages:  # Ollama's way to load or unload a model ahead of use
         if body.keep_alive == 0:
@@ -414,7 +424,7 @@ async def _serve(body: _Generation, model: dict, messages: list[dict], request: 
             if not messages:
                 return {"model": loaded.id, "created_at": _now(), **shape(""), "done": True, "done_reason": "load"}
             stream = watch.attach(lease.submit(messages, sampling, loop=asyncio.get_running_loop(),
-                                               speculative=models.speculative_for(loaded)))
+                                               speculative=models.speculative_for(loaded), raw=raw))
         first = await first_event(stream, watch)
         if not body.stream:
             return await _complete(stream, first, loaded, models, load_s, shape)
@@ -494,10 +504,10 @@ async def generate(body: GenerateRequest, request: Request, models: ModelsDep, s
     if body.template:
         raise OllamaError(400, "A custom template is not supported: Tandem formats prompts with the model's own "
                                "chat template.")
-    if body.raw and body.prompt:
-        raise OllamaError(400, "raw prompts are not supported: Tandem always formats the prompt with the model's "
-                               "chat template; send the text without raw, or use /api/chat.")
     messages = []
+    if body.raw and body.prompt:  # the prompt as it is, without the chat template
+        return await _serve(body, model, [{"role": "user", "content": body.prompt}], request, models, settings,
+                            _response, raw=True)
     if body.prompt:  # an empty prompt only loads the model, as with Ollama
         if body.system:
             messages.append({"role": "system", "content": body.system})
@@ -698,17 +708,56 @@ async def pull(body: PullRequest, request: Request, hub: HubDep, store: StoreDep
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
-# --- embeddings: not offered yet, and not listed in the API schema while they are not
+# --- embeddings
 
-EMBED_MESSAGE = ("Tandem does not compute embeddings yet: its models run in chat mode only. Use another "
-                 "embedding server for now.")
+class EmbedRequest(ModelRequest):
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)]
+    truncate: bool = True
+    keep_alive: Any = None
+    options: Options | None = None
+    dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, value: Any) -> float | None:
+        return parse_keep_alive(value)
 
 
-@router.post("/embed", include_in_schema=False)
-def embed() -> JSONResponse:
-    return error_response(501, EMBED_MESSAGE)
+class EmbeddingsRequest(ModelRequest):
+    prompt: Text = ""
+    keep_alive: Any = None
+    options: Options | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, value: Any) -> float | None:
+        return parse_keep_alive(value)
 
 
-@router.post("/embeddings", include_in_schema=False)
-def embeddings() -> JSONResponse:
-    return error_response(501, EMBED_MESSAGE)
+@router.post("/embed")
+async def embed(body: EmbedRequest, request: Request, models: ModelsDep) -> dict:
+    model = await asyncio.to_thread(_installed, models, body.model)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    started = time.perf_counter()
+    loaded, result = await embed_texts(texts, model["id"], body.keep_alive, request, models, truncate=body.truncate)
+    vectors = [list(v) for v in result.vectors]
+    if body.dimensions is not None:
+        if body.dimensions > len(vectors[0]):
+            raise OllamaError(400, f"{model['id']} has {len(vectors[0])} dimensions; ask for at most that many")
+        vectors = [_unit(v[: body.dimensions]) for v in vectors]
+    return {"model": loaded.id, "embeddings": vectors, "total_duration": _ns(time.perf_counter() - started),
+            "load_duration": 0, "prompt_eval_count": result.prompt_tokens}
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsRequest, request: Request, models: ModelsDep) -> dict:
+    model = await asyncio.to_thread(_installed, models, body.model)
+    if not body.prompt:  # Ollama answers an empty prompt with an empty embedding
+        return {"embedding": []}
+    _, result = await embed_texts([body.prompt], model["id"], body.keep_alive, request, models, truncate=True)
+    return {"embedding": list(result.vectors[0])}
+
+
+def _unit(v: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / norm for x in v]

@@ -31,13 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.app.api.deps import KeepAlive, ModelsDep, SettingsDep, StoreDep, Utf8, check_max_tokens
 from tandem.app.api.disconnect import ClientWatch, first_event
+from tandem.app.api.embed import embed_texts
 from tandem.app.api.errors import runtime_status
 from tandem.app.api.sse import JSON_OR_SSE_RESPONSE, SSE_HEADERS, sse
 from tandem.app.errors import ModelNotFound, TandemError
 from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 from tandem.runtime.engine.formats import ToolTextFilter, parse_tool_calls, schema_grammar, tool_call_schema
 from tandem.runtime.engine.params import MAX_TOP_LOGPROBS
-from tandem.runtime.engine.stream import Embedded
 from tandem.runtime.errors import ContextOverflow, InvalidSampling, QueueFull, RuntimeFailure
 
 log = logging.getLogger("tandem")
@@ -616,23 +616,6 @@ async def _completion_events(body, streams, first, loaded, models, prompt_of, co
 
 
 # --- embeddings
-async def embed_texts(texts: list[str], model: str | None, keep_alive, request: Request, models) -> tuple[Any, Embedded]:
-    """Embed texts with a model (leased like any request); returns (the loaded model, Embedded)."""
-    with ClientWatch(request) as watch:
-        lease = await asyncio.to_thread(models.acquire, model, keep_alive, watch.cancelled)
-        with lease:
-            loaded = lease.value
-            stream = watch.attach(lease.embed(texts, loop=asyncio.get_running_loop()))
-        while True:
-            event = await stream.next_event()
-            if isinstance(event, Embedded):
-                return loaded, event
-            if isinstance(event, Failed):
-                raise event.error
-            if isinstance(event, Finished):  # cancelled: the client left
-                raise RuntimeFailure("The embedding was stopped.")
-
-
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request, models: ModelsDep) -> dict:
     texts = [body.input] if isinstance(body.input, str) else body.input

@@ -111,7 +111,8 @@ class LoadedModel:
             longest = max(longest, n if n >= 0 else -n)
         return longest
 
-    def embed(self, texts: list[str], cancelled=lambda: False) -> tuple[tuple[tuple[float, ...], ...], int]:
+    def embed(self, texts: list[str], cancelled=lambda: False,
+              truncate: bool = False) -> tuple[tuple[tuple[float, ...], ...], int]:
         """Each text's embedding: the mean of its tokens' last hidden states, scaled to unit
         length (what OpenAI's embeddings are), from a context of its own on the same weights so
         that the conversation's cache is untouched. Returns (vectors, tokens read)."""
@@ -120,9 +121,11 @@ class LoadedModel:
 
         n_ctx = self.embed_ctx_tokens
         longest = self.max_piece_bytes
+        if truncate:  # no more characters than can be in the context are ever tokenized
+            texts = [t[: n_ctx * longest] for t in texts]
         for i, text in enumerate(texts):  # a text that cannot fit is refused before tokenizing it
             at_least = -(-len(text.encode("utf-8")) // longest)
-            if at_least > n_ctx:
+            if at_least > n_ctx and not truncate:
                 raise ContextOverflow(at_least, n_ctx, at_least=True, what=f"Input {i}")
         ctx = self._embedding_context()
         memory = llama_cpp.llama_get_memory(ctx)
@@ -133,7 +136,9 @@ class LoadedModel:
                 raise Interrupted("Stopped while embedding.")
             tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False) or [self.llama.token_eos()]
             if len(tokens) > n_ctx:
-                raise ContextOverflow(len(tokens), n_ctx, what=f"Input {i}")
+                if not truncate:
+                    raise ContextOverflow(len(tokens), n_ctx, what=f"Input {i}")
+                tokens = tokens[:n_ctx]
             llama_cpp.llama_memory_clear(memory, True)
             arr = (llama_cpp.llama_token * len(tokens))(*tokens)
             rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))

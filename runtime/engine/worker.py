@@ -137,11 +137,13 @@ class ModelWorker:
                       raw=raw, tools=tuple(tools) if tools else None)
         return self._enqueue(req)
 
-    def embed(self, texts: list[str], loop: asyncio.AbstractEventLoop | None = None) -> ReplyStream:
+    def embed(self, texts: list[str], loop: asyncio.AbstractEventLoop | None = None,
+              truncate: bool = False) -> ReplyStream:
         """Queue an embedding of each text (mean-pooled over its tokens, unit length): the stream
-        ends with Embedded, or Failed (ContextOverflow names a text too long for the model)."""
+        ends with Embedded, or Failed (ContextOverflow names a text too long for the model, unless
+        truncate: then such a text keeps its start)."""
         stream = ReplyStream(loop)
-        return self._enqueue(EmbedRequest(list(texts), stream))
+        return self._enqueue(EmbedRequest(list(texts), stream, truncate))
 
     def _enqueue(self, req) -> ReplyStream:
         stream = req.stream
@@ -333,7 +335,7 @@ class ModelWorker:
             req.stream.emit(Finished("", "cancelled", _empty_stats(req)))
             return
         try:
-            vectors, n_tokens = self._model.embed(req.texts, lambda: req.stream.cancelled)
+            vectors, n_tokens = self._model.embed(req.texts, lambda: req.stream.cancelled, req.truncate)
         except Interrupted:
             req.stream.emit(Finished("", "cancelled", _empty_stats(req)))
         except RuntimeFailure as err:
@@ -387,6 +389,7 @@ class ModelWorker:
 class EmbedRequest:
     texts: list[str]
     stream: ReplyStream
+    truncate: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
 
