@@ -271,7 +271,8 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(BaseModel):
     model: Name | None = None
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBED_INPUTS)] | list[int] | list[list[int]]
+    input: (Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
+            | Annotated[list[int], Field(min_length=1)] | Annotated[list[list[int]], Field(min_length=1)])
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: Name | None = None

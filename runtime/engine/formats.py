@@ -62,6 +62,8 @@ def schema_grammar(schema: dict | bool | None, param: str = "response_format") -
     except Exception as err:  # the converter's own refusals: unsupported keywords, bad $ref ...
         raise InvalidSampling(f"The JSON schema cannot be enforced: {err or type(err).__name__}. "
                               "Check it, or simplify it.", param) from None
+    # JSON strings hold no raw control characters; this converter's `char` rule lets them through
+    grammar = grammar.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
     if len(grammar) > MAX_GRAMMAR_CHARS:
         raise InvalidSampling("The JSON schema expands into a grammar too large to enforce; simplify it.", param)
     with _cache_lock:

@@ -141,11 +141,49 @@ def test_a_name_tandem_cannot_pull_is_a_404(oll):
     assert err.value.status_code == 404 and "hf.co/owner/repo:QUANT" in err.value.error
 
 
-def test_embeddings_are_not_offered_yet(oll):
-    for call in (lambda: oll.embed(model=MODEL, input="hello"), lambda: oll.embeddings(model=MODEL, prompt="hi")):
-        with pytest.raises(ollama.ResponseError) as err:
-            call()
-        assert err.value.status_code == 501 and "embeddings" in err.value.error
+def test_embed_gives_unit_vectors_closer_for_similar_sentences(oll):
+    r = oll.embed(model=MODEL, input=["The cat sat on the mat.", "A kitten was sitting on the rug.",
+                                      "Quarterly tax filings are due in April."])
+    v = r.embeddings
+    assert len(v) == 3 and len(v[0]) == len(v[2]) > 0
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    assert all(abs(dot(x, x) - 1) < 1e-5 for x in v)
+    assert dot(v[0], v[1]) > dot(v[0], v[2]) and dot(v[0], v[1]) > dot(v[1], v[2])
+    assert r.prompt_eval_count > 0
+    single = oll.embeddings(model=MODEL, prompt="The cat sat on the mat.").embedding
+    assert max(abs(a - b) for a, b in zip(single, v[0])) < 1e-4
+    short = oll.embed(model=MODEL, input="hello", dimensions=8).embeddings[0]
+    assert len(short) == 8 and abs(dot(short, short) - 1) < 1e-5
+
+
+def test_a_text_longer_than_an_embedding_reads_is_cut_or_refused(client):
+    long = "word " * 5000
+    r = client.post("/api/embed", json={"model": MODEL, "input": long})
+    assert r.status_code == 200 and r.json()["prompt_eval_count"] <= 2048
+    r = client.post("/api/embed", json={"model": MODEL, "input": long, "truncate": False})
+    assert r.status_code == 400 and "Split the text" in r.json()["error"]
+
+
+def test_format_json_and_schema_are_enforced(oll):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = oll.chat(model=MODEL, messages=[{"role": "user", "content": "Describe a person."}], format=schema,
+                 options={"num_predict": 80, "temperature": 0.8, "seed": 4})
+    person = json.loads(r.message.content)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int) and 0 <= person["age"] <= 150
+    r = oll.generate(model=MODEL, prompt="List three colours.", format="json", options={"num_predict": 80})
+    assert isinstance(json.loads(r.response), dict)
+    with pytest.raises(ollama.ResponseError) as err:
+        oll.chat(model=MODEL, messages=ASK, format={"type": "array", "minItems": 10**6})
+    assert err.value.status_code == 400 and "minItems" in err.value.error
+
+
+def test_raw_generate_continues_the_prompt_as_written(oll, client):
+    raw = oll.generate(model=MODEL, prompt="The capital of France is", raw=True, options={"num_predict": 6, "temperature": 0})
+    chat = oll.generate(model=MODEL, prompt="The capital of France is", options={"num_predict": 6, "temperature": 0})
+    assert raw.prompt_eval_count < chat.prompt_eval_count  # no chat template around it
+    assert "Paris" in raw.response
 
 
 def test_what_the_model_cannot_do_is_refused(oll):
@@ -154,7 +192,6 @@ def test_what_the_model_cannot_do_is_refused(oll):
         "thinking": lambda: oll.chat(model=MODEL, messages=ASK, think=True),
         "images": lambda: oll.generate(model=MODEL, prompt="What is this?", images=[b"\x89PNG"]),
         "insert": lambda: oll.generate(model=MODEL, prompt="def f(", suffix="return x"),
-        "raw": lambda: oll.generate(model=MODEL, prompt="<|im_start|>user\nhi", raw=True),
     }
     for word, call in calls.items():
         with pytest.raises(ollama.ResponseError) as err:

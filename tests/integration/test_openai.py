@@ -69,5 +69,8 @@ def test_unknown_model_is_a_404_with_the_available_ones(oai):
 
 
 def test_invalid_request(oai):
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError) as info:
         oai.chat.completions.create(model=MODEL, messages=[])
+    error = info.value.body
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages"
+    assert error["code"] == "invalid_request_error" and "at least 1" in error["message"]

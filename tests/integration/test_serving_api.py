@@ -157,7 +157,8 @@ def test_past_the_queue_bound_the_answer_is_429_with_retry_after(api, srv):
     r = api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello?"}], "max_tokens": 4})
     assert r.status_code == 429
     assert int(r.headers["Retry-After"]) >= 1
-    assert r.json()["error"]["code"] == "queue_full" and "Try again" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "rate_limit_exceeded" and "Try again" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "rate_limit_error"
     first.join(120)
     second.join(120)
     assert results == {"first": 200, "second": 200}, api.get("/api/health").json()
@@ -167,7 +168,7 @@ def test_past_the_queue_bound_the_answer_is_429_with_retry_after(api, srv):
 
 def test_max_tokens_has_an_upper_bound(api, srv):
     r = api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**9})
-    assert r.status_code == 422 and "at most 8192" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "at most 8192" in r.json()["error"]["message"]
 
 
 def test_a_model_whose_file_was_deleted_is_reported_not_crashed_on(api, srv, model_path, tmp_path):
