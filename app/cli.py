@@ -83,7 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path", nargs="?", type=Path, help="a .gguf file or a folder holding some")
     imp.add_argument("--from", dest="source", choices=["lmstudio", "ollama", "hf-cache"],
                      help="import from LM Studio's models folder, Ollama's store or the Hugging Face cache")
+    sub.add_parser("api-key", parents=[common],
+                   help="make a new API key for other devices (printed once; the previous key stops working)")
     return parser
+
+
+def run_api_key(settings: Settings) -> int:
+    """A new key, saved as its hash: this is the only time it is shown."""
+    from tandem.app.services.settings import key_settings, new_api_key
+    from tandem.app.store import Store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = new_api_key()
+    store = Store(settings.db_path)
+    try:
+        store.save_settings(key_settings(key))
+    finally:
+        store.close()
+    print(key)
+    print("This is the only time the key is shown: copy it now. Other devices send it as "
+          "'Authorization: Bearer KEY'. Start Tandem with --host 0.0.0.0 (or turn on network access on the "
+          "Settings page) to serve them; a running Tandem uses the new key from its next start.", file=sys.stderr)
+    return 0
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -134,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_hub_command(settings, args)
         if args.command == "serve":
             return run_server(settings)
+        if args.command == "api-key":
+            return run_api_key(settings)
         return run_app(settings, browser=args.browser, smoke_test=args.smoke_test)
     except (TandemError, RuntimeFailure) as err:
         print(f"tandem: error: {err}", file=sys.stderr)

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = []
     # Needed to serve beyond this machine (--host 0.0.0.0): other machines send it as a Bearer token.
     api_key: str | None = Field(None, min_length=16)
+    # The hash of the key made on the Settings page or by `tandem api-key` (read at start).
+    saved_key_hash: str | None = None
     # The largest request body accepted (MiB); past it: 413.
     max_body_mb: int = Field(32, ge=1, le=4096)
 
@@ -81,6 +83,13 @@ class Settings(BaseSettings):
     @property
     def context_cache_dir(self) -> Path:
         return self.data_dir / "contexts"
+
+    @property
+    def key_hash(self) -> str | None:
+        """The hash other devices' key must match: TANDEM_API_KEY's, else the saved one."""
+        from tandem.app.security import hash_key
+
+        return hash_key(self.api_key) if self.api_key else self.saved_key_hash
 
     @property
     def loopback(self) -> bool:

@@ -11,16 +11,45 @@ bounded before the app reads them.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = {"localhost"}
-API_PREFIXES = ("/api/", "/v1/", "/api", "/v1", "/openapi.json", "/docs", "/redoc")
+API_ROOTS = ("/api", "/v1", "/openapi.json", "/docs", "/redoc")
+
+
+def is_api_path(path: str) -> bool:
+    """An API path (or the API's schema and docs), not a file of the page such as /api.js."""
+    return any(path == root or path.startswith(root + "/") for root in API_ROOTS)
+
+
 # What only this machine may do, key or not: change settings (and read the key), take files from
 # paths on this machine, delete models.
-LOCAL_ONLY = ("/api/settings", "/api/hub/import", "/api/app/")
+LOCAL_ONLY = ("/api/settings", "/api/hub/import", "/api/app/")  # /api/settings/... included
+# Where a browser on another device trades the key for a cookie: reachable without the key.
+SIGN_IN = "/api/auth"
+KEY_COOKIE = "tandem_key"
+
+
+def hash_key(key: str) -> str:
+    """How an API key is kept: its SHA-256 (keys are 192 random bits: nothing to guess from it)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_matches(key: str, key_hash: str | None) -> bool:
+    """Whether `key` is the key whose hash is kept, compared in constant time."""
+    return bool(key) and bool(key_hash) and hmac.compare_digest(hash_key(key), key_hash)
+
+
+def _cookie(header: str, name: str) -> str:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return ""
 
 SECURITY_HEADERS = [
     # The page's own meta CSP says the same for documents; the header also covers every other
@@ -91,11 +120,11 @@ class HostGuard:
     page always uses a name), and clients other than this machine must send the API key.
     """
 
-    def __init__(self, app, allowed_hosts: set[str] | None = None, lan: bool = False, api_key: str | None = None):
+    def __init__(self, app, allowed_hosts: set[str] | None = None, lan: bool = False, key_hash: str | None = None):
         self.app = app
         self.allowed = {normal_host(h) for h in (allowed_hosts or ())}
         self.lan = lan
-        self.api_key = api_key
+        self.key_hash = key_hash  # the API key's hash (security.hash_key); the key itself is never kept
 
     def host_ok(self, host: str) -> bool:
         name = normal_host(host)
@@ -135,11 +164,11 @@ class HostGuard:
         if site in ("cross-site", "same-site"):
             # A link from another page may open the app itself, never run an API call.
             navigation = scope.get("method") == "GET" and headers.get("sec-fetch-mode") == "navigate"
-            if not navigation or scope["path"].startswith(API_PREFIXES):
+            if not navigation or is_api_path(scope["path"]):
                 return 403, "Cross-site requests to Tandem are refused."
         if self.lan and not is_loopback((scope.get("client") or ("", 0))[0] or ""):
             path = scope["path"]
-            if path.startswith(API_PREFIXES) and not (self.api_key and self.key_ok(headers)):
+            if is_api_path(path) and path != SIGN_IN and not self.key_ok(headers):
                 return 401, ("This Tandem server needs its API key: send it as 'Authorization: Bearer KEY' "
                              "(the key is on the Settings page of the machine that runs Tandem).")
             if path.startswith(LOCAL_ONLY) or (scope.get("method") == "DELETE" and path.startswith("/api/hub/models")):
@@ -147,9 +176,11 @@ class HostGuard:
         return None
 
     def key_ok(self, headers: dict) -> bool:
+        """The key as a bearer token, an X-API-Key header, or the cookie a browser got at sign-in."""
         given = headers.get("authorization", "")
-        token = given[7:].strip() if given.lower().startswith("bearer ") else headers.get("x-api-key", "")
-        return bool(token) and hmac.compare_digest(token.encode(), self.api_key.encode())
+        token = (given[7:].strip() if given.lower().startswith("bearer ") else headers.get("x-api-key", "")
+                 or _cookie(headers.get("cookie", ""), KEY_COOKIE))
+        return key_matches(token, self.key_hash)
 
 
 class BodyLimit:

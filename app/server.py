@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from tandem.app import __version__
 from tandem.app.api import conversations, errors, hub, library, openai, system
-from tandem.app.api import stats
+from tandem.app.api import auth, stats
 from tandem.app.api import ollama as ollama_api
 from tandem.app.api import window as window_api
 from tandem.app.config import Settings
@@ -55,11 +55,13 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(hub.router)
     app.include_router(stats.router)
     app.include_router(window_api.router)
+    app.include_router(auth.router)
     app.mount("/", StaticFiles(directory=ui_dir(), html=True), name="ui")
     app.add_middleware(BodyLimit, limit=settings.max_body_mb * 1024 * 1024)
     # Added last, so it runs first: a refused request never reaches the body reader or a route.
+    app.state.key_hash = settings.key_hash
     app.add_middleware(HostGuard, allowed_hosts=set(settings.allowed_hosts), lan=not settings.loopback,
-                       api_key=settings.api_key)
+                       key_hash=settings.key_hash)
     return app
 
 
@@ -101,13 +103,13 @@ class ServerThread:
             settings.port = saved["port"]
         if "host" not in settings.model_fields_set and saved.get("lan_access"):
             settings.host = "0.0.0.0"
-        if not settings.api_key and "api_key" in saved:
-            settings.api_key = saved["api_key"]
-        if not settings.loopback and not settings.api_key:
+        if not settings.api_key and "api_key_hash" in saved:
+            settings.saved_key_hash = saved["api_key_hash"]
+        if not settings.loopback and not settings.key_hash:
             raise TandemError(
                 f"Serving beyond this machine (--host {settings.host}) needs an API key, or anyone on the "
-                "network could use it: set TANDEM_API_KEY to a secret of 16 or more characters, or "
-                "serve on 127.0.0.1.")
+                "network could use it: run `tandem api-key` to make one (it is shown once), or set "
+                "TANDEM_API_KEY to a secret of 16 or more characters, or serve on 127.0.0.1.")
         self.sock = bind_socket(settings.host, settings.port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{url_host(settings.host)}:{self.port}"

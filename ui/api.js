@@ -18,6 +18,7 @@ function offline() {
 }
 
 async function fail(resp) {
+  if (resp.status === 401) document.dispatchEvent(new CustomEvent("tandem:need-key"));
   let code = "http_error";
   let message = `Request failed (${resp.status})`;
   try {

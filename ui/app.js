@@ -10,6 +10,7 @@ import { openConversation, showNewChat, send, stop, setTitle } from "./chat.js";
 import { initSidebar, focusSearch, renderList } from "./sidebar.js";
 import { initPanel, openPanel, panelOpen, loadModels, showModelName } from "./panel.js";
 import { loadSettings, renderSettings } from "./settings.js";
+import { askForKey } from "./signin.js";
 
 // page -> [its view, its sidebar link]; "chat" is the messages and the composer
 const PAGES = { models: ["models-view", "show-models"], hardware: ["hardware-view", "show-hardware"], settings: ["settings-view", "show-settings"] };
@@ -78,6 +79,11 @@ async function loadHealth() {
   try {
     // not through api(): its failures ask for a health check, which would ask again
     const resp = await fetch("/api/health", { cache: "no-store" });
+    if (resp.status === 401) {  // a page opened from another device: it needs the key first
+      clearTimeout(healthTimer);
+      askForKey();
+      return;
+    }
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     health = await resp.json();
   } catch {
@@ -185,6 +191,7 @@ function init() {
     $("new-chat").title = "New chat (⌘⇧O)";
   }
   on("offline", checkSoon);
+  document.addEventListener("tandem:need-key", askForKey);
   loadHealth();
   loadSettings();
   initPanel();

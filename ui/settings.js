@@ -196,7 +196,8 @@ function lanField(values) {
   const label = el("label", "lan-toggle");
   label.append(toggle, document.createTextNode(" Let other devices on this network use Tandem's API"));
   const key = el("div", "api-key");
-  const shown = input("text", values.api_key ?? "", { readonly: "", spellcheck: "false", "aria-label": "API key" });
+  const shown = input("text", "", { readonly: "", spellcheck: "false", "aria-label": "API key" });
+  const hint = el("span", "muted key-hint");
   const copy = el("button", "", "Copy");
   copy.type = "button";
   copy.addEventListener("click", async () => {
@@ -212,25 +213,35 @@ function lanField(values) {
   const renew = el("button", "", "New key");
   renew.type = "button";
   renew.title = "Make a new key; the old one stops working at the next start";
+  // The key itself is shown once, right after it is made: only its hash is kept.
+  const showNew = (made) => {
+    shown.value = made ?? "";
+    shown.hidden = copy.hidden = !made;
+    const v = state.settings.values;
+    hint.textContent = made ? "Copy it now: it is shown only this once."
+      : v.api_key_set ? `Key ${v.api_key_hint ?? ""} is set. Lost it? Make a new one.` : "";
+  };
   renew.addEventListener("click", async () => {
     try {
       state.settings = await api("POST", "/api/settings/api-key");
-      shown.value = state.settings.values.api_key ?? "";
+      showNew(state.settings.new_api_key);
     } catch (err) {
       showError(err.message);
     }
   });
-  key.append(shown, copy, renew);
-  const showKey = () => (key.hidden = !toggle.checked || !shown.value);
+  key.append(shown, copy, renew, hint);
+  const showKey = () => (key.hidden = !toggle.checked);
   box.append(label, key);
   const row = field("lan_access", "Network access", box, null,
     "Off: only this computer can reach Tandem. On: Tandem listens on every network address, and other " +
-    "devices must send the key (Authorization: Bearer KEY), e.g. an OpenAI client pointed at http://THIS-COMPUTER:PORT/v1.");
+    "devices must send the key (Authorization: Bearer KEY), e.g. an OpenAI client pointed at http://THIS-COMPUTER:PORT/v1; " +
+    "a browser there asks for it once.");
   toggle.addEventListener("change", async () => {
     await saveSetting(row, toggle.checked);
-    shown.value = state.settings.values.api_key ?? "";
+    showNew(state.settings.new_api_key);
     showKey();
   });
+  showNew(null);
   showKey();
   return row;
 }

@@ -22,6 +22,8 @@ export const state = {
 export const streamingHere = () => !!state.current && state.streams.has(state.current.id);
 
 export function showError(message) {
+  // while the page asks for the API key, what failed for want of it says nothing new
+  if (message && document.getElementById("sign-in")) return;
   const banner = $("error-banner");
   banner.textContent = message || "";
   banner.hidden = !message;

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class SettingsService:
             "data_dir": str(_saved_data_dir() or s.data_dir),
             # other devices on the network may use the API, with this key (the settings are this machine's only)
             "lan_access": bool(saved.get("lan_access", not s.loopback)),
-            "api_key": saved.get("api_key") or s.api_key,
+            # the key itself is shown once, when made; what is kept is its hash and a hint to recognise it
+            "api_key_set": bool(saved.get("api_key_hash") or s.api_key),
+            "api_key_hint": saved.get("api_key_hint") or (key_hint(s.api_key) if s.api_key else None),
         }
 
     def describe(self) -> dict:
@@ -71,16 +74,26 @@ class SettingsService:
             self.store.upsert_model({**model, "is_default": 1})
         if "data_dir" in clean:
             _save_data_dir(clean.pop("data_dir"))
-        if clean.get("lan_access") and not self.store.saved_settings().get("api_key"):
+        made = None
+        if clean.get("lan_access") and not self.store.saved_settings().get("api_key_hash"):
             # a key of its own, never only TANDEM_API_KEY: a later start without it must still have one
-            clean["api_key"] = new_api_key()
+            made = new_api_key()
+            clean.update(key_settings(made))
         self.store.save_settings(clean)
-        return self.describe()
+        return self._with_key(made)
 
     def renew_api_key(self) -> dict:
-        """A new key for other devices (the old one stops working at the next start)."""
-        self.store.save_settings({"api_key": new_api_key()})
-        return self.describe()
+        """A new key for other devices (the old one stops working at the next start); the answer
+        is the only place the key is ever shown."""
+        key = new_api_key()
+        self.store.save_settings(key_settings(key))
+        return self._with_key(key)
+
+    def _with_key(self, key: str | None) -> dict:
+        out = self.describe()
+        if key is not None:
+            out["new_api_key"] = key
+        return out
 
     # --- what a reply or a new conversation uses (read per request: only the saved settings)
     def _reply_defaults(self, saved: dict) -> dict:
@@ -194,6 +207,18 @@ def new_api_key() -> str:
     return "tdm-" + secrets.token_urlsafe(24)
 
 
+def key_hint(key: str) -> str:
+    """Enough of a key to tell which one it is, not enough to use it."""
+    return key[:8] + "…"
+
+
+def key_settings(key: str) -> dict:
+    """What is saved of a key: its hash and its hint."""
+    from tandem.app.security import hash_key
+
+    return {"api_key_hash": hash_key(key), "api_key_hint": key_hint(key)}
+
+
 def saved_start_values(db_path: Path) -> dict:
     """Port, LAN access and API key saved on the Settings page, read before the server binds
     (without opening the store: its migrations may not have run yet). Unusable values are left out."""
@@ -205,7 +230,8 @@ def saved_start_values(db_path: Path) -> dict:
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         try:
-            rows = conn.execute("select key, value from settings where key in ('port', 'lan_access', 'api_key')").fetchall()
+            rows = conn.execute(
+                "select key, value from settings where key in ('port', 'lan_access', 'api_key', 'api_key_hash')").fetchall()
         finally:
             conn.close()
         saved = {k: json.loads(v) for k, v in rows}
@@ -217,8 +243,13 @@ def saved_start_values(db_path: Path) -> dict:
         out["port"] = port
     if isinstance(saved.get("lan_access"), bool):
         out["lan_access"] = saved["lan_access"]
-    if isinstance(saved.get("api_key"), str) and len(saved["api_key"]) >= 16:
-        out["api_key"] = saved["api_key"]
+    key_hash = saved.get("api_key_hash")
+    if isinstance(key_hash, str) and re.fullmatch(r"[0-9a-f]{64}", key_hash):
+        out["api_key_hash"] = key_hash
+    elif isinstance(saved.get("api_key"), str) and len(saved["api_key"]) >= 16:  # kept in full by earlier versions
+        from tandem.app.security import hash_key
+
+        out["api_key_hash"] = hash_key(saved["api_key"])
     return out
 
 

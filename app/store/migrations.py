@@ -163,6 +163,26 @@ def m010_conversation_tree(db: Database) -> None:
     db["settings"].create({"key": str, "value": str}, pk="key")
 
 
+def m011_api_key_hash(db: Database) -> None:
+    """The API key is kept as its hash and a short hint; a key kept in full by earlier versions
+    becomes both (it keeps working) and is deleted."""
+    import json
+
+    from tandem.app.security import hash_key
+
+    row = db.execute("select value from settings where key = 'api_key'").fetchone()
+    if row is None:
+        return
+    try:
+        key = json.loads(row[0])
+    except (TypeError, ValueError):
+        key = None
+    if isinstance(key, str) and len(key) >= 16:
+        for name, value in (("api_key_hash", hash_key(key)), ("api_key_hint", key[:8] + "…")):
+            db.execute("insert or replace into settings (key, value) values (?, ?)", [name, json.dumps(value)])
+    db.execute("delete from settings where key = 'api_key'")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -174,6 +194,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m008_measurement_share,
     m009_hub,
     m010_conversation_tree,
+    m011_api_key_hash,
 ]
 
 

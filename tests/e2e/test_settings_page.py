@@ -83,21 +83,30 @@ def test_a_refused_value_shows_the_server_message(page, server):
     expect(setting(page, "temperature").locator(".field-error")).to_have_text("Enter a number.")
 
 
-def test_network_access_shows_its_key_and_waits_for_the_next_start(page, server, screenshot):
+def test_network_access_shows_its_key_once_and_waits_for_the_next_start(page, server, screenshot):
     page.click("#show-settings")
     row = setting(page, "lan_access")
     expect(row.locator(".restart-note")).to_contain_text("takes effect at next start")
     key = row.locator(".api-key input")
-    expect(key).to_be_hidden()
+    expect(row.locator(".api-key")).to_be_hidden()
     row.locator("#set-lan-toggle").check()
     expect(row.locator(".saved")).to_have_text("Saved")
     expect(key).to_be_visible()
     first = key.input_value()
-    assert first.startswith("tdm-") and first == httpx.get(f"{server.url}/api/settings").json()["values"]["api_key"]
+    values = httpx.get(f"{server.url}/api/settings").json()["values"]
+    assert first.startswith("tdm-") and first not in str(values) and values["api_key_hint"] == first[:8] + "…"
+    expect(row.locator(".key-hint")).to_have_text("Copy it now: it is shown only this once.")
     expect(row.locator(".restart-note")).to_contain_text("now off")
     screenshot(page, "settings-network")
     row.locator("button", has_text="New key").click()
     expect(key).not_to_have_value(first)
+    second = key.input_value()
+    page.reload()  # shown once: after a reload only its hint is left
+    page.wait_for_selector("body[data-ready=true]")
+    page.click("#show-settings")
+    row = setting(page, "lan_access")
+    expect(row.locator(".api-key input")).to_be_hidden()
+    expect(row.locator(".key-hint")).to_contain_text(f"Key {second[:8]}… is set")
     row.locator("#set-lan-toggle").uncheck()
-    expect(key).to_be_hidden()
+    expect(row.locator(".api-key")).to_be_hidden()
     assert httpx.get(f"{server.url}/api/settings").json()["values"]["lan_access"] is False

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from tandem.app.security import BodyLimit, HostGuard, is_loopback, normal_host, origin_parts
+from tandem.app.security import BodyLimit, HostGuard, hash_key, is_loopback, key_matches, normal_host, origin_parts
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_a_link_from_another_site_may_open_the_page_but_not_an_api():
 
 def test_lan_mode_takes_ip_hosts_and_wants_the_key_from_other_machines():
     key = "k" * 20
-    guard = HostGuard(ok_app, allowed_hosts={"tandem.lan"}, lan=True, api_key=key)
+    guard = HostGuard(ok_app, allowed_hosts={"tandem.lan"}, lan=True, key_hash=hash_key(key))
     lan_client = ("192.168.1.30", 5000)
     assert run(guard, headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 401
     assert run(guard, headers=[("Host", "192.168.1.5:8742"), ("Authorization", f"Bearer {key}")], client=lan_client)[0] == 200
@@ -123,6 +123,21 @@ def test_lan_mode_takes_ip_hosts_and_wants_the_key_from_other_machines():
         assert run(guard, path=path, method=method, headers=keyed, client=lan_client)[0] == 403
         assert run(guard, path=path, method=method, headers=[("Host", "127.0.0.1:8742")])[0] == 200
     assert run(guard, path="/openapi.json", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 401
+    # a browser signed in sends the key as its cookie; the sign-in itself needs no key
+    cookie = [("Host", "192.168.1.5:8742"), ("Cookie", f"theme=dark; tandem_key={key}")]
+    assert run(guard, headers=cookie, client=lan_client)[0] == 200
+    assert run(guard, headers=[("Host", "192.168.1.5:8742"), ("Cookie", "tandem_key=wrong")], client=lan_client)[0] == 401
+    assert run(guard, path="/api/auth", method="POST", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 200
+    assert run(guard, path="/api/authx", method="POST", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 401
+    for page_file in ("/api.js", "/v1.css", "/docs.html"):  # the page's own files are not the API
+        assert run(guard, path=page_file, headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 200
+
+
+def test_only_the_hash_of_a_key_is_compared():
+    assert hash_key("tdm-abc") != "tdm-abc" and len(hash_key("tdm-abc")) == 64
+    assert key_matches("tdm-abc", hash_key("tdm-abc"))
+    assert not key_matches("tdm-abd", hash_key("tdm-abc"))
+    assert not key_matches("", hash_key("")) and not key_matches("x", None)
 
 
 def test_body_limit_counts_declared_and_chunked_bodies():
