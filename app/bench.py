@@ -7,8 +7,9 @@ measured, memory predicted and reported by llama.cpp, the plan as a ratio of the
 of the defaults, and the memory-bandwidth roofline. Measurements are recorded for the planner's
 calibration, so a second run predicts from what the first measured.
 
-`--paths`: the same model and settings through llama-cpp-python directly, Tandem's engine and
-Tandem's HTTP API. The machine is noisy: compare rows of one run, not runs.
+`--paths`: the same model and settings through llama-cpp-python directly, Tandem's engine, and
+Tandem's HTTP APIs (OpenAI's /v1 and Ollama's /api/chat, both streamed). The machine is noisy:
+compare rows of one run, not runs.
 """
 
 from __future__ import annotations
@@ -221,19 +222,34 @@ def _ceiling(model: Path, settings: Settings, tokens: int, threads: int):
     return (lambda: _measure(pieces())), close
 
 
-def _http(model: Path, settings: Settings, tokens: int, threads: int):
+def _server(model: Path, settings: Settings, threads: int, pieces_of, speculative: str = "off"):
+    """A Tandem server on a free port serving `model`; pieces_of(client) yields a reply's text
+    pieces through one of its APIs. speculative "off" as in the engine path (the API's cost alone);
+    "auto": as the plan chooses."""
     import httpx
 
     from tandem.app.server import ServerThread
 
     data_dir = tempfile.TemporaryDirectory(prefix="tandem-bench-")
     server = ServerThread(settings.model_copy(update={
-        "port": 0, "data_dir": Path(data_dir.name), "model": model, "n_threads": threads, "n_gpu_layers": 0,
+        "port": 0, "data_dir": Path(data_dir.name), "model": model, "n_ctx": settings.n_ctx or 4096,
+        "n_threads": threads, "n_gpu_layers": 0, "speculative": speculative,
     })).start()
     client = httpx.Client(base_url=server.url, timeout=120)
+
+    def close():
+        client.close()
+        server.stop()
+        data_dir.cleanup()
+
+    return (lambda: _measure(pieces_of(client))), close
+
+
+def _http(model: Path, settings: Settings, tokens: int, threads: int):
+    """Streaming /v1/chat/completions (server-sent events), as an OpenAI client reads it."""
     body = {"messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": tokens, "stream": True}
 
-    def pieces():
+    def pieces(client):
         with client.stream("POST", "/v1/chat/completions", json=body) as resp:
             resp.raise_for_status()
             for line in resp.iter_lines():
@@ -241,12 +257,24 @@ def _http(model: Path, settings: Settings, tokens: int, threads: int):
                     choices = json.loads(line[6:]).get("choices") or [{}]
                     yield choices[0].get("delta", {}).get("content")
 
-    def close():
-        client.close()
-        server.stop()
-        data_dir.cleanup()
+    return _server(model, settings, threads, pieces)
 
-    return (lambda: _measure(pieces())), close
+
+def _ollama(model: Path, settings: Settings, tokens: int, threads: int):
+    """Streaming /api/chat (newline-delimited JSON), as the ollama client reads it."""
+    from tandem.app.services.models import model_id_for
+
+    body = {"model": model_id_for(model), "messages": [{"role": "user", "content": PROMPT}], "stream": True,
+            "options": {"temperature": 0, "num_predict": tokens}}
+
+    def pieces(client):
+        with client.stream("POST", "/api/chat", json=body) as resp:
+            resp.raise_for_status()
+            for line in resp.iter_lines():
+                if line:
+                    yield json.loads(line).get("message", {}).get("content")
+
+    return _server(model, settings, threads, pieces)
 
 
 def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
@@ -259,7 +287,7 @@ def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
     # round-robin over the runs so that the machine's drift hits every path alike. Each path runs
     # in a thread of its own that ends with it: a second live OpenMP team (say, the main thread's
     # after calling llama.cpp) makes libgomp stop spinning and costs a third of the decode speed.
-    paths = (("library", _library), ("engine", _engine), ("http", _http), ("ceiling", _ceiling))
+    paths = (("library", _library), ("engine", _engine), ("http", _http), ("ollama", _ollama), ("ceiling", _ceiling))
     results: dict[str, list[float]] = {name: [] for name, _ in paths}
     counts: dict[str, int] = {}
     def one(factory) -> tuple[int, float | None]:
@@ -277,12 +305,15 @@ def run_paths(settings: Settings, model: Path, tokens: int, runs: int) -> int:
             if tps:
                 results[name].append(tps)
     base = statistics.median(results["library"]) if results["library"] else None
-    print(f"{'path':<10}{'tokens':>8}{'median tok/s':>15}{'best tok/s':>13}{'x library':>11}")
+    engine = statistics.median(results["engine"]) if results["engine"] else None
+    print(f"{'path':<10}{'tokens':>8}{'median tok/s':>15}{'best tok/s':>13}{'x library':>11}{'x engine':>10}")
     for name, values in results.items():
         if not values:
             print(f"{name:<10}{counts.get(name, 0):>8}{'-':>15}")
             continue
         med = statistics.median(values)
         ratio = f"{med / base:.2f}" if base else "-"
-        print(f"{name:<10}{counts[name]:>8}{med:>15.1f}{max(values):>13.1f}{ratio:>11}")
+        vs_engine = f"{med / engine:.2f}" if engine else "-"
+        print(f"{name:<10}{counts[name]:>8}{med:>15.1f}{max(values):>13.1f}{ratio:>11}{vs_engine:>10}")
+    print("http: /v1/chat/completions streamed; ollama: /api/chat streamed; engine: Tandem's engine in process")
     return 0

@@ -41,6 +41,140 @@ def _check(schema, depth: int = 0, param: str = "response_format") -> None:
             _check(value, depth + 1, param)
 
 
+# --- numeric ranges: the converter ignores minimum and maximum, so Tandem writes those rules
+MAX_DIGITS = 15  # an unbounded side of a range stops here: beyond what a reply ever needs
+_VALID_ESCAPES = set('xuUtnr"[]\\-^')
+
+
+def _fill_nines(n: int, k: int) -> int:
+    s = str(n)
+    return int((s[:-k] if k < len(s) else "") + "9" * k)
+
+
+def _digit_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
+    """[lo, hi] (0 <= lo <= hi) split into ranges whose numbers have the same length and whose
+    digits each span a contiguous set: each is then a sequence of digit classes."""
+    stops = {hi}
+    k = 1
+    stop = _fill_nines(lo, k)
+    while lo <= stop < hi:
+        stops.add(stop)
+        k += 1
+        stop = _fill_nines(lo, k)
+    k = 1
+    stop = (hi + 1) - (hi + 1) % 10**k - 1
+    while lo < stop <= hi:
+        stops.add(stop)
+        k += 1
+        stop = (hi + 1) - (hi + 1) % 10**k - 1
+    out, start = [], lo
+    for stop in sorted(stops):
+        out.append((start, stop))
+        start = stop + 1
+    return out
+
+
+def _range_rule(lo: int, hi: int) -> str:
+    """GBNF for the decimal numbers in [lo, hi], 0 <= lo <= hi."""
+    parts = []
+    for a, b in _digit_ranges(lo, hi):
+        seq = [f'"{x}"' if x == y else f"[{x}-{y}]" for x, y in zip(str(a), str(b))]
+        parts.append(" ".join(seq))
+    return "(" + " | ".join(parts) + ")"
+
+
+def _at_least(lo: int) -> str:
+    """GBNF for the decimal numbers >= lo >= 0 (up to MAX_DIGITS digits)."""
+    n = len(str(lo))
+    longer = f"[1-9] [0-9]{{{n},{MAX_DIGITS - 1}}}" if n < MAX_DIGITS else None
+    return "(" + " | ".join(x for x in (_range_rule(lo, 10**n - 1), longer) if x) + ")"
+
+
+def int_range_grammar(lo: int | None, hi: int | None) -> str:
+    """GBNF for the JSON integers in [lo, hi] (None: unbounded on that side, up to MAX_DIGITS)."""
+    top = 10**MAX_DIGITS - 1
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidSampling("The JSON schema's minimum is above its maximum: no integer fits.", "response_format")
+    parts = []
+    if lo is None or lo < 0:  # the negative side, mirrored: -x with x in [max(1, -hi), -lo]
+        small = 1 if hi is None or hi >= 0 else -hi
+        parts.append('"-" ' + (_at_least(small) if lo is None else _range_rule(small, min(-lo, top))))
+    if hi is None or hi >= 0:
+        start = 0 if lo is None or lo < 0 else lo
+        parts.append(_at_least(start) if hi is None else _range_rule(start, min(hi, top)))
+    return "(" + " | ".join(parts) + ")"
+
+
+def _bounds(schema: dict, integer: bool) -> tuple[float | None, float | None]:
+    import math
+
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    ex_lo, ex_hi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    for name, v in (("minimum", lo), ("maximum", hi), ("exclusiveMinimum", ex_lo), ("exclusiveMaximum", ex_hi)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise InvalidSampling(f"The JSON schema's {name} must be a number.", "response_format")
+    if integer:
+        lo = None if lo is None else math.ceil(lo)
+        hi = None if hi is None else math.floor(hi)
+        if ex_lo is not None:
+            lo = max(lo, math.floor(ex_lo) + 1) if lo is not None else math.floor(ex_lo) + 1
+        if ex_hi is not None:
+            hi = min(hi, math.ceil(ex_hi) - 1) if hi is not None else math.ceil(ex_hi) - 1
+        return lo, hi
+    if ex_lo is not None or ex_hi is not None:
+        raise InvalidSampling("exclusiveMinimum and exclusiveMaximum on a number cannot be enforced; use minimum "
+                              "and maximum, or an integer.", "response_format")
+    return lo, hi
+
+
+def number_range_grammar(lo: float | None, hi: float | None) -> str:
+    """GBNF for JSON numbers in [lo, hi] where each bound is a whole number or missing."""
+    import math
+
+    if (lo is not None and lo != math.floor(lo)) or (hi is not None and hi != math.floor(hi)):
+        raise InvalidSampling("Tandem enforces minimum and maximum on numbers only when they are whole numbers; "
+                              "round them, or use an integer.", "response_format")
+    frac = '("." [0-9] [0-9]? [0-9]? [0-9]? [0-9]? [0-9]?)?'
+    lo_i = None if lo is None else int(lo)
+    hi_i = None if hi is None else int(hi)
+    if hi_i is None:  # [lo, inf): whole part >= lo, any fraction (negative whole parts: toward zero)
+        return f"({int_range_grammar(lo_i, None)} {frac})" if lo_i is None or lo_i >= 0 else \
+            f"({int_range_grammar(lo_i + 1, None)} {frac} | \"{lo_i}\" (\".\" \"0\"+)?)"
+    below = f"{int_range_grammar(lo_i, hi_i - 1)} {frac}" if lo_i is None or lo_i <= hi_i - 1 else None
+    exact = f'"{hi_i}" ("." "0"+)?'
+    if hi_i <= 0 and below is not None:  # negative whole parts grow away from zero: -1.5 < -1
+        below = f"{int_range_grammar(lo_i + 1 if lo_i is not None else None, hi_i)} {frac}"
+        exact = f'"{lo_i}" ("." "0"+)?' if lo_i is not None else exact
+    return f"({below} | {exact})" if below else f"({exact})"
+
+
+def _ranges(schema, found: list[str], depth: int = 0):
+    """The schema with each bounded integer or number replaced by a placeholder constant, and
+    the rules for them in `found` (placeholder i is found[i])."""
+    if isinstance(schema, list):
+        return [_ranges(x, found, depth + 1) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    bounded = any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
+    if bounded and kind in ("integer", "number"):
+        lo, hi = _bounds(schema, kind == "integer")
+        rule = int_range_grammar(lo, hi) if kind == "integer" else number_range_grammar(lo, hi)
+        found.append(rule)
+        return {"const": _placeholder(len(found) - 1)}
+    return {k: (_ranges(v, found, depth + 1) if k not in ("const", "enum", "default", "examples") else v)
+            for k, v in schema.items()}
+
+
+def _placeholder(i: int) -> str:
+    return f"@@tandem-range-{i}@@"
+
+
+def _fix_escapes(grammar: str) -> str:
+    """The converter copies regex escapes such as \\. into GBNF literals, where they are errors."""
+    return re.sub(r"\\(.)", lambda m: m.group(0) if m.group(1) in _VALID_ESCAPES else m.group(1), grammar)
+
+
 def schema_grammar(schema: dict | bool | None, param: str = "response_format") -> str:
     """The GBNF grammar for JSON that validates against `schema` (None: any JSON object)."""
     if schema is None or schema is True or schema == {}:
@@ -56,7 +190,17 @@ def schema_grammar(schema: dict | bool | None, param: str = "response_format") -
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
+        ranges: list[str] = []
+        prepared = _ranges(schema, ranges)
+        grammar = json_schema_to_gbnf(json.dumps(prepared))
+        for i, rule in enumerate(ranges):  # the placeholder's literal, as the converter wrote it
+            literal = json.dumps(json.dumps(_placeholder(i)))
+            if literal not in grammar:
+                raise InvalidSampling("The JSON schema's numeric ranges could not be enforced; simplify it.", param)
+            grammar = grammar.replace(literal, rule)
+        grammar = _fix_escapes(grammar)
+    except InvalidSampling as err:
+        raise InvalidSampling(str(err), param) from None
     except RecursionError:
         raise InvalidSampling("The JSON schema nests too deeply to enforce; flatten it.", param) from None
     except Exception as err:  # the converter's own refusals: unsupported keywords, bad $ref ...

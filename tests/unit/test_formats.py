@@ -96,3 +96,50 @@ def test_json_strings_in_a_grammar_exclude_raw_control_characters():
     grammar = schema_grammar({"type": "object", "properties": {"s": {"type": "string"}}})
     [char] = [line for line in grammar.splitlines() if line.startswith("char ::=")]
     assert "\\x00-\\x1F" in char
+
+
+def _regex(rule: str):
+    """A GBNF rule of literals, classes, groups, | and {m,n} as a Python regex (for checking)."""
+    import re
+
+    return re.compile(re.sub(r'"([^"]*)"', lambda m: re.escape(m.group(1)), rule).replace(" ", "") + r"\Z")
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 130), (-20, 5), (7, 1234), (1, 1), (-999, -3), (0, 9), (-5, 0), (95, 105)])
+def test_an_integer_range_grammar_takes_exactly_the_range(lo, hi):
+    from tandem.runtime.engine.formats import int_range_grammar
+
+    rx = _regex(int_range_grammar(lo, hi))
+    for n in range(lo - 50, hi + 51):
+        assert bool(rx.match(str(n))) == (lo <= n <= hi), n
+    assert not rx.match("007") and not rx.match("-0") and not rx.match("+1")
+
+
+def test_a_half_open_integer_range():
+    from tandem.runtime.engine.formats import int_range_grammar
+
+    at_least = _regex(int_range_grammar(3, None))
+    assert [n for n in range(-5, 200) if at_least.match(str(n))] == list(range(3, 200))
+    assert at_least.match("123456789012345") and not at_least.match("1" * 16)
+    at_most = _regex(int_range_grammar(None, -3))
+    assert [n for n in range(-200, 5) if at_most.match(str(n))] == list(range(-200, -2))
+
+
+def test_number_ranges_with_whole_bounds():
+    from tandem.runtime.engine.formats import number_range_grammar
+
+    rx = _regex(number_range_grammar(0, 1))
+    for text, ok in (("0", True), ("0.25", True), ("1", True), ("1.0", True), ("1.5", False), ("2", False),
+                     ("-0.5", False), ("0.123456", True)):
+        assert bool(rx.match(text)) == ok, text
+    with pytest.raises(InvalidSampling):
+        number_range_grammar(0.5, 2)
+
+
+def test_bounded_numbers_in_a_schema_are_enforced_and_regex_escapes_are_valid_gbnf():
+    grammar = schema_grammar({"type": "object", "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "email": {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.com$"}}, "required": ["age", "email"]})
+    assert '"1" [0-2] [0-9]' in grammar and '"\\."' not in grammar
+    with pytest.raises(InvalidSampling):
+        schema_grammar({"type": "integer", "minimum": 5, "maximum": 1})
