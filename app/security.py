@@ -231,8 +231,9 @@ class BodyLimit:
 
 
 async def _deny(send, status: int, message: str) -> None:
-    code = {401: "unauthorized", 403: "forbidden", 413: "too_large"}.get(status, "bad_request")
-    body = json.dumps({"error": {"code": code, "message": message, "type": "invalid_request_error"}}).encode()
+    code = {401: "invalid_api_key", 403: "forbidden", 413: "too_large"}.get(status, "bad_request")
+    body = json.dumps({"error": {"code": code, "message": message, "type": "invalid_request_error",
+                                 "param": None}}).encode()
     await send(
         {
             "type": "http.response.start",

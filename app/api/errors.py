@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP responses: {"error": {"code", "message", "type"}}.
+"""The one place where errors become HTTP responses: {"error": {"code", "message", "type", "param"}}.
 
 The shape matches OpenAI's, so standard clients show Tandem's message as it is.
 """
@@ -36,7 +36,7 @@ RUNTIME_STATUS = {
 
 def error_body(code: str, message: str, status: int) -> dict:
     kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {"error": {"code": code, "message": message, "type": kind}}
+    return {"error": {"code": code, "message": message, "type": kind, "param": None}}
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:

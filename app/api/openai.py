@@ -59,8 +59,7 @@ Finite = dict(allow_inf_nan=False)
 # --- errors in OpenAI's shape
 def openai_error(status: int, message: str, code: str | None = None, param: str | None = None,
                  headers: dict | None = None) -> JSONResponse:
-    kind = ("invalid_request_error" if status in (400, 404, 409, 413, 422) else "authentication_error" if status == 401
-            else "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error")
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status, headers=headers)
 
