@@ -11,6 +11,7 @@ bounded before the app reads them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -44,11 +45,20 @@ def key_matches(key: str, key_hash: str | None) -> bool:
     return bool(key) and bool(key_hash) and hmac.compare_digest(hash_key(key), key_hash)
 
 
-def _cookie(header: str, name: str) -> str:
+def cookie_value(key: str) -> str:
+    """The key as the sign-in cookie holds it: base64url, so that no key needs quoting."""
+    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
+
+
+def _cookie_key(header: str) -> str:
+    """The key in the sign-in cookie of a Cookie header ("" when absent or unreadable)."""
     for part in header.split(";"):
         k, _, v = part.strip().partition("=")
-        if k == name:
-            return v
+        if k == KEY_COOKIE:
+            try:
+                return base64.urlsafe_b64decode(v.strip('"').encode("ascii")).decode("utf-8")
+            except (ValueError, UnicodeError):
+                return ""
     return ""
 
 SECURITY_HEADERS = [
@@ -179,7 +189,7 @@ class HostGuard:
         """The key as a bearer token, an X-API-Key header, or the cookie a browser got at sign-in."""
         given = headers.get("authorization", "")
         token = (given[7:].strip() if given.lower().startswith("bearer ") else headers.get("x-api-key", "")
-                 or _cookie(headers.get("cookie", ""), KEY_COOKIE))
+                 or _cookie_key(headers.get("cookie", "")))
         return key_matches(token, self.key_hash)
 
 

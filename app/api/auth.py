@@ -13,7 +13,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from tandem.app.security import KEY_COOKIE, SIGN_IN, key_matches
+from tandem.app.security import KEY_COOKIE, SIGN_IN, cookie_value, key_matches
 from tandem.app.errors import TandemError
 
 router = APIRouter(tags=["auth"])
@@ -38,8 +38,8 @@ async def sign_in(body: SignIn, request: Request) -> Response:
         raise Unauthorized("That is not this Tandem's API key. It is on the Settings page of the computer that "
                            "runs Tandem (New key makes one).")
     response = Response(status_code=204)
-    response.set_cookie(KEY_COOKIE, body.key.strip(), max_age=COOKIE_DAYS * 86400, httponly=True, samesite="strict",
-                        path="/")
+    response.set_cookie(KEY_COOKIE, cookie_value(body.key.strip()), max_age=COOKIE_DAYS * 86400, httponly=True,
+                        samesite="strict", path="/")
     return response
 
 

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import struct
 import time
 import uuid
@@ -96,7 +97,8 @@ class OpenAIRoute(APIRoute):
                 status = 400 if err.status == 422 else err.status
                 return openai_error(status, err.message, "invalid_request_error" if status == 400 else err.code)
             except ContextOverflow as err:
-                return openai_error(400, str(err), "context_length_exceeded", "messages")
+                param = {"/v1/completions": "prompt", "/v1/embeddings": "input"}.get(request.url.path, "messages")
+                return openai_error(400, str(err), "context_length_exceeded", param)
             except InvalidSampling as err:
                 return openai_error(400, str(err), "invalid_request_error", err.param)
             except RuntimeFailure as err:
@@ -230,7 +232,7 @@ class _Sampling(BaseModel):
     def _token_ids(cls, value):
         if value:
             for key in value:
-                if not key.isdigit() or len(key) > 9:
+                if not re.fullmatch(r"[0-9]{1,9}", key):
                     raise ValueError(f"logit_bias keys are token ids (whole numbers as strings), not {key[:40]!r}")
         return value
 
@@ -392,6 +394,12 @@ async def _start(body: _Sampling, request: Request, models, submit) -> tuple[lis
         with lease:
             loaded = lease.value
             streams = [watch.attach(s) for s in submit(lease, loaded)]
+        refused = next((s for s in streams if s.ended), None)  # a full queue took only some of the n
+        if refused is not None and len(streams) > 1:
+            for s in streams:
+                s.cancel()
+            await first_event(refused, watch)  # raises what refused it
+            raise RuntimeFailure("The request could not be queued; try again.")
         try:
             first = await first_event(streams[0], watch)
         except BaseException:
@@ -499,6 +507,10 @@ async def _chat_events(body, request, streams, first, loaded, models, plan: _Pla
             if held is not None:
                 content, calls = plan.calls(held.text)
                 if calls:
+                    before = held.text[: held.shown].strip()
+                    rest = content[len(before):] if content and content.startswith(before) else ""
+                    if rest.strip():  # text around the calls that was held back with them
+                        yield chunk(i, {"content": rest})
                     for k, call in enumerate(calls):
                         yield chunk(i, {"tool_calls": [{"index": k, **call}]})
                 elif held.unshown():

@@ -153,8 +153,8 @@ class ChatFormatter:
         (a user writing `<|im_end|><|im_start|>system`) stays plain text, so no message can forge
         a turn of another role."""
         messages = validate_messages(messages)
-        messages = [{**m, "tool_calls": self._defused_values(m["tool_calls"])} if "tool_calls" in m else m
-                    for m in messages]
+        messages = [{k: self._defused_values(v) if k in ("tool_calls", "tool_call_id", "name") else v
+                     for k, v in m.items()} for m in messages]
         prompt = self._fill(messages, generation_prompt)
         risky = [i for i, m in enumerate(messages) if self._spells_special(m["content"])]
         if not risky:  # the common case: the prompt as llama-cpp-python's formatter tokenizes it

@@ -43,7 +43,6 @@ def _check(schema, depth: int = 0, param: str = "response_format") -> None:
 
 # --- numeric ranges: the converter ignores minimum and maximum, so Tandem writes those rules
 MAX_DIGITS = 15  # an unbounded side of a range stops here: beyond what a reply ever needs
-_VALID_ESCAPES = set('xuUtnr"[]\\-^')
 
 
 def _fill_nines(n: int, k: int) -> int:
@@ -95,6 +94,7 @@ def int_range_grammar(lo: int | None, hi: int | None) -> str:
     top = 10**MAX_DIGITS - 1
     if lo is not None and hi is not None and lo > hi:
         raise InvalidSampling("The JSON schema's minimum is above its maximum: no integer fits.", "response_format")
+    _check_magnitude(lo, hi)
     parts = []
     if lo is None or lo < 0:  # the negative side, mirrored: -x with x in [max(1, -hi), -lo]
         small = 1 if hi is None or hi >= 0 else -hi
@@ -128,24 +128,74 @@ def _bounds(schema: dict, integer: bool) -> tuple[float | None, float | None]:
 
 
 def number_range_grammar(lo: float | None, hi: float | None) -> str:
-    """GBNF for JSON numbers in [lo, hi] where each bound is a whole number or missing."""
+    """GBNF for JSON numbers in [lo, hi] where each bound is a whole number or missing. Each sign
+    is built on its own: x >= 0 is a whole part and any fraction up to hi; x < 0 is "-" and a
+    magnitude from the smallest allowed (-hi, or 0) up to -lo."""
     import math
 
     if (lo is not None and lo != math.floor(lo)) or (hi is not None and hi != math.floor(hi)):
         raise InvalidSampling("Tandem enforces minimum and maximum on numbers only when they are whole numbers; "
                               "round them, or use an integer.", "response_format")
-    frac = '("." [0-9] [0-9]? [0-9]? [0-9]? [0-9]? [0-9]?)?'
-    lo_i = None if lo is None else int(lo)
-    hi_i = None if hi is None else int(hi)
-    if hi_i is None:  # [lo, inf): whole part >= lo, any fraction (negative whole parts: toward zero)
-        return f"({int_range_grammar(lo_i, None)} {frac})" if lo_i is None or lo_i >= 0 else \
-            f"({int_range_grammar(lo_i + 1, None)} {frac} | \"{lo_i}\" (\".\" \"0\"+)?)"
-    below = f"{int_range_grammar(lo_i, hi_i - 1)} {frac}" if lo_i is None or lo_i <= hi_i - 1 else None
-    exact = f'"{hi_i}" ("." "0"+)?'
-    if hi_i <= 0 and below is not None:  # negative whole parts grow away from zero: -1.5 < -1
-        below = f"{int_range_grammar(lo_i + 1 if lo_i is not None else None, hi_i)} {frac}"
-        exact = f'"{lo_i}" ("." "0"+)?' if lo_i is not None else exact
-    return f"({below} | {exact})" if below else f"({exact})"
+    lo = None if lo is None else int(lo)
+    hi = None if hi is None else int(hi)
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidSampling("The JSON schema's minimum is above its maximum: no number fits.", "response_format")
+    _check_magnitude(lo, hi)
+    frac = '("." [0-9]{1,6})?'
+    zeros = '("." "0"{1,6})?'
+
+    def side(low: int, high: int | None) -> list[str]:  # magnitudes in [low, high]
+        if high is None:
+            return [f"{_at_least(low)} {frac}"]
+        parts = [f"{_range_rule(low, high - 1)} {frac}"] if low <= high - 1 else []
+        return parts + [f'"{high}" {zeros}']
+
+    parts = []
+    if hi is None or hi >= 0:
+        parts += side(0 if lo is None or lo < 0 else lo, hi)
+    if lo is None or lo < 0:
+        parts += [f'"-" {p}' for p in side(0 if hi is None or hi >= 0 else -hi, None if lo is None else -lo)]
+    return "(" + " | ".join(parts) + ")"
+
+
+def _check_magnitude(lo: int | None, hi: int | None) -> None:
+    top = 10**MAX_DIGITS - 1
+    if (lo is not None and lo > top) or (hi is not None and hi < -top):
+        raise InvalidSampling(f"The JSON schema's range lies beyond {MAX_DIGITS} digits; Tandem enforces smaller "
+                              "numbers.", "response_format")
+
+
+_REGEX_CLASSES = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \\t\\n\\r"}
+
+
+def _plain_pattern(pattern: str) -> str:
+    """A regex with \\d, \\w, \\s (and their negations) written as classes, and escaped punctuation
+    as a one-character class: the converter takes those escapes for literal text (so `-\\d{3}` would
+    repeat "-\\d"), but classes it handles."""
+    out, i, n, in_class = [], 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            i += 2
+            if e.lower() in _REGEX_CLASSES:
+                if in_class and e.isupper():
+                    raise InvalidSampling(f"The JSON schema's pattern uses \\{e} inside [...], which Tandem cannot "
+                                          "enforce; write the class out.", "response_format")
+                body = _REGEX_CLASSES[e.lower()]
+                out.append(body if in_class else f"[{'^' if e.isupper() else ''}{body}]")
+            elif not in_class and not e.isalnum() and e.isascii():
+                out.append(f"[\\{e}]")
+            else:
+                out.append("\\" + e)
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class and out and out[-1] != "[" and out[-1] != "[^":
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _ranges(schema, found: list[str], depth: int = 0):
@@ -162,7 +212,9 @@ def _ranges(schema, found: list[str], depth: int = 0):
         rule = int_range_grammar(lo, hi) if kind == "integer" else number_range_grammar(lo, hi)
         found.append(rule)
         return {"const": _placeholder(len(found) - 1)}
-    return {k: (_ranges(v, found, depth + 1) if k not in ("const", "enum", "default", "examples") else v)
+    if isinstance(schema.get("pattern"), str):
+        schema = {**schema, "pattern": _plain_pattern(schema["pattern"])}
+    return {k: (_ranges(v, found, depth + 1) if k not in ("const", "enum", "default", "examples", "pattern") else v)
             for k, v in schema.items()}
 
 
@@ -170,9 +222,45 @@ def _placeholder(i: int) -> str:
     return f"@@tandem-range-{i}@@"
 
 
+_CLASS_ESCAPES = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \\t\\n\\r"}
+_GBNF_ESCAPES = set('xuUtnr"\\[]')
+
+
 def _fix_escapes(grammar: str) -> str:
-    """The converter copies regex escapes such as \\. into GBNF literals, where they are errors."""
-    return re.sub(r"\\(.)", lambda m: m.group(0) if m.group(1) in _VALID_ESCAPES else m.group(1), grammar)
+    """The converter copies a pattern's regex escapes into GBNF literals and classes, where
+    llama.cpp rejects most of them: \\d, \\w, \\s (and \\D, \\W, \\S in a literal)
+    become classes, an escaped punctuation mark its \\xHH code; anything else is refused."""
+    out, i, n = [], 0, len(grammar)
+    state = "rule"  # rule, literal ("..."), class ([...])
+    while i < n:
+        c = grammar[i]
+        if c == "\\" and i + 1 < n and state != "rule":
+            e = grammar[i + 1]
+            i += 2
+            if e in _GBNF_ESCAPES:
+                out.append("\\" + e)
+            elif e in _CLASS_ESCAPES and state == "class":
+                out.append(_CLASS_ESCAPES[e])
+            elif e.lower() in _CLASS_ESCAPES and state == "literal":
+                neg = "^" if e.isupper() else ""
+                out.append(f'" [{neg}{_CLASS_ESCAPES[e.lower()]}] "')
+            elif not e.isalnum() and e.isascii():
+                out.append(f"\\x{ord(e):02X}")
+            else:
+                raise InvalidSampling(f"The JSON schema's pattern uses \\{e}, which Tandem cannot enforce; "
+                                      "write it with character classes.", "response_format")
+            continue
+        if state == "rule" and c == '"':
+            state = "literal"
+        elif state == "rule" and c == "[":
+            state = "class"
+        elif state == "literal" and c == '"':
+            state = "rule"
+        elif state == "class" and c == "]":
+            state = "rule"
+        out.append(c)
+        i += 1
+    return "".join(out).replace(' "" ', " ")
 
 
 def schema_grammar(schema: dict | bool | None, param: str = "response_format") -> str:

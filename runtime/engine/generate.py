@@ -21,7 +21,7 @@ from tandem.runtime.engine.speculative import SpecStats
 from tandem.runtime.engine.stream import (Failed, Finished, Progress, ReplyStats, ReplyStream, Started, Token,
                                           TokenLogprob)
 from tandem.runtime.engine.text import StopMatcher, Utf8Stream
-from tandem.runtime.errors import ContextOverflow, Interrupted, RuntimeFailure
+from tandem.runtime.errors import ContextOverflow, Interrupted, InvalidSampling, RuntimeFailure
 
 log = logging.getLogger("tandem")
 
@@ -81,6 +81,8 @@ class _Reply:
         messages = req.messages
         if req.raw:
             prompt = fmt.raw(messages[0]["content"])
+            if not prompt.tokens:
+                raise InvalidSampling("The prompt is empty: send some text to continue.", "prompt")
             if len(prompt.tokens) >= n_ctx:
                 raise ContextOverflow(len(prompt.tokens), n_ctx)
             return messages, prompt.tokens, (), 0, False, 0, prompt.stops

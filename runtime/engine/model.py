@@ -20,7 +20,9 @@ from tandem.runtime import llama_log
 from tandem.runtime.errors import ContextOverflow, DraftModelError, Interrupted, ModelLoadError, RuntimeFailure
 
 MAX_CONTROLLERS = 64
-EMBED_CTX = 2048  # the longest text an embedding reads, in tokens (its context's KV cache is this size)
+# The longest text an embedding reads, in tokens. Its context holds a KV cache this long and, as
+# llama.cpp outputs every token in embedding mode, room for this many tokens' outputs: kept small.
+EMBED_CTX = 512
 
 # llama.cpp's log at its true levels, once, after llama_cpp's import installed its own callback
 # (a LogCapture around a load replaces it for its duration and puts it back).

@@ -125,6 +125,8 @@ class NativeDecoder:
         on_progress(done, total): after each batch, when the prompt takes more than one.
         """
         self.shifted = 0
+        if not tokens:  # nothing to evaluate leaves no logits to sample from
+            raise RuntimeFailure("There is nothing to read: the prompt has no tokens.")
         keep = _common(self.cached, tokens)
         if allow_shift and keep < len(self.cached) and keep < len(tokens) - 1 and self.can_shift:
             gap, matched = _find_gap(self.cached, tokens, keep)

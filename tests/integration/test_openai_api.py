@@ -152,10 +152,14 @@ SCHEMAS = [
      "required": ["tags"], "additionalProperties": False},
     {"type": "object", "properties": {"ok": {"type": "boolean"}, "mood": {"enum": ["happy", "sad", "calm"]}},
      "required": ["ok", "mood"], "additionalProperties": False},
+    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+                                      "score": {"type": "number", "minimum": -1, "maximum": 1},
+                                      "count": {"type": "integer", "minimum": -5, "maximum": 120}},
+     "required": ["code", "score", "count"], "additionalProperties": False},
 ]
 
 
-@pytest.mark.parametrize("schema", SCHEMAS, ids=["city", "tags", "enum"])
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["city", "tags", "enum", "ranges-and-pattern"])
 def test_json_schema_output_parses_and_validates(oai, schema):
     fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
     for seed in (1, 2):
@@ -275,7 +279,17 @@ def test_a_conversation_past_the_context_is_context_length_exceeded(oai):
     assert info.value.body["code"] == "context_length_exceeded" and info.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as info:
         oai.completions.create(model=MODEL, prompt="word " * 20000, max_tokens=5)
-    assert info.value.body["code"] == "context_length_exceeded"
+    assert info.value.body["code"] == "context_length_exceeded" and info.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.embeddings.create(model=MODEL, input="word " * 5000)
+    assert info.value.body["code"] == "context_length_exceeded" and info.value.body["param"] == "input"
+
+
+def test_an_empty_prompt_is_refused_and_the_model_goes_on(oai):
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.completions.create(model=MODEL, prompt="", max_tokens=5)
+    assert info.value.body["param"] == "prompt" and "empty" in info.value.body["message"]
+    assert oai.completions.create(model=MODEL, prompt="Hello", max_tokens=3).choices[0].text
 
 
 def test_what_is_not_supported_is_refused_by_name(oai):
@@ -301,6 +315,7 @@ BAD = [
     ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "temperature": "hot"}),
     ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "logit_bias": {"abc": 1}}),
     ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "logit_bias": {"5": 1e9}}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "logit_bias": {"\u00b2": 5}}),
     ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "top_logprobs": 1000, "logprobs": True}),
     ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "response_format": {"type": "xml"}}),
     ("/v1/chat/completions", {"model": MODEL, "messages": ASK, "tools": [{"type": "function", "function": {"name": "a b"}}]}),

@@ -143,3 +143,29 @@ def test_bounded_numbers_in_a_schema_are_enforced_and_regex_escapes_are_valid_gb
     assert '"1" [0-2] [0-9]' in grammar and '"\\."' not in grammar
     with pytest.raises(InvalidSampling):
         schema_grammar({"type": "integer", "minimum": 5, "maximum": 1})
+
+
+@pytest.mark.parametrize("lo, hi", [(-10, 10), (None, 0), (-1, 1), (-5, -2), (0, 1), (3, None), (None, -4), (-3, None)])
+def test_a_number_range_grammar_takes_exactly_the_range(lo, hi):
+    from tandem.runtime.engine.formats import number_range_grammar
+
+    rx = _regex(number_range_grammar(lo, hi))
+    for tenths in range(-150, 151):
+        for text in {f"{tenths / 10:g}", f"{tenths / 10:.1f}", f"{tenths / 10:.3f}"}:
+            x = float(text)
+            inside = (lo is None or x >= lo) and (hi is None or x <= hi)
+            assert bool(rx.match(text)) == inside, (text, lo, hi)
+
+
+def test_pattern_escapes_become_classes_or_codes():
+    def root(pattern):
+        return [line for line in schema_grammar({"type": "string", "pattern": pattern}).splitlines()
+                if line.startswith("root")][0]
+
+    digits = schema_grammar({"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"})
+    assert '"-" root-2 root-2 root-2' in digits and "root-2 ::= [0-9]" in digits  # repeats the digit, not "-\\d"
+    assert "[a-zA-Z0-9_.+-]+" in root("^[\\w.+-]+$") and "[\\x2E]" in root("^a\\.b$")
+    assert "[^0-9]" in schema_grammar({"type": "string", "pattern": "^\\D$"})
+    assert "[a\\x2Dz]" in root("^[a\\-z]$")
+    with pytest.raises(InvalidSampling):
+        root("^\\bword$")

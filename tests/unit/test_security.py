@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from tandem.app.security import BodyLimit, HostGuard, hash_key, is_loopback, key_matches, normal_host, origin_parts
+from tandem.app.security import BodyLimit, HostGuard, cookie_value, hash_key, is_loopback, key_matches, normal_host, origin_parts
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_lan_mode_takes_ip_hosts_and_wants_the_key_from_other_machines():
         assert run(guard, path=path, method=method, headers=[("Host", "127.0.0.1:8742")])[0] == 200
     assert run(guard, path="/openapi.json", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 401
     # a browser signed in sends the key as its cookie; the sign-in itself needs no key
-    cookie = [("Host", "192.168.1.5:8742"), ("Cookie", f"theme=dark; tandem_key={key}")]
+    cookie = [("Host", "192.168.1.5:8742"), ("Cookie", f"theme=dark; tandem_key={cookie_value(key)}")]
     assert run(guard, headers=cookie, client=lan_client)[0] == 200
     assert run(guard, headers=[("Host", "192.168.1.5:8742"), ("Cookie", "tandem_key=wrong")], client=lan_client)[0] == 401
     assert run(guard, path="/api/auth", method="POST", headers=[("Host", "192.168.1.5:8742")], client=lan_client)[0] == 200
