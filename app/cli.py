@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import signal
@@ -83,9 +84,47 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path", nargs="?", type=Path, help="a .gguf file or a folder holding some")
     imp.add_argument("--from", dest="source", choices=["lmstudio", "ollama", "hf-cache"],
                      help="import from LM Studio's models folder, Ollama's store or the Hugging Face cache")
+    remote = sub.add_parser("remote", parents=[common], help="other OpenAI-compatible servers whose models Tandem serves")
+    rsub = remote.add_subparsers(dest="remote_command", required=True)
+    radd = rsub.add_parser("add", parents=[common], help="register a server (its models become NAME/model)")
+    radd.add_argument("name", help="a short name: lower-case letters, digits, - or _")
+    radd.add_argument("url", help="its OpenAI base URL, e.g. http://192.168.1.20:8742/v1")
+    radd.add_argument("--key", help="its API key (or set TANDEM_REMOTE_KEY, which keeps it out of the shell history)")
+    rsub.add_parser("list", parents=[common], help="registered servers, their models and whether they answer")
+    rrm = rsub.add_parser("rm", parents=[common], help="forget a server")
+    rrm.add_argument("name")
     sub.add_parser("api-key", parents=[common],
                    help="make a new API key for other devices (printed once; the previous key stops working)")
     return parser
+
+
+def run_remote(settings: Settings, args: argparse.Namespace) -> int:
+    from tandem.app.remote import RemoteService
+    from tandem.app.store import Store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    try:
+        remotes = RemoteService(store, settings.remote_timeout_s)
+        if args.remote_command == "add":
+            r = remotes.add(args.name, args.url, getattr(args, "key", None) or os.environ.get("TANDEM_REMOTE_KEY"))
+            print(f"{r['name']}: {r['url']}, {len(r['models'])} model(s): {', '.join(r['models']) or 'none'}")
+        elif args.remote_command == "list":
+            rows = remotes.list(fresh=True)
+            if not rows:
+                print("No remote servers. Add one with: tandem remote add NAME URL [--key KEY]")
+            for r in rows:
+                state = "answers" if r["status"] == "ok" else f"not answering: {r['error']}"
+                key = ", with a key" if r["has_key"] else ""
+                print(f"{r['name']}  {r['url']}{key}  {state}")
+                for m in r["models"]:
+                    print(f"    {m}")
+        else:
+            remotes.remove(args.name)
+            print(f"Removed {args.name}.")
+        return 0
+    finally:
+        store.close()
 
 
 def run_api_key(settings: Settings) -> int:
@@ -157,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_server(settings)
         if args.command == "api-key":
             return run_api_key(settings)
+        if args.command == "remote":
+            return run_remote(settings, args)
         return run_app(settings, browser=args.browser, smoke_test=args.smoke_test)
     except (TandemError, RuntimeFailure) as err:
         print(f"tandem: error: {err}", file=sys.stderr)

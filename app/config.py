@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, min_length=16)
     # The hash of the key made on the Settings page or by `tandem api-key` (read at start).
     saved_key_hash: str | None = None
+    # A remote server that sends nothing for this long (s) fails the reply.
+    remote_timeout_s: float = Field(60.0, gt=0, le=3600)
     # The largest request body accepted (MiB); past it: 413.
     max_body_mb: int = Field(32, ge=1, le=4096)
 

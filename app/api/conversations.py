@@ -75,6 +75,12 @@ class MessageRef(BaseModel):
     message_id: RowId
 
 
+def known_model(model_id: str, store, chat) -> None:
+    """A model installed here, or NAME/model of a registered remote server; else NotFound."""
+    if chat.models.remotes.split(model_id) is None:
+        store.get_model(model_id)
+
+
 @router.get("")
 def list_conversations(store: StoreDep) -> list[dict]:
     return store.list_conversations()
@@ -84,7 +90,7 @@ def list_conversations(store: StoreDep) -> list[dict]:
 def create_conversation(store: StoreDep, chat: ChatDep, body: NewConversation | None = None) -> dict:
     model_id = body.model_id if body else None
     if model_id is not None:
-        store.get_model(model_id)  # an unknown model is a clear 404, not a conversation that fails later
+        known_model(model_id, store, chat)  # an unknown model is a clear 404, not a conversation that fails later
     return chat.create(title=body.title if body else None, model_id=model_id)
 
 
@@ -111,7 +117,7 @@ def change_conversation(conversation_id: str, body: ConversationChanges, store: 
         conversation = store.rename_conversation(conversation_id, body.title)
     if "model_id" in given:
         if body.model_id is not None:
-            store.get_model(body.model_id)
+            known_model(body.model_id, store, chat)
         conversation = store.set_conversation_model(conversation_id, body.model_id)
     if "context_policy" in given:
         conversation = chat.set_policy(conversation_id, body.context_policy)

@@ -47,6 +47,7 @@ from tandem.app.api.embed import embed_texts
 from tandem.app.api.errors import describe_validation, runtime_status
 from tandem.app.errors import Conflict, NotFound, TandemError
 from tandem.app.hub.service import installed_models
+from tandem.app.services.models import ServedModel
 from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 from tandem.runtime.engine.chat_format import CHATML_TEMPLATE
 from tandem.runtime.engine.formats import schema_grammar
@@ -600,7 +601,7 @@ def ps(models: ModelsDep) -> dict:
     out = []
     for row in models.status()["models"]:
         served = models.loaded_model(row["id"])
-        if served is None:  # still loading
+        if not isinstance(served, ServedModel):  # still loading, or a remote server's model
             continue
         try:
             model = models.store.get_model(row["id"])

@@ -292,16 +292,30 @@ def _model_object(m: dict) -> dict:
     return {"id": m["id"], "object": "model", "created": _epoch(m["added_at"]), "owned_by": "tandem"}
 
 
+def _remote_objects(models) -> list[dict]:
+    """The models of the registered remote servers, as NAME/model (from a cache: a server that
+    does not answer keeps the models it last had)."""
+    out = []
+    for r in models.remotes.list():
+        created = _epoch(r["added_at"])
+        out += [{"id": m, "object": "model", "created": created, "owned_by": r["name"]} for m in r["models"]]
+    return out
+
+
 @router.get("/models")
-def list_models(store: StoreDep) -> dict:
-    return {"object": "list", "data": [_model_object(m) for m in store.list_models()]}
+async def list_models(store: StoreDep, models: ModelsDep) -> dict:
+    remote = await asyncio.to_thread(_remote_objects, models)
+    return {"object": "list", "data": [_model_object(m) for m in store.list_models()] + remote}
 
 
 @router.get("/models/{model_id:path}")
-def get_model(model_id: str, store: StoreDep) -> dict:
+async def get_model(model_id: str, store: StoreDep, models: ModelsDep) -> dict:
     for m in store.list_models():
         if model_id in (m["id"], m["name"]):
             return _model_object(m)
+    for m in await asyncio.to_thread(_remote_objects, models):
+        if m["id"] == model_id:
+            return m
     raise ModelNotFound(f"Model {model_id!r} is not installed; GET /v1/models lists the installed ones.")
 
 

@@ -38,8 +38,12 @@ def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
     """Installed models; each names the installed models that can draft for it (speculative decoding)."""
     loaded = {m.id for m in models.loaded_models()}
     drafts = models.draft_pairs()
-    return [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] in loaded, "drafts": drafts.get(m["id"], [])}
-            for m in store.list_models()]
+    local = [{**m, "is_default": bool(m["is_default"]), "loaded": m["id"] in loaded, "drafts": drafts.get(m["id"], [])}
+             for m in store.list_models()]
+    remote = [{"id": m, "name": m.split("/", 1)[1], "remote": r["name"], "remote_status": r["status"],
+               "remote_error": r["error"], "source": "remote", "is_default": False, "loaded": False, "drafts": []}
+              for r in models.remotes.list() for m in r["models"]]
+    return local + remote
 
 
 @router.get("/hardware")

@@ -237,6 +237,13 @@ class ChatService:
         """The conversation's context policy, where it comes from, and the plan's budget (None:
         what a new conversation gets)."""
         conversation = self.store.get_conversation(conversation_id) if conversation_id else {}
+        remote = self.models.remotes.split(conversation.get("model_id"))
+        if remote is not None:  # its server decides what happens past its context
+            return {"policy": None, "source": "remote", "plan_policy": None, "n_ctx": None, "sink_tokens": None,
+                    "evict_chunk": None, "model": conversation["model_id"],
+                    "reason": f"This model runs on {remote[0]['name']}; that server decides what happens when a "
+                              "conversation outgrows its context.",
+                    "choices": [{"id": k, "name": POLICY_NAMES[k]} for k in POLICIES]}
         model = self.models.resolve(conversation.get("model_id"))
         loaded = self.models.loaded_model(model["id"])
         plan = loaded.plan if loaded is not None else self.models.plan_for(model, dry_run=False)

@@ -15,6 +15,7 @@ from typing import Callable
 
 from tandem.app.config import Settings
 from tandem.app.errors import ModelNotFound
+from tandem.app.remote import RemoteService
 from tandem.app.store import Store
 from tandem.runtime import embedded
 from tandem.runtime.engine import Lease, LoadParams, ModelWorker, ReplyStats, Scheduler
@@ -74,6 +75,7 @@ class ModelService:
         self.hardware = hardware
         budget = {"CPU": settings.memory_budget_mb * MIB} if settings.memory_budget_mb else None
         self.scheduler = Scheduler(self.free_memory, keep_alive_s=settings.keep_alive_s, budget=budget)
+        self.remotes = RemoteService(store, settings.remote_timeout_s)
 
     def register_startup_models(self) -> dict:
         """Register the built-in model, and TANDEM_MODEL when given; return the default one."""
@@ -191,6 +193,15 @@ class ModelService:
         """The model `name` (None: the default) loaded, held until the lease and the replies
         submitted through it end; `lease.value` is its ServedModel. Loading plans it against the
         memory free now, unloading idle models when they are in the way."""
+        remote = self.remotes.split(name)
+        if remote is not None:  # NAME/model: a model of a remote server, which takes no memory here
+            row, model_id = remote
+            ids, error = self.remotes.models(row["name"])
+            if error is None and model_id not in ids:
+                raise ModelNotFound(f"{row['name']} has no model {model_id!r}. It has: "
+                                    f"{', '.join(ids) or 'none'}.")
+            return self.scheduler.acquire(name, lambda available: Prepared({}, lambda: self.remotes.open(row, model_id)),
+                                          keep_alive=keep_alive, cancelled=cancelled)
         model = self.resolve(name)
         return self.scheduler.acquire(model["id"], lambda available: self._prepare(model, available),
                                       keep_alive=keep_alive, cancelled=cancelled)
@@ -212,7 +223,8 @@ class ModelService:
                         {m.device: m.margin for m in plan.memory})
 
     def loaded_models(self) -> list[ServedModel]:
-        return [e["value"] for e in self.scheduler.loaded() if e["value"] is not None]
+        """The local models loaded now (remote ones are held by the scheduler too, not listed)."""
+        return [e["value"] for e in self.scheduler.loaded() if isinstance(e["value"], ServedModel)]
 
     def loaded_model(self, model_id: str) -> ServedModel | None:
         """The model when it is loaded now (without holding it)."""
@@ -283,6 +295,8 @@ class ModelService:
         """Keep the measured decode speed of a plain reply for the planner's calibration. A reply
         that drafted tokens decoded at another speed: its acceptance is what it teaches (stored
         with the message), not the plain speed."""
+        if not isinstance(loaded, ServedModel):  # a remote server's speed teaches this machine's planner nothing
+            return
         if not stats.decode_tps or stats.completion_tokens < MIN_TOKENS_TO_RECORD or stats.drafted_tokens:
             return
         plan = loaded.plan

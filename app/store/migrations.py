@@ -183,6 +183,12 @@ def m011_api_key_hash(db: Database) -> None:
     db.execute("delete from settings where key = 'api_key'")
 
 
+def m012_remotes(db: Database) -> None:
+    """Remote OpenAI-compatible servers whose models Tandem serves as NAME/model. key: the API key,
+    or "keyring" when the OS keyring holds it, or null."""
+    db["remotes"].create({"name": str, "url": str, "key": str, "added_at": str}, pk="name")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -195,6 +201,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m009_hub,
     m010_conversation_tree,
     m011_api_key_hash,
+    m012_remotes,
 ]
 
 

@@ -99,6 +99,24 @@ class Store(ConversationStore, PrefsStore):
             if model["is_default"]:
                 self.db.execute("update models set is_default = 1 where source = 'embedded'")
 
+    # --- remote servers
+    def add_remote(self, row: dict) -> None:
+        with self._lock, self.db.atomic():
+            self.db["remotes"].insert(row, pk="name")
+
+    def get_remote(self, name: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["remotes"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def list_remotes(self) -> list[dict]:
+        with self._lock:
+            return list(self.db["remotes"].rows_where(order_by="name"))
+
+    def delete_remote(self, name: str) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("delete from remotes where name = ?", [name])
+
     # --- hub: headers read from remote files
     def cached_header(self, key: str) -> dict | None:
         with self._lock:
