@@ -32,7 +32,7 @@ function fillModels(select) {
   const chosen = pickedModel();
   const byDefault = state.models.find((m) => m.is_default);
   const summarize = (o, m, prefix) => {
-    if (!m || state.missing.has(m.id) || !models.planSummary) return;
+    if (!m || m.remote || state.missing.has(m.id) || !models.planSummary) return;
     models.planSummary(m.id).then((s) => (o.textContent = `${prefix}${modelLabel(m)} · ${s.short}`), () => {});
   };
   const first = option("", byDefault ? `Default: ${modelLabel(byDefault)}` : "Default model");
@@ -42,6 +42,10 @@ function fillModels(select) {
     const o = option(m.id, state.missing.has(m.id) ? `${modelLabel(m)} (missing)` : modelLabel(m));
     o.disabled = state.missing.has(m.id);
     o.title = modelTitle(m);
+    if (m.remote) {  // a model of another server: named with it, and said when it does not answer
+      o.textContent = `${modelLabel(m)} · on ${m.remote}${m.remote_status === "failed" ? " (not answering)" : ""}`;
+      o.title = m.remote_error || `${m.id}: runs on ${m.remote}`;
+    }
     summarize(o, m, "");
     options.push(o);
   }
@@ -110,6 +114,10 @@ async function loadContextSetting(conv) {
   try {
     const info = await api("GET", url);
     if (state.current !== conv) return;  // another conversation was opened meanwhile
+    if (info.source === "remote") {  // the remote server decides
+      box.hidden = true;
+      return;
+    }
     const planName = info.choices.find((c) => c.id === info.plan_policy)?.name ?? info.plan_policy;
     const options = [option("", `Automatic: ${planName.toLowerCase()}`), ...info.choices.map((c) => option(c.id, c.name))];
     select.replaceChildren(...options);

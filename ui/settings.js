@@ -3,7 +3,7 @@
 import { el, option } from "./dom.js";
 import { api } from "./api.js";
 import { modelLabel } from "./names.js";
-import { state, showError } from "./state.js";
+import { state, showError, notify } from "./state.js";
 
 const THEME_NAMES = { system: "Match the system", light: "Light", dark: "Dark" };
 const POLICY_NAMES = { sink_window: "Keep the start, slide the rest", drop_turns: "Drop the oldest messages", stop: "Stop when it is full" };
@@ -130,6 +130,74 @@ function themeField(values, choices) {
   return field("theme", "Theme", group, null);
 }
 
+// Other servers (another Tandem, llama-server, vLLM, Ollama, LM Studio) whose models are offered
+// in the model picker as NAME/model.
+function remotesSection() {
+  const list = el("div", "remote-list");
+  list.id = "remote-list";
+  const name = input("text", "", { id: "remote-name", placeholder: "desktop", "aria-label": "Name", spellcheck: "false" });
+  const url = input("text", "", { id: "remote-url", placeholder: "http://192.168.1.20:8742/v1", "aria-label": "Address", spellcheck: "false" });
+  const key = input("password", "", { id: "remote-key", placeholder: "API key, if it needs one", "aria-label": "API key", autocomplete: "off" });
+  const add = el("button", "primary", "Add");
+  add.type = "button";
+  add.id = "remote-add";
+  const error = el("p", "field-error");
+  error.setAttribute("role", "alert");
+  const form = el("div", "remote-form");
+  form.append(name, url, key, add);
+
+  const show = (rows) => {
+    list.replaceChildren(...(rows.length ? rows.map(remoteRow) : [el("p", "muted", "None yet.")]));
+  };
+  const refresh = async (fresh = false) => show(await api("GET", `/api/remotes${fresh ? "?fresh=true" : ""}`));
+  const remoteRow = (r) => {
+    const row = el("div", `remote ${r.status}`);
+    row.dataset.name = r.name;
+    const head = el("div", "remote-head");
+    const dot = el("span", `dot ${r.status === "ok" ? "ok" : "failed"}`);
+    const title = el("strong", "", r.name);
+    const where = el("span", "muted", ` ${r.url}${r.has_key ? " · with a key" : ""}`);
+    const remove = el("button", "", "Remove");
+    remove.type = "button";
+    remove.addEventListener("click", async () => {
+      try {
+        await api("DELETE", `/api/remotes/${encodeURIComponent(r.name)}`);
+        notify("models-changed");
+        await refresh();
+      } catch (err) {
+        showError(err.message);
+      }
+    });
+    head.append(dot, title, where, remove);
+    const models = el("p", r.status === "ok" ? "muted" : "field-error",
+      r.status === "ok" ? `${r.models.length} model${r.models.length === 1 ? "" : "s"}: ${r.models.map((m) => m.split("/").slice(1).join("/")).join(", ") || "none"}`
+        : `Not answering: ${r.error}`);
+    row.append(head, models);
+    return row;
+  };
+  add.addEventListener("click", async () => {
+    error.textContent = "";
+    add.disabled = true;
+    add.textContent = "Asking it…";
+    try {
+      await api("POST", "/api/remotes", { name: name.value.trim(), url: url.value.trim(), key: key.value || null });
+      name.value = url.value = key.value = "";
+      notify("models-changed");
+      await refresh();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+    add.disabled = false;
+    add.textContent = "Add";
+  });
+  refresh(true).catch((err) => list.replaceChildren(el("p", "field-error", err.message)));
+  const box = section("Other servers",
+    "Models of another computer running Tandem, llama-server, vLLM, Ollama or LM Studio, offered in the model picker as name/model. Tandem asks the server for its models when you add it.",
+    list, form, error);
+  box.id = "remotes";
+  return box;
+}
+
 function section(title, intro, ...rows) {
   const box = el("section", "panel settings-section");
   box.append(el("h3", "", title));
@@ -140,12 +208,13 @@ function section(title, intro, ...rows) {
 
 export async function renderSettings(view) {
   view.replaceChildren(el("p", "muted", "Loading settings…"));
-  const [settings, installed] = await Promise.all([
+  let [settings, installed] = await Promise.all([
     api("GET", "/api/settings"),
     state.models.length ? state.models : api("GET", "/api/models").catch(() => []),
   ]);
   state.settings = settings;
   const { values, choices = {} } = settings;
+  installed = installed.filter((m) => !m.remote);  // the default runs here
   const byDefault = installed.find((m) => m.is_default);
   const models = [["", byDefault ? `The built-in default: ${modelLabel(byDefault)}` : "The built-in default"],
     ...installed.map((m) => [m.id, modelLabel(m)])];
@@ -183,6 +252,7 @@ export async function renderSettings(view) {
       field("port", "Port", num(values.port, { min: 1, max: 65535, step: 1 }), "int", "The port the app and its API answer on."),
       lanField(values),
     ),
+    remotesSection(),
   );
   view.replaceChildren(page);
 }
