@@ -109,6 +109,7 @@ class RemoteWorker:
         with self._lock:
             self._running += 1
         pieces, n_chunks, t_first, t_last, usage, finish = [], 0, None, None, None, "stop"
+        ended = False  # [DONE] or a finish reason came: a stream that stops before is cut off
         where = f"{self.remote} ({self.url})"
         try:
             with httpx.Client(timeout=self._timeout) as client:
@@ -125,6 +126,7 @@ class RemoteWorker:
                             continue
                         data = line[5:].strip()
                         if data == "[DONE]":
+                            ended = True
                             break
                         chunk = json.loads(data)
                         if "error" in chunk:
@@ -140,7 +142,10 @@ class RemoteWorker:
                                 pieces.append(text)
                                 stream.emit(Token(text))
                             if choice.get("finish_reason"):
+                                ended = True
                                 finish = "length" if choice["finish_reason"] == "length" else "stop"
+                    if not ended and not stream.cancelled:
+                        raise RemoteFailure(f"{where} broke off mid-reply (the stream ended before the reply did).")
             self.error = None
         except RemoteFailure as err:
             self.error = str(err)
