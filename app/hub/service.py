@@ -62,10 +62,12 @@ def installed_models(store: Store) -> list[dict]:
 class HubService:
     def __init__(self, settings: Settings, store: Store, hardware: Callable[[], HardwareProfile], *,
                  client: HubClient | None = None, options: TransferOptions | None = None, max_active: int = 2,
-                 run_all: bool = True, unload: Callable[[str], object] | None = None):
-        """unload(model_id): unloads a model before its files are removed (the scheduler's)."""
+                 run_all: bool = True, unload: Callable[[str], object] | None = None, remotes=None):
+        """unload(model_id): unloads a model before its files are removed (the scheduler's).
+        remotes: the RemoteService, whose Tandems say where a model too big here would run."""
         self.settings, self.store, self.hardware = settings, store, hardware
         self._unload = unload
+        self.remotes = remotes
         self.client = client or HubClient()
         self.inspector = RemoteInspector(self.client, store)
         self.models_dir = models_dir(settings)
@@ -131,6 +133,11 @@ class HubService:
             if isinstance(entry["verdict"], Verdict):
                 entry["recommended"] = entry["verdict"] is best
                 entry["verdict"] = entry["verdict"].to_dict()
+        too_big = [e for e in out if isinstance(e["verdict"], dict) and e["verdict"]["fit"] == "too_big"]
+        if too_big and self.remotes is not None:  # where else it would run: the registered Tandems' planners
+            elsewhere = self.remotes.verdicts_elsewhere(repo_id)
+            for e in too_big:
+                e["elsewhere"] = elsewhere.get(e["key"], [])
         out.sort(key=lambda e: (e["size"], e["key"]))
         view = {"repo_id": repo_id, "commit": listing.commit, "gated": listing.gated, "models": out,
                 "recommended": next((e["key"] for e in out if e.get("recommended")), None),

@@ -134,6 +134,31 @@ class RemoteService:
     def list(self, fresh: bool = False) -> list[dict]:
         return [self.describe(r["name"], fresh) for r in self.store.list_remotes()]
 
+    # --- other machines' planners
+    def verdicts_elsewhere(self, repo_id: str) -> dict[str, list[dict]]:
+        """For each model file of a hub repo, where it would run among the registered servers that
+        are Tandems, as their own planners judge it: {key: [{remote, fit, label, decode_tps, n_ctx}]}.
+        Servers that are not Tandems, or do not answer within a few seconds, are left out."""
+        out: dict[str, list[dict]] = {}
+        for row in self.store.list_remotes():
+            root = row["url"][: -len("/v1")] if row["url"].endswith("/v1") else row["url"]
+            key = self._key(row)
+            try:
+                with httpx.Client(timeout=httpx.Timeout(min(20.0, self.timeout_s))) as client:
+                    resp = client.get(f"{root}/api/hub/repos/{repo_id}",
+                                      headers={"Authorization": f"Bearer {key}"} if key else {})
+                if resp.status_code != 200:
+                    continue
+                for entry in resp.json().get("models", []):
+                    v = entry.get("verdict")
+                    if isinstance(v, dict) and v.get("fit") not in (None, "too_big") and isinstance(entry.get("key"), str):
+                        out.setdefault(entry["key"], []).append({
+                            "remote": row["name"], "fit": v.get("fit"), "label": v.get("label"),
+                            "decode_tps": v.get("decode_tps"), "n_ctx": v.get("n_ctx")})
+            except (httpx.HTTPError, ValueError, TypeError, AttributeError, OSError) as err:
+                log.info("could not ask %s about %s: %s", row["name"], repo_id, _reason(err))
+        return out
+
     # --- NAME/model
     def split(self, model: str | None) -> tuple[dict, str] | None:
         """(the remote's row, its model id) when `model` names a registered remote's model."""

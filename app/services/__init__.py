@@ -59,7 +59,7 @@ class Services:
         try:
             models.register_startup_models()
             _load_default(settings, store, models)
-            hub = HubService(settings, store, hardware.profile, unload=models.scheduler.unload)
+            hub = HubService(settings, store, hardware.profile, unload=models.scheduler.unload, remotes=models.remotes)
             hub.downloads.resume_interrupted()  # downloads cut short by a restart go on
         except BaseException:
             if hub is not None:

@@ -196,3 +196,31 @@ def test_the_remote_command(tmp_path, failing):
     out = run("add", "bad", "http://127.0.0.1:9/v1")
     assert out.returncode == 1 and "could not be reached" in out.stderr
     assert run("rm", "lab").returncode == 0 and "No remote servers" in run("list").stdout
+
+
+def test_a_model_too_big_here_names_the_tandem_where_it_would_run(tmp_path, model_path):
+    from pathlib import Path
+
+    from tandem.runtime.synth import preset, write_model
+    from tests.fixtures.hubserver import HubServer
+
+    fixtures = Path(__file__).parent.parent / "fixtures" / "hardware"
+    big = write_model(tmp_path / "Big-8B.Q4_0.gguf", preset("8b"), fill="zeros")  # sparse: nothing to read
+    with HubServer() as hub:
+        hub.add_repo("test/Big-8B-GGUF", {big.name: big}, sha256={big.name: "0" * 64})
+        proc, url = start_server_process(tmp_path / "desktop", HF_ENDPOINT=hub.url,
+                                         TANDEM_HARDWARE_PROFILE=str(fixtures / "h200-16core-host.json"))
+        try:
+            mp = pytest.MonkeyPatch()
+            mp.setenv("HF_ENDPOINT", hub.url)
+            settings = make_settings(tmp_path / "laptop", hardware_profile=fixtures / "cpu-only-8gb-laptop.json")
+            with ServerThread(settings) as laptop, httpx.Client(base_url=laptop.url, timeout=120) as c:
+                assert c.post("/api/remotes", json={"name": "desktop", "url": url}).status_code == 201
+                [entry] = c.get("/api/hub/repos/test/Big-8B-GGUF").json()["models"]
+            mp.undo()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert entry["verdict"]["fit"] == "too_big"
+    [there] = entry["elsewhere"]
+    assert there["remote"] == "desktop" and there["fit"] in ("gpu", "split") and there["decode_tps"] > 0
