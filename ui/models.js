@@ -253,8 +253,9 @@ function quantCard(repoId, entry) {
     if (v.fit === "split" && v.speed_cost != null) notes.push([`The layers on the CPU cost ${Math.round(100 * v.speed_cost)}% of the speed all on the GPU would give.`, "speed-cost"]);
     if (v.fit === "too_big" && v.reason) notes.push([v.reason, "reason"]);
     for (const w of entry.elsewhere ?? []) {  // a registered Tandem whose planner says it runs there
-      const speed = w.decode_tps != null ? `, about ${w.decode_tps.toFixed(1)} tok/s` : "";
-      notes.push([`Runs on ${w.remote}: ${w.label.toLowerCase()}${speed}. Download it there, then pick ${w.remote}/… in the model picker.`, "elsewhere"]);
+      const speed = typeof w.decode_tps === "number" ? `, about ${w.decode_tps.toFixed(1)} tok/s` : "";
+      const label = typeof w.label === "string" ? w.label.toLowerCase() : "fits";
+      notes.push([`Runs on ${w.remote}: ${label}${speed}. Download it there, then pick ${w.remote}/… in the model picker.`, "elsewhere"]);
     }
     if (entry.recommended && v.why_recommended) notes.push([`Recommended: ${v.why_recommended}.`, "why"]);
     if (v.drafts?.length) notes.push([`Can be drafted for by ${v.drafts.join(", ")} (installed): faster replies.`, "drafts"]);

@@ -47,6 +47,7 @@ from tandem.app.api.embed import embed_texts
 from tandem.app.api.errors import describe_validation, runtime_status
 from tandem.app.errors import Conflict, NotFound, TandemError
 from tandem.app.hub.service import installed_models
+from tandem.app.remote.worker import RemoteWorker
 from tandem.app.services.models import ServedModel
 from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 from tandem.runtime.engine.chat_format import CHATML_TEMPLATE
@@ -280,9 +281,17 @@ def _pulled(store, repo_id: str, quant: str | None) -> dict | None:
     return None
 
 
+def _local(models, name: str) -> dict:
+    """An installed model of this machine (what show and delete work on)."""
+    model = _installed(models, name)
+    if model.get("source") == "remote":
+        raise OllamaError(404, f"model '{name}' runs on another server; ask that server about it")
+    return model
+
+
 def _installed(models, name: str) -> dict:
-    """The installed model an Ollama client names: a Tandem id (':latest' allowed), or the
-    hf.co/owner/repo:QUANT it was pulled as."""
+    """The installed model an Ollama client names: a Tandem id (':latest' allowed), the
+    hf.co/owner/repo:QUANT it was pulled as, or NAME/model of a registered remote server."""
     wanted = name.strip()
     for candidate in dict.fromkeys((wanted, wanted.removesuffix(":latest"))):
         if candidate:
@@ -292,6 +301,8 @@ def _installed(models, name: str) -> dict:
                 pass
     mapped = hub_name(wanted)
     found = _pulled(models.store, *mapped) if mapped else None
+    if found is None and models.remotes.split(wanted) is not None:  # NAME/model of another server
+        return {"id": wanted, "name": wanted, "source": "remote"}
     if found is None:
         raise OllamaError(404, f"model '{name}' not found")
     return found
@@ -422,6 +433,8 @@ async def _serve(body: _Generation, model: dict, messages: list[dict], request: 
         load_s = time.perf_counter() - started
         with lease:
             loaded = lease.value
+            if body.format and isinstance(loaded.worker, RemoteWorker):
+                raise OllamaError(400, f"format is not supported yet for a model on another server ({loaded.worker.remote})")
             if not messages:
                 return {"model": loaded.id, "created_at": _now(), **shape(""), "done": True, "done_reason": "load"}
             stream = watch.attach(lease.submit(messages, sampling, loop=asyncio.get_running_loop(),
@@ -577,7 +590,7 @@ def _model_info(path: str, info: ModelInfo | None) -> tuple[dict, str]:
 
 @router.post("/show")
 def show(body: ShowRequest, models: ModelsDep, settings: SettingsDep) -> dict:
-    model = _installed(models, body.wanted())
+    model = _local(models, body.wanted())
     info = _info(model)
     model_info, template = _model_info(model["path"], info)
     return {
@@ -633,7 +646,7 @@ def version() -> dict:
 @router.delete("/delete")
 def delete(body: ModelRequest, models: ModelsDep, hub: HubDep) -> dict:
     """Unregister a model; files Tandem downloaded are deleted (imported files are left alone)."""
-    model = _installed(models, body.wanted())
+    model = _local(models, body.wanted())
     hub.remove(model["id"])
     return {"status": "success"}
 

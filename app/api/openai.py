@@ -36,6 +36,7 @@ from tandem.app.api.embed import embed_texts
 from tandem.app.api.errors import runtime_status
 from tandem.app.api.sse import JSON_OR_SSE_RESPONSE, SSE_HEADERS, sse
 from tandem.app.errors import ModelNotFound, TandemError
+from tandem.app.remote.worker import RemoteWorker
 from tandem.runtime.engine import Failed, Finished, SamplingParams, Token
 from tandem.runtime.engine.formats import ToolTextFilter, parse_tool_calls, schema_grammar, tool_call_schema
 from tandem.runtime.engine.params import MAX_TOP_LOGPROBS
@@ -347,7 +348,22 @@ class _Plan:
         return (content or None) if calls else text, calls
 
 
+def refuse_for_remote(worker, asked: dict[str, bool]) -> None:
+    """A model on another server gets the reply's text and sampling; what Tandem's own sampler
+    enforces (grammars, tool calls, log-probabilities, logit bias) is refused by name, not dropped."""
+    if not isinstance(worker, RemoteWorker):
+        return
+    for param, wanted in asked.items():
+        if wanted:
+            raise InvalidSampling(f"{param} is not supported yet for a model on another server ({worker.remote}); "
+                                  "send the request to that server directly, or leave it out.", param)
+
+
 def _chat_plan(body: ChatCompletionRequest, worker) -> _Plan:
+    refuse_for_remote(worker, {
+        "tools": bool(body.tools) and body.tool_choice != "none",
+        "response_format": body.response_format is not None and body.response_format.type != "text",
+        "logprobs": body.logprobs, "logit_bias": bool(body.logit_bias)})
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     choice = body.tool_choice
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and choice != "none" else None
@@ -574,6 +590,7 @@ async def completions(body: CompletionRequest, request: Request, models: ModelsD
         raise InvalidSampling(f"prompts times n is at most {MAX_N}; send fewer at once.", "n")
 
     def submit(lease, loaded):
+        refuse_for_remote(loaded.worker, {"logprobs": body.logprobs is not None, "logit_bias": bool(body.logit_bias)})
         loop = asyncio.get_running_loop()
         return [lease.submit([{"role": "user", "content": p}], body.sampling(settings, body.max_tokens, None, body.logprobs, j),
                              loop=loop, raw=True) for p in prompts for j in range(body.n)]

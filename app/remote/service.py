@@ -8,6 +8,7 @@ is never written to a log or an error message.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tandem.app.errors import Conflict, InvalidRequest, NotFound
-from tandem.app.remote.worker import RemoteServed, RemoteWorker, _reason, _refusal
+from tandem.app.remote.worker import RemoteFailure, RemoteServed, RemoteWorker, _body, _reason, _refusal
 
 log = logging.getLogger("tandem")
 
@@ -56,6 +57,10 @@ class RemoteService:
             raise InvalidRequest("A remote's name is 1 to 32 lower-case letters, digits, - or _, starting with a "
                                  "letter or digit (it prefixes its models: NAME/model).")
         url = normal_url(url)
+        if key is not None:
+            key = key.strip() or None
+        if key is not None and (len(key) > 500 or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in key)):
+            raise InvalidRequest("An API key is one line with no spaces; check what was pasted.")
         if self.store.get_remote(name) is not None:
             raise Conflict(f"A remote named {name!r} exists; remove it first or pick another name.")
         ids, error = self._ask(name, url, key)
@@ -92,22 +97,33 @@ class RemoteService:
         key = row.get("key")
         if key == IN_KEYRING:
             ring = _keyring()
-            return ring.get_password(KEYRING_SERVICE, row["name"]) if ring is not None else None
+            try:
+                return ring.get_password(KEYRING_SERVICE, row["name"]) if ring is not None else None
+            except Exception as err:  # noqa: BLE001 - a locked keyring: say so, do not fail the page
+                raise RemoteFailure(f"The key of {row['name']} is in the OS keyring, which refused it "
+                                    f"({type(err).__name__}); unlock the keyring.") from None
         return key
+
+    def signature(self, row: dict) -> str:
+        """What a loaded remote model was made from: a new URL or key (remove and add) makes a new one."""
+        return f"{row['url']}|{row['added_at']}|{row.get('key') or ''}"
 
     # --- what each server has
     def _ask(self, name: str, url: str, key: str | None) -> tuple[list[str], str | None]:
         where = f"{name} ({url})"
         try:
             with httpx.Client(timeout=httpx.Timeout(min(10.0, self.timeout_s))) as client:
-                resp = client.get(url + "/models", headers={"Authorization": f"Bearer {key}"} if key else {})
-            if resp.status_code != 200:
-                return [], _refusal(where, resp)
-            data = resp.json().get("data")
-            ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+                with client.stream("GET", url + "/models",
+                                   headers={"Authorization": f"Bearer {key}"} if key else {}) as resp:
+                    if resp.status_code != 200:
+                        return [], _scrub(_refusal(where, resp), key)
+                    body = json.loads(_body(resp, 4 << 20))
+            data = body.get("data") if isinstance(body, dict) else None
+            ids = [m["id"] for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)
+                   and 0 < len(m["id"]) <= 200 and m["id"].isprintable()]
             return ids, None
-        except (httpx.HTTPError, ValueError, TypeError, AttributeError, OSError) as err:
-            return [], f"{where} could not be reached: {_reason(err)}."
+        except Exception as err:  # noqa: BLE001 - whatever it answered, it is not a server to use
+            return [], _scrub(f"{where} could not be reached: {_reason(err)}.", key)
 
     def models(self, name: str, fresh: bool = False) -> tuple[list[str], str | None]:
         """(model ids, error): asked again after MODELS_TTL_S or when fresh."""
@@ -118,46 +134,71 @@ class RemoteService:
         row = self.store.get_remote(name)
         if row is None:
             return [], f"No remote is named {name!r}."
-        ids, error = self._ask(name, row["url"], self._key(row))
+        try:
+            ids, error = self._ask(name, row["url"], self._key(row))
+        except RemoteFailure as err:
+            ids, error = [], str(err)
         if error is not None and cached:  # keep what it had; say it is not answering now
             ids = cached[1]
         with self._lock:
-            self._models[name] = (time.monotonic(), ids, error)
+            if self.store.get_remote(name) is not None:  # not removed meanwhile
+                self._models[name] = (time.monotonic(), ids, error)
         return ids, error
 
-    def describe(self, name: str, fresh: bool = False) -> dict:
+    def describe(self, name: str, fresh: bool = False) -> dict | None:
         row = self.store.get_remote(name)
+        if row is None:  # removed meanwhile
+            return None
         ids, error = self.models(name, fresh)
         return {"name": name, "url": row["url"], "has_key": bool(row.get("key")), "added_at": row["added_at"],
                 "models": [f"{name}/{m}" for m in ids], "status": "failed" if error else "ok", "error": error}
 
     def list(self, fresh: bool = False) -> list[dict]:
-        return [self.describe(r["name"], fresh) for r in self.store.list_remotes()]
+        return [d for r in self.store.list_remotes() if (d := self.describe(r["name"], fresh)) is not None]
 
     # --- other machines' planners
-    def verdicts_elsewhere(self, repo_id: str) -> dict[str, list[dict]]:
+    def verdicts_elsewhere(self, repo_id: str, timeout_s: float = 8.0) -> dict[str, list[dict]]:
         """For each model file of a hub repo, where it would run among the registered servers that
         are Tandems, as their own planners judge it: {key: [{remote, fit, label, decode_tps, n_ctx}]}.
-        Servers that are not Tandems, or do not answer within a few seconds, are left out."""
+        All are asked at once; servers that are not Tandems, or do not answer in time, are left out."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        rows = self.store.list_remotes()
         out: dict[str, list[dict]] = {}
-        for row in self.store.list_remotes():
-            root = row["url"][: -len("/v1")] if row["url"].endswith("/v1") else row["url"]
-            key = self._key(row)
-            try:
-                with httpx.Client(timeout=httpx.Timeout(min(20.0, self.timeout_s))) as client:
-                    resp = client.get(f"{root}/api/hub/repos/{repo_id}",
-                                      headers={"Authorization": f"Bearer {key}"} if key else {})
-                if resp.status_code != 200:
-                    continue
-                for entry in resp.json().get("models", []):
-                    v = entry.get("verdict")
-                    if isinstance(v, dict) and v.get("fit") not in (None, "too_big") and isinstance(entry.get("key"), str):
-                        out.setdefault(entry["key"], []).append({
-                            "remote": row["name"], "fit": v.get("fit"), "label": v.get("label"),
-                            "decode_tps": v.get("decode_tps"), "n_ctx": v.get("n_ctx")})
-            except (httpx.HTTPError, ValueError, TypeError, AttributeError, OSError) as err:
-                log.info("could not ask %s about %s: %s", row["name"], repo_id, _reason(err))
+        if not rows:
+            return out
+        with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
+            answers = list(pool.map(lambda row: (row, self._verdicts_of(row, repo_id, timeout_s)), rows))
+        for row, entries in answers:
+            for key, v in entries:
+                out.setdefault(key, []).append({"remote": row["name"], **v})
         return out
+
+    def _verdicts_of(self, row: dict, repo_id: str, timeout_s: float) -> list[tuple[str, dict]]:
+        root = row["url"][: -len("/v1")] if row["url"].endswith("/v1") else row["url"]
+        try:
+            key = self._key(row)
+            with httpx.Client(timeout=httpx.Timeout(timeout_s)) as client:
+                with client.stream("GET", f"{root}/api/hub/repos/{repo_id}",
+                                   headers={"Authorization": f"Bearer {key}"} if key else {}) as resp:
+                    if resp.status_code != 200:
+                        return []
+                    body = json.loads(_body(resp, 8 << 20))
+            found = []
+            for entry in body.get("models", []) if isinstance(body, dict) else []:
+                v = entry.get("verdict") if isinstance(entry, dict) else None
+                if not isinstance(v, dict) or not isinstance(entry.get("key"), str):
+                    continue
+                fit, label, tps, n_ctx = v.get("fit"), v.get("label"), v.get("decode_tps"), v.get("n_ctx")
+                if fit in ("gpu", "split", "cpu") and isinstance(label, str):
+                    found.append((entry["key"], {
+                        "fit": fit, "label": label[:80],
+                        "decode_tps": float(tps) if isinstance(tps, (int, float)) and not isinstance(tps, bool) else None,
+                        "n_ctx": n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) else None}))
+            return found
+        except Exception as err:  # noqa: BLE001 - not a Tandem, or not answering: nothing to say
+            log.info("could not ask %s about %s: %s", row["name"], repo_id, _reason(err))
+            return []
 
     # --- NAME/model
     def split(self, model: str | None) -> tuple[dict, str] | None:
@@ -170,7 +211,12 @@ class RemoteService:
 
     def open(self, row: dict, model: str) -> tuple[RemoteServed, RemoteWorker]:
         worker = RemoteWorker(row["name"], row["url"], model, self._key(row), self.timeout_s)
+        worker.signature = self.signature(row)
         return RemoteServed(f"{row['name']}/{model}", f"{model} on {row['name']}", worker, row["name"]), worker
+
+
+def _scrub(text: str, key: str | None) -> str:
+    return text.replace(key, "***") if key else text
 
 
 def normal_url(url: str) -> str:
@@ -185,4 +231,6 @@ def normal_url(url: str) -> str:
         raise InvalidRequest(f"{url[:200]!r} is not a server address; write it like http://192.168.1.20:8742/v1.")
     if parts.username or parts.password:
         raise InvalidRequest("Put the key in the key field, not in the URL.")
+    if parts.query or parts.fragment:
+        raise InvalidRequest("A server address has no ?query or #fragment; write it like http://192.168.1.20:8742/v1.")
     return url if parts.path not in ("", "/") else url + "/v1"

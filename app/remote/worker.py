@@ -60,6 +60,7 @@ class RemoteWorker:
         self._lock = threading.Lock()
         self._running = 0
         self.closed = False
+        self.signature = ""  # the registration it was made from (RemoteService.signature)
         self.error: str | None = None
         self.load_s = 0.0
         self.supports_tools = True  # the server decides; its refusal comes back as its error
@@ -108,97 +109,175 @@ class RemoteWorker:
         submitted = time.perf_counter()
         with self._lock:
             self._running += 1
-        pieces, n_chunks, t_first, t_last, usage, finish = [], 0, None, None, None, "stop"
-        ended = False  # [DONE] or a finish reason came: a stream that stops before is cut off
+        reply = _Reply()
         where = f"{self.remote} ({self.url})"
         try:
             with httpx.Client(timeout=self._timeout) as client:
+                stream.on_cancel(client.close)  # Stop: the request ends, and with it the server's work
                 with client.stream("POST", self.url + path, json=body, headers=self._headers) as resp:
-                    stream.on_cancel(resp.close)  # Stop: the request ends, and with it the server's work
                     if resp.status_code != 200:
                         raise RemoteFailure(_refusal(where, resp))
                     stream.emit(Started(0, policy="remote"))
-                    for line in resp.iter_lines():
+                    for line in _lines(resp):
                         if stream.cancelled:
-                            finish = "cancelled"
+                            reply.finish = "cancelled"
                             break
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            ended = True
+                        if reply.take(line, raw, where, stream):
                             break
-                        chunk = json.loads(data)
-                        if "error" in chunk:
-                            err = chunk["error"]
-                            raise RemoteFailure(f"{where} failed mid-reply: {err.get('message', err) if isinstance(err, dict) else err}")
-                        usage = chunk.get("usage") or usage
-                        for choice in chunk.get("choices") or []:
-                            text = choice.get("text") if raw else (choice.get("delta") or {}).get("content")
-                            if text:
-                                n_chunks += 1
-                                t_last = time.perf_counter()
-                                t_first = t_first or t_last
-                                pieces.append(text)
-                                stream.emit(Token(text))
-                            if choice.get("finish_reason"):
-                                ended = True
-                                finish = "length" if choice["finish_reason"] == "length" else "stop"
-                    if not ended and not stream.cancelled:
+                    if not reply.ended and not stream.cancelled:
                         raise RemoteFailure(f"{where} broke off mid-reply (the stream ended before the reply did).")
             self.error = None
+            stream.emit(Finished("".join(reply.pieces), reply.finish, reply.stats(submitted)))
         except RemoteFailure as err:
-            self.error = str(err)
-            stream.emit(Failed(err))
-            return
+            self._fail(stream, str(err))
         except httpx.TimeoutException:
             if stream.cancelled:
-                finish = "cancelled"
+                stream.emit(Finished("".join(reply.pieces), "cancelled", reply.stats(submitted)))
             else:
-                self.error = f"{where} went silent for {self._timeout.read:.0f} s."
-                stream.emit(Failed(RemoteFailure(self.error + " Try again, or check that server.")))
-                return
-        except (httpx.HTTPError, httpx.StreamError, ValueError, OSError) as err:
-            if not stream.cancelled:
-                self.error = f"{where} could not be reached or broke off: {_reason(err)}."
-                stream.emit(Failed(RemoteFailure(self.error + " Check that it runs and that the URL is right.")))
-                return
-            finish = "cancelled"
+                self._fail(stream, f"{where} went silent for {self._timeout.read:.0f} s. Try again, or check that server.")
+        except Exception as err:  # noqa: BLE001 - whatever a server sends, the reply ends with a word
+            if stream.cancelled:
+                stream.emit(Finished("".join(reply.pieces), "cancelled", reply.stats(submitted)))
+            else:
+                self._fail(stream, f"{where} could not be reached or broke off: {_reason(err)}. "
+                                   "Check that it runs and that the URL is right.")
         finally:
             with self._lock:
                 self._running -= 1
-        out = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        n_out = out if isinstance(out, int) and out >= n_chunks else n_chunks
-        decode = (n_out - 1) / (t_last - t_first) if t_first is not None and n_out >= 2 and t_last > t_first else None
-        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        stats = ReplyStats(prompt_tokens=prompt if isinstance(prompt, int) else 0, completion_tokens=n_out,
-                           cached_tokens=0, queue_s=0.0, ttft_s=None if t_first is None else t_first - submitted,
-                           decode_tps=decode, total_s=time.perf_counter() - submitted, spec_source="remote")
-        stream.emit(Finished("".join(pieces), finish, stats))
+
+    def _fail(self, stream: ReplyStream, message: str) -> None:
+        message = self.scrub(message)
+        self.error = message
+        stream.emit(Failed(RemoteFailure(message)))
+
+    def scrub(self, text: str) -> str:
+        """Text without this server's key, whatever echoed it."""
+        key = self._headers.get("Authorization", "")[7:]
+        return text.replace(key, "***") if key else text
 
     def embed(self, texts: list[str], loop=None, truncate: bool = False) -> ReplyStream:
         stream = ReplyStream(loop)
 
         def run():
+            where = f"{self.remote} ({self.url})"
             try:
                 with httpx.Client(timeout=self._timeout) as client:
-                    resp = client.post(self.url + "/embeddings", json={"model": self.model, "input": texts},
-                                       headers=self._headers)
-                if resp.status_code != 200:
-                    raise RemoteFailure(_refusal(f"{self.remote} ({self.url})", resp))
-                body = resp.json()
-                vectors = tuple(tuple(d["embedding"]) for d in sorted(body["data"], key=lambda d: d["index"]))
-                stream.emit(Embedded(vectors, int((body.get("usage") or {}).get("prompt_tokens") or 0)))
+                    stream.on_cancel(client.close)
+                    with client.stream("POST", self.url + "/embeddings", json={"model": self.model, "input": texts},
+                                       headers=self._headers) as resp:
+                        if resp.status_code != 200:
+                            raise RemoteFailure(_refusal(where, resp))
+                        body = json.loads(_body(resp, MAX_BODY))
+                data = body["data"]
+                vectors = tuple(tuple(float(x) for x in d["embedding"]) for d in sorted(data, key=lambda d: int(d["index"])))
+                if len(vectors) != len(texts):
+                    raise RemoteFailure(f"{where} answered {len(vectors)} embeddings for {len(texts)} inputs.")
+                usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+                tokens = usage.get("prompt_tokens")
+                stream.emit(Embedded(vectors, tokens if isinstance(tokens, int) and 0 <= tokens < 2**31 else 0))
             except RemoteFailure as err:
-                stream.emit(Failed(err))
-            except (httpx.HTTPError, ValueError, KeyError, TypeError, OSError) as err:
-                stream.emit(Failed(RemoteFailure(f"{self.remote} could not embed: {_reason(err)}.")))
+                self._fail(stream, str(err))
+            except Exception as err:  # noqa: BLE001 - a malformed answer is the server's failure, said so
+                if stream.cancelled:
+                    stream.emit(Finished("", "cancelled", _no_stats()))
+                else:
+                    self._fail(stream, f"{where} could not embed: {_reason(err)}.")
 
         threading.Thread(target=run, name=f"remote:{self.remote}", daemon=True).start()
         return stream
 
 
+MAX_LINE = 1 << 20  # one server-sent event line; more is not a reply's chunk
+MAX_BODY = 64 << 20  # an embeddings answer or an error body
+
+
+def _lines(resp: httpx.Response):
+    """The response's lines, none longer than MAX_LINE (a longer one fails the reply)."""
+    buffer = b""
+    for chunk in resp.iter_bytes():
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if len(buffer) > MAX_LINE:
+            raise RemoteFailure("The server sent a line longer than 1 MiB; that is not a reply.")
+    if buffer:
+        yield buffer.decode("utf-8", "replace")
+
+
+def _body(resp: httpx.Response, cap: int) -> bytes:
+    out = b""
+    for chunk in resp.iter_bytes():
+        out += chunk
+        if len(out) > cap:
+            raise RemoteFailure(f"The server's answer is larger than {cap >> 20} MiB.")
+    return out
+
+
+class _Reply:
+    """What has come of one streamed reply."""
+
+    def __init__(self):
+        self.pieces: list[str] = []
+        self.n_chunks, self.t_first, self.t_last, self.usage = 0, None, None, {}
+        self.finish, self.ended = "stop", False  # ended: [DONE] or a finish reason came
+
+    def take(self, line: str, raw: bool, where: str, stream: ReplyStream) -> bool:
+        """One line of the event stream; True at [DONE]."""
+        if not line.startswith("data:"):
+            return False
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.ended = True
+            return True
+        chunk = json.loads(data)
+        if not isinstance(chunk, dict):
+            raise RemoteFailure(f"{where} sent something that is not a reply chunk.")
+        if "error" in chunk:
+            err = chunk["error"]
+            message = err.get("message", "") if isinstance(err, dict) else err
+            raise RemoteFailure(f"{where} failed mid-reply: {str(message)[:300]}")
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text = choice.get("text") if raw else delta.get("content")
+            if isinstance(text, str) and text:
+                self.n_chunks += 1
+                self.t_last = time.perf_counter()
+                self.t_first = self.t_first or self.t_last
+                self.pieces.append(text)
+                stream.emit(Token(text))
+            if choice.get("finish_reason"):
+                self.ended = True
+                self.finish = "length" if choice["finish_reason"] == "length" else "stop"
+        return False
+
+    def stats(self, submitted: float) -> ReplyStats:
+        def count(name: str) -> int | None:
+            v = self.usage.get(name)
+            return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 else None
+
+        out = count("completion_tokens")
+        n_out = out if out is not None and out >= self.n_chunks else self.n_chunks
+        decode = None
+        if self.t_first is not None and n_out >= 2 and self.t_last > self.t_first:
+            decode = (n_out - 1) / (self.t_last - self.t_first)
+        return ReplyStats(prompt_tokens=count("prompt_tokens") or 0, completion_tokens=n_out, cached_tokens=0,
+                          queue_s=0.0, ttft_s=None if self.t_first is None else self.t_first - submitted,
+                          decode_tps=decode, total_s=time.perf_counter() - submitted, spec_source="remote")
+
+
+def _no_stats() -> ReplyStats:
+    return ReplyStats(prompt_tokens=0, completion_tokens=0, cached_tokens=0, queue_s=0.0, ttft_s=None,
+                      decode_tps=None, total_s=0.0)
+
+
 def _reason(err: Exception) -> str:
+    if isinstance(err, httpx.LocalProtocolError):  # its text may hold the request's headers (the key)
+        return "the request could not be sent (is the key a single line?)"
     text = str(err) or type(err).__name__
     return text.splitlines()[0][:200]
 
@@ -206,11 +285,10 @@ def _reason(err: Exception) -> str:
 def _refusal(where: str, resp: httpx.Response) -> str:
     """What a server's error answer says, without anything of the request (its key)."""
     try:
-        resp.read()
-        body = resp.json()
+        body = json.loads(_body(resp, 1 << 20))
         err = body.get("error") if isinstance(body, dict) else None
         message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
-    except (ValueError, httpx.HTTPError):
+    except Exception:  # noqa: BLE001 - an unreadable error body: the status says enough
         message = None
     if resp.status_code in (401, 403):
         return f"{where} refused the key (HTTP {resp.status_code}). Set its key with `tandem remote add` again."

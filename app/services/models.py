@@ -15,7 +15,7 @@ from typing import Callable
 
 from tandem.app.config import Settings
 from tandem.app.errors import ModelNotFound
-from tandem.app.remote import RemoteService
+from tandem.app.remote import RemoteServed, RemoteService
 from tandem.app.store import Store
 from tandem.runtime import embedded
 from tandem.runtime.engine import Lease, LoadParams, ModelWorker, ReplyStats, Scheduler
@@ -193,17 +193,27 @@ class ModelService:
         """The model `name` (None: the default) loaded, held until the lease and the replies
         submitted through it end; `lease.value` is its ServedModel. Loading plans it against the
         memory free now, unloading idle models when they are in the way."""
-        remote = self.remotes.split(name)
-        if remote is not None:  # NAME/model: a model of a remote server, which takes no memory here
-            row, model_id = remote
-            ids, error = self.remotes.models(row["name"])
-            if error is None and model_id not in ids:
-                raise ModelNotFound(f"{row['name']} has no model {model_id!r}. It has: "
-                                    f"{', '.join(ids) or 'none'}.")
-            return self.scheduler.acquire(name, lambda available: Prepared({}, lambda: self.remotes.open(row, model_id)),
-                                          keep_alive=keep_alive, cancelled=cancelled)
-        model = self.resolve(name)
+        try:
+            model = self.resolve(name)
+        except ModelNotFound:
+            remote = self.remotes.split(name)
+            if remote is None:
+                raise
+            return self._acquire_remote(name, *remote, keep_alive, cancelled)
         return self.scheduler.acquire(model["id"], lambda available: self._prepare(model, available),
+                                      keep_alive=keep_alive, cancelled=cancelled)
+
+    def _acquire_remote(self, name: str, row: dict, model_id: str, keep_alive, cancelled) -> Lease:
+        """NAME/model: a model of a remote server, held by the scheduler like a local one (it
+        takes no memory here). One made from an older registration (removed and added again
+        with another URL or key) is dropped, not reused."""
+        ids, error = self.remotes.models(row["name"])
+        if error is None and model_id not in ids:
+            raise ModelNotFound(f"{row['name']} has no model {model_id!r}. It has: {', '.join(ids) or 'none'}.")
+        held = self.scheduler.get(name)
+        if isinstance(held, RemoteServed) and held.worker.signature != self.remotes.signature(row):
+            held.worker.close()  # a closed worker is never leased again; the scheduler drops it
+        return self.scheduler.acquire(name, lambda available: Prepared({}, lambda: self.remotes.open(row, model_id)),
                                       keep_alive=keep_alive, cancelled=cancelled)
 
     def _prepare(self, model: dict, available: dict[str, int]) -> Prepared:

@@ -112,6 +112,7 @@ def test_stop_closes_the_remote_request(api, remote, main):
 # --- a server that fails
 class Failing(BaseHTTPRequestHandler):
     mode = "ok"
+    seen: list = []  # the Authorization header of each POST
 
     def log_message(self, *args):
         pass
@@ -129,6 +130,7 @@ class Failing(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).seen.append(self.headers.get("Authorization"))
         mode = type(self).mode
         if mode == "401":
             return self._json(401, {"error": {"message": "bad key"}})
@@ -137,9 +139,15 @@ class Failing(BaseHTTPRequestHandler):
         self.end_headers()
         chunk = {"choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if mode == "ok":
+            self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
         self.wfile.flush()
         if mode == "500":
             self.wfile.write(b'data: {"error": {"message": "CUDA out of memory"}}\n\n')
+        elif mode == "garbage":
+            self.wfile.write(b'data: 5\n\ndata: {"choices": [{"delta": {"content": [1, 2]}}]}\n\ndata: [[[[\n\n')
+        elif mode == "huge":
+            self.wfile.write(b"data: " + b"x" * (2 << 20))
         elif mode == "stall":
             time.sleep(8)
         elif mode == "cut":
@@ -157,7 +165,8 @@ def failing():
 
 
 @pytest.mark.parametrize("mode, words", [("401", "refused the key"), ("500", "CUDA out of memory"),
-                                         ("stall", "went silent"), ("cut", "broke off")])
+                                         ("stall", "went silent"), ("cut", "broke off"),
+                                         ("garbage", "not a reply chunk"), ("huge", "longer than 1 MiB")])
 def test_a_failing_remote_is_a_clear_error_and_the_server_goes_on(api, failing, mode, words):
     Failing.mode = "ok"
     if not any(r["name"] == "flaky" for r in api.get("/api/remotes").json()):
@@ -171,6 +180,42 @@ def test_a_failing_remote_is_a_clear_error_and_the_server_goes_on(api, failing, 
     listed = {x["name"]: x for x in api.get("/api/remotes").json()}
     assert "flaky" in listed
     assert api.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 2}).status_code == 200
+
+
+def test_what_tandem_itself_enforces_is_refused_for_a_remote_model_by_name(api, failing):
+    Failing.mode = "ok"
+    if not any(r["name"] == "flaky" for r in api.get("/api/remotes").json()):
+        url = f"http://127.0.0.1:{failing.server_address[1]}/v1"
+        assert api.post("/api/remotes", json={"name": "flaky", "url": url, "key": "k" * 20}).status_code == 201
+    tool = {"type": "function", "function": {"name": "f"}}
+    for extra, param in (({"tools": [tool]}, "tools"), ({"response_format": {"type": "json_object"}}, "response_format"),
+                         ({"logprobs": True}, "logprobs"), ({"logit_bias": {"5": 1}}, "logit_bias")):
+        r = api.post("/v1/chat/completions", json={"model": "flaky/m", "messages": ASK, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = api.post("/api/chat", json={"model": "flaky/m", "messages": ASK, "format": "json", "stream": False})
+    assert r.status_code == 400 and "format" in r.json()["error"]
+    r = api.post("/api/chat", json={"model": "flaky/m", "messages": ASK, "stream": False})
+    assert r.status_code == 200 and r.json()["message"]["content"] == "Hello"  # the Ollama API reaches it too
+    for method, path in (("POST", "/api/show"), ("DELETE", "/api/delete")):
+        r = api.request(method, path, json={"model": "flaky/m"})
+        assert r.status_code == 404 and "another server" in r.json()["error"]
+
+
+def test_a_remote_added_again_with_another_key_is_not_served_by_the_old_one(api, failing):
+    Failing.mode = "ok"
+    url = f"http://127.0.0.1:{failing.server_address[1]}/v1"
+    assert api.post("/api/remotes", json={"name": "again", "url": url, "key": "old-key-0123456789"}).status_code == 201
+    assert api.post("/v1/chat/completions", json={"model": "again/m", "messages": ASK}).status_code == 200
+    assert api.delete("/api/remotes/again").status_code == 204
+    assert api.post("/api/remotes", json={"name": "again", "url": url, "key": "new-key-0123456789"}).status_code == 201
+    Failing.seen.clear()
+    assert api.post("/v1/chat/completions", json={"model": "again/m", "messages": ASK}).status_code == 200
+    assert Failing.seen == ["Bearer new-key-0123456789"]
+    for key in ("has space inside", "line\nbreak-0123456789"):
+        r = api.post("/api/remotes", json={"name": "spaces", "url": url, "key": key})
+        assert r.status_code == 422 and "one line" in r.json()["error"]["message"]
+    r = api.post("/api/remotes", json={"name": "query", "url": url + "?x=1"})
+    assert r.status_code == 422 and "query" in r.json()["error"]["message"]
 
 
 def test_a_remote_that_stopped_answering_is_shown_so_and_can_be_removed(api, failing):
