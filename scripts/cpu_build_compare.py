@@ -3,7 +3,6 @@
 environment. Tells whether a build's CPU code, or the machine, sets the CPU layers' speed."""
 import os
 import sys
-import time
 
 sys.path.insert(0, os.getcwd())
 import llama_cpp  # noqa: E402

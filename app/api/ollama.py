@@ -750,7 +750,7 @@ class EmbeddingsRequest(ModelRequest):
 
 @router.post("/embed")
 async def embed(body: EmbedRequest, request: Request, models: ModelsDep) -> dict:
-    model = await asyncio.to_thread(_installed, models, body.model)
+    model = await asyncio.to_thread(_installed, models, body.wanted())
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
     loaded, result = await embed_texts(texts, model["id"], body.keep_alive, request, models, truncate=body.truncate)
@@ -765,7 +765,7 @@ async def embed(body: EmbedRequest, request: Request, models: ModelsDep) -> dict
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsRequest, request: Request, models: ModelsDep) -> dict:
-    model = await asyncio.to_thread(_installed, models, body.model)
+    model = await asyncio.to_thread(_installed, models, body.wanted())
     if not body.prompt:  # Ollama answers an empty prompt with an empty embedding
         return {"embedding": []}
     _, result = await embed_texts([body.prompt], model["id"], body.keep_alive, request, models, truncate=True)

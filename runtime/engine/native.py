@@ -275,7 +275,8 @@ class Sampler:
                 arr = (llama_cpp.llama_logit_bias * len(biases))(*biases.items())
                 add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), arr))
             if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
-                add(llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, s.repeat_penalty,
+                # this llama.cpp takes the vocabulary size first: (n_vocab, last_n, repeat, freq, present)
+                add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty,
                                                            s.frequency_penalty, s.presence_penalty))
             if s.grammar is not None:
                 grammar = llama_cpp.llama_sampler_init_grammar(decoder.vocab, s.grammar.encode("utf-8"), b"root")

@@ -97,17 +97,20 @@ def test_context_bench_runs_every_policy_and_both_returns(tmp_path, capsys, mode
 
 
 def test_paths_bench_measures_every_path_and_the_ceiling(tmp_path, capsys, model_path):
-    """A small run of `tandem bench --paths`: the library, the engine, HTTP and the bare loop each
-    decode the tokens asked for and get a speed relative to the library."""
+    """A small run of `tandem bench --paths`: the library, the engine, both HTTP APIs and the bare loop
+    each decode the tokens asked for and get a speed relative to the library and to the engine."""
     from tandem.app.bench import run_paths
     from tandem.app.config import Settings
 
     assert run_paths(Settings(data_dir=tmp_path, n_ctx=1024), model_path, tokens=16, runs=1) == 0
     out = capsys.readouterr().out
-    for path in ("library", "engine", "http", "ceiling"):
-        row = next(line for line in out.splitlines() if line.startswith(path))
-        count, median, best, ratio = row.split()[1:]
-        assert int(count) >= 8 and float(median) > 0 and float(ratio) > 0, row
+    for path in ("library", "engine", "http", "ollama", "ceiling"):
+        row = next(line for line in out.splitlines() if line.split()[:1] == [path])
+        count, median, best, vs_library, vs_engine = row.split()[1:]
+        assert int(count) >= 8 and float(median) > 0 and float(vs_library) > 0 and float(vs_engine) > 0, row
+        assert float(best) >= float(median), row
+    engine_row = next(line for line in out.splitlines() if line.split()[:1] == ["engine"])
+    assert engine_row.split()[-1] == "1.00"
 
 
 def test_spec_bench_compares_the_library_plain_and_lookup_on_both_tasks(tmp_path, capsys, model_path):

@@ -99,6 +99,19 @@ def test_generate(oll):
                         prompt="Hi").done
 
 
+def test_penalty_options_change_a_greedy_reply(oll):
+    """repeat_penalty, presence_penalty and frequency_penalty reach llama.cpp's sampler: each changes the
+    greedy reply, the same way every time."""
+    def reply(**option):
+        return oll.generate(model=MODEL, prompt="Describe a city.",
+                            options={"num_predict": 48, "temperature": 0, **option}).response
+
+    plain = reply()
+    for option in ({"repeat_penalty": 1.8}, {"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+        first = reply(**option)
+        assert first != plain and reply(**option) == first, option
+
+
 def test_an_empty_prompt_loads_the_model(oll):
     r = oll.generate(model=MODEL)
     assert r.done and r.response == "" and r.done_reason == "load"
@@ -202,6 +215,8 @@ def test_what_the_model_cannot_do_is_refused(oll):
 BAD = [
     ("/api/chat", {"model": 5, "messages": ASK}),
     ("/api/chat", {"messages": ASK}),
+    ("/api/embed", {"input": "no model named"}),
+    ("/api/embeddings", {"prompt": "no model named"}),
     ("/api/chat", {"model": MODEL, "messages": "hello"}),
     ("/api/chat", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}),
     ("/api/chat", {"model": MODEL, "messages": [{"role": "tool", "content": "42"}]}),

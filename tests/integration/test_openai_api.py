@@ -355,3 +355,21 @@ def test_malformed_bodies_are_400s_in_openais_shape(client):
         assert set(error) == {"message", "type", "param", "code"} and error["message"], (path, shown, r.text)
         assert error["type"] == "invalid_request_error"
     assert client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "max_tokens": 2}).status_code == 200
+
+
+# --- penalties
+def _greedy_tokens(oai, **penalty) -> list[str]:
+    r = oai.chat.completions.create(model=MODEL, messages=ASK, max_tokens=48, temperature=0, logprobs=True, **penalty)
+    return [t.token for t in r.choices[0].logprobs.content]
+
+
+@pytest.mark.parametrize("penalty", ["frequency_penalty", "presence_penalty"])
+def test_frequency_and_presence_penalties_change_the_reply_where_it_would_repeat(oai, penalty):
+    """A penalty only lowers tokens already written: the greedy reply is the plain one up to the first
+    token the plain reply repeats, and then it goes another way."""
+    plain = _greedy_tokens(oai)
+    first_repeat = next(i for i, t in enumerate(plain) if t in plain[:i])
+    penalised = _greedy_tokens(oai, **{penalty: 2.0})
+    assert penalised[:first_repeat] == plain[:first_repeat]
+    assert penalised != plain
+    assert _greedy_tokens(oai, **{penalty: 2.0}) == penalised  # greedy: the same again
