@@ -37,6 +37,27 @@ apt_install() {
   fi
 }
 
+# llama.cpp with its RPC backend (GGML_RPC=ON), so that `tandem worker` machines can take layers.
+# pip's own wheel cache would hand back a build without it: the build is kept in a folder of its own.
+ENGINE_PIN=$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+ENGINE_WHEELS=${TANDEM_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/wheels-rpc}
+
+install_engine() {
+  if "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null; then
+    return 0
+  fi
+  local version=${ENGINE_PIN#*==} wheel
+  wheel=$(ls "$ENGINE_WHEELS"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    echo "dev.sh: building llama.cpp $version with its RPC backend (several minutes, once per machine)"
+    mkdir -p "$ENGINE_WHEELS"
+    CMAKE_ARGS="-DGGML_RPC=ON ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+      "$ENGINE_PIN" -w "$ENGINE_WHEELS"
+    wheel=$(ls "$ENGINE_WHEELS"/llama_cpp_python-"$version"-*.whl | head -n 1)
+  fi
+  "$VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+}
+
 setup() {
   # shellcheck disable=SC2086
   apt_install $APT_BUILD $APT_DESKTOP "$@"
@@ -44,11 +65,13 @@ setup() {
     echo "dev.sh: creating the virtual environment in $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
+  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --quiet
+  install_engine
   local stamp="$VENV/.tandem-installed"
   local want
   want=$(sha256sum pyproject.toml | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "dev.sh: installing Tandem and its dependencies (the first time compiles llama.cpp: several minutes)"
+    echo "dev.sh: installing Tandem and its dependencies"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     echo "$want" > "$stamp"

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     rsub.add_parser("list", parents=[common], help="registered servers, their models and whether they answer")
     rrm = rsub.add_parser("rm", parents=[common], help="forget a server")
     rrm.add_argument("name")
+    from tandem.app.pool_cli import add_parsers
+
+    add_parsers(sub, common)
     sub.add_parser("api-key", parents=[common],
                    help="make a new API key for other devices (printed once; the previous key stops working)")
     return parser
@@ -161,6 +164,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tandem: %(message)s")
+    if args.command == "worker":  # its --host and --port are the worker's, not the server's settings
+        from tandem.app.pool_cli import run_worker
+
+        return run_worker(args)
     try:
         settings = settings_from(args)
         if args.command == "bench":
@@ -198,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_api_key(settings)
         if args.command == "remote":
             return run_remote(settings, args)
+        if args.command == "pool":
+            from tandem.app.pool_cli import run_pool
+
+            return run_pool(settings, args)
         return run_app(settings, browser=args.browser, smoke_test=args.smoke_test)
     except (TandemError, RuntimeFailure) as err:
         print(f"tandem: error: {err}", file=sys.stderr)

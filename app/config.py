@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     saved_key_hash: str | None = None
     # A remote server that sends nothing for this long (s) fails the reply.
     remote_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Pooling with `tandem worker` machines over llama.cpp RPC: "auto" (when it pays or the model
+    # does not fit here alone), "always" (whenever the workers have room), "off".
+    pool: Literal["auto", "always", "off"] = "auto"
+    # How many of a pooled model's layers the workers take; unset: the planner's choice.
+    pool_layers: int | None = Field(None, ge=1)
     # The largest request body accepted (MiB); past it: 413.
     max_body_mb: int = Field(32, ge=1, le=4096)
 

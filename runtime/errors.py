@@ -113,3 +113,9 @@ class InvalidSampling(RuntimeFailure):
     def __init__(self, message: str, param: str | None = None):
         self.param = param
         super().__init__(message)
+
+
+class PoolFailure(RuntimeFailure):
+    """A machine a pooled model's layers ran on went away, or the pool could not be loaded."""
+
+    code = "pool_failed"

@@ -17,13 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tandem.app.errors import TandemError
 from tandem.app.remote.worker import RemoteFailure
 from tandem.runtime.errors import (ChatTemplateError, ContextOverflow, EngineClosed, Interrupted, InvalidSampling,
-                                  ModelFileError, ModelUnavailable, QueueFull, RuntimeFailure)
+                                  ModelFileError, ModelUnavailable, PoolFailure, QueueFull, RuntimeFailure)
 from tandem.runtime.planner import PlanError
 
 log = logging.getLogger("tandem")
 
 RUNTIME_STATUS = {
     RemoteFailure: 502,
+    PoolFailure: 502,
     ContextOverflow: 400,
     PlanError: 400,
     ChatTemplateError: 400,

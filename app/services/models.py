@@ -27,7 +27,10 @@ from tandem.runtime.hardware import HardwareProfile
 from tandem.runtime.hardware.probe import refresh_memory
 from tandem.runtime.model_info import ModelInfo, inspect_model
 from tandem.runtime.planner import Calibration, Plan, candidates, plan_model, verify
-from tandem.runtime.planner.search import plan_from_candidate, plan_gpus, predict_split
+from tandem.runtime.planner.pool import plan_pool, worker_device
+from tandem.runtime.planner.search import PlanError, plan_from_candidate, plan_gpus, predict_split, speed_fill
+from tandem.runtime.pool import network
+from tandem.runtime.pool.client import PooledWorker
 from tandem.runtime.planner.speculative import draft_compatible
 
 log = logging.getLogger("tandem")
@@ -223,14 +226,54 @@ class ModelService:
         hw = replace(hw, memory=replace(hw.memory, available_bytes=available.get("CPU", hw.memory.available_bytes)),
                      gpus=tuple(replace(g, memory_free_bytes=available.get(f"GPU{g.index}", g.memory_free_bytes))
                                 for g in hw.gpus))
-        plan = self.plan_for(model, info=info, hardware=hw)
+        try:
+            local = self.plan_for(model, info=info, hardware=hw)
+        except PlanError as err:
+            local, too_big = None, err
+        plan, notes = self.pooled_plan(model, info, hw, local)
+        if local is not None and notes:
+            local = replace(local, reasons=local.reasons + tuple(notes))
+        if plan is None:
+            if local is None:
+                raise too_big
+            plan = local
 
         def open_model() -> tuple[ServedModel, ModelWorker]:
-            worker, used = self._open(model, info, plan, hw)
+            worker, used = self._open(model, info, plan, hw, local)
             return ServedModel(model["id"], model["name"], worker, used, info, hw), worker
 
-        return Prepared({m.device: m.total for m in plan.memory}, open_model,
-                        {m.device: m.margin for m in plan.memory})
+        here = [m for m in plan.memory if not m.device.startswith("worker ")]  # workers' memory is theirs
+        return Prepared({m.device: m.total for m in here}, open_model, {m.device: m.margin for m in here})
+
+    def pooled_plan(self, model: dict, info: ModelInfo, hw: HardwareProfile,
+                    local: Plan | None) -> tuple[Plan | None, list[str]]:
+        """The plan over this machine and the registered `tandem worker` machines when pooling
+        pays, is needed (`local` None: the model does not fit here alone) or is asked for, else
+        None; and why not (workers that do not answer, pooling that would be slower)."""
+        if self.settings.pool == "off":
+            return None, []
+        endpoints = self.store.list_pool_workers()
+        if not endpoints:
+            return None, []
+        links, notes = [], []
+        for ep in endpoints:
+            try:
+                links.append(network.probe(ep))
+            except network.WorkerUnreachable as err:
+                notes.append(str(err))
+        base = local
+        if base is None and links:  # plan this machine's part as if the pool's memory were here
+            extra = sum(max(0, int((worker_device(link) or {}).get("free_bytes") or 0)) for link in links)
+            bigger = replace(hw, memory=replace(hw.memory, available_bytes=(hw.memory.available_bytes or 0) + extra))
+            try:
+                base = self.plan_for(model, info=info, hardware=bigger, dry_run=False)
+            except PlanError:
+                return None, notes
+        if not links:
+            return None, notes
+        pooled, reasons = plan_pool(info, hw, base, links, fill=speed_fill(base.n_ctx), local_fits=local is not None,
+                                    mode=self.settings.pool, layers=self.settings.pool_layers)
+        return pooled, notes + ([] if pooled else reasons)
 
     def loaded_models(self) -> list[ServedModel]:
         """The local models loaded now (remote ones are held by the scheduler too, not listed)."""
@@ -254,7 +297,16 @@ class ModelService:
         return {"state": overall, "models": rows, "failures": dict(self.scheduler.failures)}
 
     def _open(self, model: dict, info: ModelInfo, plan: Plan,
-              hw: HardwareProfile | None = None) -> tuple[ModelWorker, Plan]:
+              hw: HardwareProfile | None = None, local: Plan | None = None) -> tuple[ModelWorker, Plan]:
+        if plan.pool:
+            try:
+                return self._start_pooled(model, plan), plan
+            except ModelLoadError as err:
+                if local is None:
+                    raise
+                log.warning("pooling %s failed; loading it here alone: %s", model["id"], err)
+                network.forget()
+                plan = replace(local, reasons=local.reasons + (f"Pooling failed ({err}); running on this machine alone.",))
         tried = []
         for attempt in [plan] + (self.fallbacks(info, plan, hw) if plan.n_gpu_layers else []):
             try:
@@ -301,6 +353,10 @@ class ModelService:
             max_queue=self.settings.max_queue, max_reply=self.settings.max_reply_tokens,
         )
 
+    def _start_pooled(self, model: dict, plan: Plan) -> PooledWorker:
+        return PooledWorker.open(LoadParams(path=Path(model["path"]), **plan.load_kwargs()),
+                                 max_queue=self.settings.max_queue, max_reply=self.settings.max_reply_tokens)
+
     def record(self, loaded: ServedModel, stats: ReplyStats, source: str) -> None:
         """Keep the measured decode speed of a plain reply for the planner's calibration. A reply
         that drafted tokens decoded at another speed: its acceptance is what it teaches (stored
@@ -310,6 +366,8 @@ class ModelService:
         if not stats.decode_tps or stats.completion_tokens < MIN_TOKENS_TO_RECORD or stats.drafted_tokens:
             return
         plan = loaded.plan
+        if plan.pool:  # a pooled token's time is mostly the workers' and the network's
+            return
         fill = stats.prompt_tokens + stats.completion_tokens // 2  # the context's mean fill while decoding
         predicted, share = predict_split(loaded.info, loaded.hardware, plan, fill)
         self.store.add_measurement(

@@ -189,6 +189,11 @@ def m012_remotes(db: Database) -> None:
     db["remotes"].create({"name": str, "url": str, "key": str, "added_at": str}, pk="name")
 
 
+def m013_pool_workers(db: Database) -> None:
+    """Machines running `tandem worker` whose devices may take layers of a model (host:port)."""
+    db["pool_workers"].create({"endpoint": str, "added_at": str}, pk="endpoint")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -202,6 +207,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m010_conversation_tree,
     m011_api_key_hash,
     m012_remotes,
+    m013_pool_workers,
 ]
 
 

@@ -117,6 +117,19 @@ class Store(ConversationStore, PrefsStore):
         with self._lock, self.db.atomic():
             self.db.execute("delete from remotes where name = ?", [name])
 
+    # --- pool workers (tandem worker machines)
+    def add_pool_worker(self, endpoint: str) -> None:
+        with self._lock, self.db.atomic():
+            self.db["pool_workers"].insert({"endpoint": endpoint, "added_at": now_iso()}, pk="endpoint", replace=True)
+
+    def list_pool_workers(self) -> list[str]:
+        with self._lock:
+            return [r["endpoint"] for r in self.db["pool_workers"].rows_where(order_by="added_at")]
+
+    def delete_pool_worker(self, endpoint: str) -> bool:
+        with self._lock, self.db.atomic():
+            return self.db.execute("delete from pool_workers where endpoint = ?", [endpoint]).rowcount > 0
+
     # --- hub: headers read from remote files
     def cached_header(self, key: str) -> dict | None:
         with self._lock:

@@ -8,6 +8,7 @@ it is testable without threads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
@@ -206,15 +207,47 @@ def _open_llama(p: LoadParams):
 
     limit_llama_templates()  # creating a Llama compiles the file's chat templates
     try:
-        return llama_cpp.Llama(
-            **_llama_kwargs(p), offload_kqv=p.offload_kqv, swa_full=p.swa_full,
-            tensor_split=list(p.tensor_split) if p.tensor_split else None,
-        )
+        with _rpc_devices(p.rpc):
+            return llama_cpp.Llama(
+                **_llama_kwargs(p), offload_kqv=p.offload_kqv, swa_full=p.swa_full,
+                tensor_split=list(p.tensor_split) if p.tensor_split else None,
+            )
     except Exception as err:
         raise ModelLoadError(
             f"llama.cpp could not load {p.path.name} ({err}). The file may be damaged or "
             "need a newer engine; download it again, or lower the context length."
         ) from err
+
+
+_DEVICE_ARRAYS: list = []  # kept alive for as long as the process: llama.cpp keeps the pointers
+
+
+@contextlib.contextmanager
+def _rpc_devices(endpoints: tuple[str, ...]):
+    """While a Llama is made, its model parameters list the workers' devices (llama.cpp's low-level
+    `devices`, as llama-server's --rpc does): the offloaded layers go to them, the rest stay on
+    this CPU. llama-cpp-python does not expose the field, so its defaults are wrapped."""
+    if not endpoints:
+        yield
+        return
+    import llama_cpp.llama_cpp as lc
+
+    from tandem.runtime.pool import rpc
+
+    arr, _ = rpc.device_array(list(endpoints))
+    _DEVICE_ARRAYS.append(arr)
+    original = lc.llama_model_default_params
+
+    def with_devices():
+        params = original()
+        params.devices = ctypes.cast(arr, ctypes.c_void_p).value
+        return params
+
+    lc.llama_model_default_params = with_devices
+    try:
+        yield
+    finally:
+        lc.llama_model_default_params = original
 
 
 def _load_draft(llama, p: LoadParams) -> DraftModel:

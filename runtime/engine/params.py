@@ -30,9 +30,13 @@ class LoadParams:
     main_gpu: int = 0
     tensor_split: tuple[float, ...] | None = None  # share of the offloaded layers per GPU, in device order
     use_mmap: bool = True
+    # ggml-rpc workers (host:port) whose devices take the offloaded layers: only ever loaded in a
+    # pool host process (runtime.pool.host), as a failed connection ends the process
+    rpc: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "rpc", tuple(self.rpc))
         if self.n_ctx < 16:
             raise ValueError(f"n_ctx must be at least 16, got {self.n_ctx}")
         for name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch"):

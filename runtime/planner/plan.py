@@ -39,6 +39,9 @@ class Plan:
     # the draft model when speculative is "draft:<id>": model, path, device, n_gpu_layers, k,
     # acceptance (and whether measured), plain_tps (the best plan without it), predicted_tps
     draft: dict | None = None
+    # layers on other machines over llama.cpp RPC (runtime.planner.pool): workers, layers each,
+    # the network's cost, the prediction without them; None: this machine alone
+    pool: dict | None = None
 
     def load_kwargs(self) -> dict:
         """The LoadParams fields this plan sets."""
@@ -49,6 +52,7 @@ class Plan:
             "offload_kqv": self.offload_kqv, "swa_full": self.swa_full,
             "main_gpu": self.gpu_index or 0,
             "tensor_split": self.tensor_split,
+            "rpc": tuple(self.pool["endpoints"]) if self.pool else (),
         }
 
     def to_dict(self) -> dict:

@@ -74,7 +74,7 @@ SPEED_FILL = 2048
 KV_READ_COST = {"f16": 1.0, "q8_0": 1.1, "q4_0": 1.1}
 
 
-def _fill(n_ctx: int) -> int:
+def speed_fill(n_ctx: int) -> int:
     """The context fill at which decode speed is compared: half the window, at most 2048 tokens."""
     return max(1, min(n_ctx // 2, SPEED_FILL))
 
@@ -88,7 +88,7 @@ def _evaluate(info, hw, gpu, *, n_ctx, ngl, kv, ubatch, threads, cal):
     )
     if not all(m.fits for m in mem):
         return None
-    speed = _speed(info, hw, gpu, ngl, kv, threads, _fill(n_ctx), cal)
+    speed = _speed(info, hw, gpu, ngl, kv, threads, speed_fill(n_ctx), cal)
     return {"n_ctx": n_ctx, "ngl": ngl, "kv": kv, "ubatch": ubatch, "memory": mem, "speed": speed,
             "score": speed.decode_tps * KV_QUALITY[kv], "gpus": gpu}
 

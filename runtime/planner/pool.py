@@ -1,0 +1,158 @@
+"""Pooling: the last layers of a model on other machines' devices over llama.cpp's RPC backend.
+
+A token's time with k layers on a worker = this machine's time for its layers + the worker's time
+for its layers + the network: the hidden state goes to the worker and comes back once per token
+(per worker), each a round trip of ggml-rpc commands, plus the bytes at the link's bandwidth.
+The plan pools only when that is faster than this machine alone, or when the model does not fit
+here at all (or when the person asked for it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tandem.runtime.hardware.profile import HardwareProfile
+from tandem.runtime.model_info import ModelInfo
+from tandem.runtime.planner.memory import DeviceMemory, MIB, compute_bytes, kv_bytes, pad_ctx
+from tandem.runtime.planner.plan import Plan
+from tandem.runtime.planner.speed import (
+    CPU_LAYER_S, GPU_EFFICIENCY, GPU_LAYER_S, THREAD_EXPONENT, cpu_efficiency, gpu_bandwidth_gbps,
+)
+from tandem.runtime.hardware.profile import GpuInfo
+
+# ggml-rpc round trips per token and worker: the graph command and reading the result back
+# (setting the input is sent without waiting). Measured on loopback with scripts/bench_pool.py:
+# see docs/pooling.md.
+RPC_ROUND_TRIPS = 2
+RPC_FIXED_S = 0.25e-3  # per token and worker: serialising the graph, the worker's scheduling
+POOL_GAIN = 1.05  # pooling must be predicted this much faster than this machine alone
+WORKER_MARGIN_FRACTION = 0.05
+
+
+def worker_device(link) -> dict | None:
+    """The device a worker serves (its first GPU, else its CPU), from its /tandem/worker answer."""
+    served = link.info.get("served") or []
+    return served[0] if served else None
+
+
+def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int) -> float:
+    """Seconds a worker's device spends on one layer of one token."""
+    dev = worker_device(link) or {}
+    if dev.get("type") in ("gpu", "igpu", "accel"):
+        gbps = gpu_bandwidth_gbps(GpuInfo(index=0, name=dev.get("description") or dev.get("name") or "",
+                                          vendor="", memory_total_bytes=dev.get("total_bytes"))) or 200.0
+        return (layer_bytes + kv_read) / (gbps * 1e9 * GPU_EFFICIENCY) + GPU_LAYER_S
+    cores = link.info.get("physical_cores") or 1
+    threads = link.info.get("threads") or cores
+    bw = (link.info.get("read_gbps") or 20.0) * 1e9 * min(1.0, threads / cores) ** THREAD_EXPONENT
+    return (layer_bytes + kv_read) / (bw * cpu_efficiency(info)) + CPU_LAYER_S
+
+
+def network_seconds(info: ModelInfo, link) -> float:
+    """Per token: the hidden state to the worker and back (f32), and the commands' round trips."""
+    return RPC_ROUND_TRIPS * link.rtt_s + 2 * 4 * info.n_embd / max(1.0, link.bandwidth_bps) + RPC_FIXED_S
+
+
+def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
+    from tandem.runtime.planner.speed import host_bandwidth
+
+    return (layer_bytes + kv_read) / (host_bandwidth(hw, threads) * cpu_efficiency(info)) + CPU_LAYER_S
+
+
+def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, fill: int,
+              local_fits: bool, mode: str = "auto", layers: int | None = None) -> tuple[Plan | None, list[str]]:
+    """The pooled plan over the workers (`links`: network.Link), or None, with the reasons either way.
+
+    base: this machine's plan for the CPU (its context, KV type, threads), planned with the pool's
+    memory when the model does not fit here alone (local_fits False). mode: "auto" (pool when it
+    pays or is needed), "always" (pool whenever it fits). layers: how many layers the workers take
+    (None: the planner's choice)."""
+    reasons: list[str] = []
+    if base.n_gpu_layers:
+        return None, ["This machine's GPU takes layers: pooling is planned for models that run on the CPU here."]
+    if not links:
+        return None, []
+    from tandem.runtime.planner.search import predict_split
+
+    n = info.n_layer
+    kv_type = base.type_k
+    per_layer_kv = [kv_bytes(info, [i], base.n_ctx, kv_type, base.type_v, base.n_ubatch) for i in range(n)]
+    kv_read = [kv_bytes(info, [i], fill, "f16", "f16") for i in range(n)]
+    base_tps, _ = predict_split(info, hw, base, fill)
+    base_s = 1.0 / base_tps
+    cpu_mem = next(m for m in base.memory if m.device == "CPU")
+    cpu_capacity = hw.memory.available_bytes
+    best = None
+    options = range(1, n + 1) if layers is None else [max(1, min(n, layers))]
+    # each worker's share of the pooled layers: by the memory it has free
+    usable = []
+    for link in links:
+        dev = worker_device(link) or {}
+        free = int(dev.get("free_bytes") or 0)
+        usable.append(max(0, free - max(512 * MIB, int(free * WORKER_MARGIN_FRACTION))))
+    total_usable = sum(usable) or 1
+    for k in options:
+        moved = list(range(n - k, n))
+        # contiguous slices, one per worker, in order, sized by usable memory
+        slices, start = [], n - k
+        for w, u in enumerate(usable):
+            take = round(k * u / total_usable) if w < len(usable) - 1 else (n - start)
+            slices.append(list(range(start, min(n, start + take))))
+            start = min(n, start + take)
+        need_ok = True
+        t_workers = 0.0
+        workers = []
+        compute = 4 * base.n_ubatch * 3 * info.n_embd + 2 * base.n_ubatch * pad_ctx(base.n_ctx)
+        for link, mine, u in zip(links, slices, usable):
+            if not mine:
+                continue
+            need = sum(info.layer_bytes[i] for i in mine) + sum(per_layer_kv[i] for i in mine) + compute
+            if need > u:
+                need_ok = False
+                break
+            t_workers += sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv_read[i]) for i in mine)
+            t_workers += network_seconds(info, link)
+            workers.append({"endpoint": link.endpoint, "layers": [mine[0], mine[-1]], "n_layers": len(mine),
+                            "need_bytes": need, "usable_bytes": u, "device": (worker_device(link) or {}).get("name"),
+                            "rtt_ms": round(link.rtt_s * 1000, 3),
+                            "bandwidth_mbps": round(link.bandwidth_bps * 8 / 1e6, 1),
+                            "network_ms": round(network_seconds(info, link) * 1000, 3)})
+        if not need_ok or not workers:
+            continue
+        local_removed = sum(info.layer_bytes[i] + per_layer_kv[i] for i in moved)
+        local_total = cpu_mem.total - local_removed
+        if cpu_capacity is not None and local_total + cpu_mem.margin > cpu_capacity:
+            continue
+        t_local = base_s - sum(_local_layer_seconds(info, hw, base.n_threads, info.layer_bytes[i], kv_read[i])
+                               for i in moved)
+        tps = 1.0 / (max(1e-6, t_local) + t_workers)
+        if best is None or tps > best[0]:
+            best = (tps, k, workers, local_total, local_removed, t_local, t_workers)
+    if best is None:
+        names = ", ".join(link.endpoint for link in links)
+        return None, [f"The workers ({names}) have too little free memory for any of this model's layers."]
+    tps, k, workers, local_total, removed, t_local, t_workers = best
+    net_ms = sum(w["network_ms"] for w in workers)
+    where = ", ".join(f"{w['n_layers']} on {w['endpoint']}" for w in workers)
+    if mode != "always" and local_fits and tps < base_tps * POOL_GAIN:
+        return None, [f"Pooling is not used: {k} layers on the workers ({where}) would decode at {tps:.1f} tok/s "
+                      f"against {base_tps:.1f} here alone (the network costs {net_ms:.2f} ms a token)."]
+    why = ("it does not fit this machine alone" if not local_fits else
+           "you asked for pooling (TANDEM_POOL=always)" if mode == "always" and tps < base_tps * POOL_GAIN else
+           f"it is faster than this machine alone ({base_tps:.1f} tok/s)")
+    reasons.append(f"Pooled over llama.cpp RPC: {k} of {n} layers on other machines ({where}), because {why}; "
+                   f"predicted {tps:.1f} tok/s, of which the network costs {net_ms:.2f} ms a token.")
+    cpu_new = replace(cpu_mem, weights=cpu_mem.weights - sum(info.layer_bytes[i] for i in range(n - k, n)),
+                      kv=cpu_mem.kv - (removed - sum(info.layer_bytes[i] for i in range(n - k, n))),
+                      capacity=cpu_capacity)
+    remote_mem = tuple(DeviceMemory(f"worker {w['endpoint']}", w["need_bytes"], 0, 0, 0, 0, w["usable_bytes"])
+                       for w in workers)
+    split = tuple(round(w["n_layers"] / k, 4) for w in workers) if len(workers) > 1 else None
+    pool = {"workers": workers, "n_layers": k, "endpoints": [w["endpoint"] for w in workers],
+            "local_tps": round(base_tps, 2), "predicted_tps": round(tps, 2), "network_ms": round(net_ms, 3),
+            "local_seconds": t_local, "worker_seconds": t_workers, "tensor_split": split, "mode": mode}
+    # this machine's calibration applies to its own share of a token's time
+    calibrated_tps = 1.0 / (max(1e-6, t_local) / (base.calibration or 1.0) + t_workers)
+    return replace(base, n_gpu_layers=k, gpu_index=None, tensor_split=split, memory=(cpu_new,) + remote_mem,
+                   decode_tps=round(calibrated_tps, 2), reasons=base.reasons + tuple(reasons), pool=pool,
+                   speculative="none", draft=None), reasons

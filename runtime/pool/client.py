@@ -1,0 +1,194 @@
+"""A model pooled over ggml-rpc workers, as the scheduler and the routes see a loaded one: the
+model lives in a pool host process (runtime.pool.host); this side streams its events back.
+
+When the host ends (a worker went away: ggml-rpc ends the process that used it), every running
+reply fails with what happened, the worker counts as closed, and the next request loads the model
+again, planned without the worker when it no longer answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+
+from tandem.runtime.engine import Failed, ReplyStream, SamplingParams
+from tandem.runtime.engine.context import ContextPolicy
+from tandem.runtime.engine.params import LoadParams
+from tandem.runtime.errors import EngineClosed, ModelLoadError, PoolFailure
+from tandem.runtime.pool.wire import decode_error, decode_event
+
+log = logging.getLogger("tandem.pool")
+
+
+class PooledWorker:
+    def __init__(self, params: LoadParams, proc: subprocess.Popen):
+        self.params = params
+        self._proc = proc
+        self._lock = threading.Lock()
+        self._streams: dict[int, ReplyStream] = {}
+        self._ids = itertools.count(1)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._ready = threading.Event()
+        self._hello: dict = {}
+        self.closed = False
+        self.state = "loading"
+        self.error: str | None = None
+        self.load_s: float | None = None
+        self.metadata: dict[str, str] = {}
+        self.n_ctx: int | None = None
+        self.supports_tools = False
+
+    @classmethod
+    def open(cls, params: LoadParams, max_queue: int = 16, max_reply: int = 8192,
+             load_timeout_s: float = 600.0) -> "PooledWorker":
+        """Start a pool host and load the model there; ModelLoadError when it cannot (the workers'
+        own words included)."""
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "tandem.runtime.pool.host"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                                bufsize=1)
+        self = cls(params, proc)
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        spec = {"params": {**asdict(params), "path": str(params.path)}, "max_queue": max_queue,
+                "max_reply": max_reply}
+        self._send(spec)
+        if not self._ready.wait(load_timeout_s) or self._hello.get("op") != "ready":
+            err = self._hello.get("error")
+            self.close()
+            if err:
+                failure = decode_error(err)
+                raise ModelLoadError(f"Pooled over {', '.join(params.rpc)}: {failure}") from failure
+            raise ModelLoadError(f"Loading {params.path.name} over the workers {', '.join(params.rpc)} failed: "
+                                 f"{self._last_words() or 'the pool host ended'}. Is each `tandem worker` running "
+                                 "with this machine's address allowed?")
+        self.n_ctx = self._hello.get("n_ctx")
+        self.metadata = self._hello.get("metadata") or {}
+        self.supports_tools = bool(self._hello.get("supports_tools"))
+        self.load_s = time.perf_counter() - t0
+        self.state = "idle"
+        return self
+
+    # --- what the scheduler asks of a worker
+    def status(self) -> dict:
+        with self._lock:
+            running = len(self._streams)
+        return {"state": self.state if self.state in ("failed", "closed", "loading") else ("busy" if running else "idle"),
+                "queued": max(0, running - 1), "running": running > 0, "error": self.error}
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self.closed and self._proc.poll() is not None:
+            return
+        self.closed = True
+        if self.state != "failed":
+            self.state = "closed"
+        try:
+            self._proc.stdin.close()  # the host unloads and ends
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+
+    def forget(self, key: str) -> None:
+        self._send({"op": "forget", "key": key}, quiet=True)
+
+    def submit(self, messages: list[dict], sampling: SamplingParams | None = None, loop=None,
+               overflow: str | ContextPolicy = "stop", key: str | None = None, evicted=(),
+               speculative: str = "off", raw: bool = False, tools: list[dict] | None = None) -> ReplyStream:
+        stream = ReplyStream(loop)
+        if self.closed:
+            stream.emit(Failed(EngineClosed(self.error or "This pooled model was unloaded.")))
+            return stream
+        policy = ContextPolicy(overflow) if isinstance(overflow, str) else overflow
+        rid = next(self._ids)
+        with self._lock:
+            self._streams[rid] = stream
+        stream.on_end(lambda: self._drop(rid))
+        stream.on_cancel(lambda: self._send({"op": "cancel", "id": rid}, quiet=True))
+        self._send({"op": "submit", "id": rid, "messages": list(messages), "sampling": asdict(sampling or SamplingParams()),
+                    "policy": asdict(policy), "key": key, "evicted": list(evicted), "speculative": speculative,
+                    "raw": raw, "tools": list(tools) if tools else None}, quiet=True)
+        return stream
+
+    def embed(self, texts: list[str], loop=None, truncate: bool = False) -> ReplyStream:
+        stream = ReplyStream(loop)
+        stream.emit(Failed(PoolFailure(
+            "Embeddings are not offered for a model pooled across machines; use a model that runs on this machine.")))
+        return stream
+
+    def complete(self, messages: list[dict], sampling: SamplingParams | None = None):
+        return self.submit(messages, sampling).result()
+
+    # --- the host's side
+    def _send(self, obj: dict, quiet: bool = False) -> None:
+        try:
+            with self._lock:
+                self._proc.stdin.write(json.dumps(obj) + "\n")
+                self._proc.stdin.flush()
+        except (OSError, ValueError):
+            if not quiet:
+                raise
+
+    def _drop(self, rid: int) -> None:
+        with self._lock:
+            self._streams.pop(rid, None)
+
+    def _read_stderr(self) -> None:
+        for line in self._proc.stderr:
+            line = line.rstrip()
+            if line:
+                self._stderr.append(line)
+                log.debug("pool host: %s", line)
+
+    def _last_words(self) -> str:
+        """What llama.cpp said last before the host ended (its abort message), if anything."""
+        for line in reversed(self._stderr):
+            if "error" in line.lower() or "failed" in line.lower() or "crashed" in line.lower() or "abort" in line.lower():
+                return line.strip()[:300]
+        return ""
+
+    def _read_stdout(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("op") in ("ready", "error"):
+                self._hello = msg
+                self._ready.set()
+            elif msg.get("op") == "event":
+                with self._lock:
+                    stream = self._streams.get(msg.get("id"))
+                if stream is not None:
+                    stream.emit(decode_event(msg["event"]))
+        self._proc.wait()
+        self._ready.set()
+        self._ended()
+
+    def _ended(self) -> None:
+        """The host is gone: fail what was running, and never lease this worker again."""
+        was_closing = self.closed
+        self.closed = True
+        if was_closing:
+            return
+        self.state = "failed"
+        words = self._last_words()
+        self.error = (f"A worker of this pooled model ({', '.join(self.params.rpc)}) stopped answering"
+                      f"{' (' + words + ')' if words else ''}. The model is loaded again on your next message, "
+                      "without the workers that no longer answer.")
+        log.warning("%s", self.error)
+        with self._lock:
+            pending = list(self._streams.values())
+            self._streams.clear()
+        for stream in pending:
+            stream.emit(Failed(PoolFailure(self.error)))
