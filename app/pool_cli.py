@@ -4,6 +4,7 @@ this machine may spread a model over)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,11 @@ def run_worker(args: argparse.Namespace) -> int:
     from tandem.runtime.pool import rpc
     from tandem.runtime.pool.worker import Worker, WorkerConfig, WorkerRefused
 
+    # llama.cpp's server prints each connection on the C stdout: that goes to stderr, the log,
+    # and stdout keeps the worker's own lines
+    sys.stdout.flush()
+    sys.stdout = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     config = WorkerConfig(host=args.host, port=args.port, allow=tuple(args.allow), threads=args.threads,
                           i_understand_no_auth=args.i_understand_no_auth)
     try:

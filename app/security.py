@@ -29,7 +29,7 @@ def is_api_path(path: str) -> bool:
 
 # What only this machine may do, key or not: change settings (and read the key), take files from
 # paths on this machine, delete models.
-LOCAL_ONLY = ("/api/settings", "/api/hub/import", "/api/app/", "/api/remotes")  # /api/settings/... included
+LOCAL_ONLY = ("/api/settings", "/api/hub/import", "/api/app/", "/api/remotes", "/api/pool")  # /api/settings/... included
 # Where a browser on another device trades the key for a cookie: reachable without the key.
 SIGN_IN = "/api/auth"
 KEY_COOKIE = "tandem_key"

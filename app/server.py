@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from tandem.app import __version__
 from tandem.app.api import conversations, errors, hub, library, openai, system
-from tandem.app.api import auth, remotes, stats
+from tandem.app.api import auth, pool, remotes, stats
 from tandem.app.api import ollama as ollama_api
 from tandem.app.api import window as window_api
 from tandem.app.config import Settings
@@ -57,6 +57,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(window_api.router)
     app.include_router(auth.router)
     app.include_router(remotes.router)
+    app.include_router(pool.router)
     app.mount("/", StaticFiles(directory=ui_dir(), html=True), name="ui")
     app.add_middleware(BodyLimit, limit=settings.max_body_mb * 1024 * 1024)
     # Added last, so it runs first: a refused request never reaches the body reader or a route.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from tandem.app.config import Settings
-from tandem.app.errors import ModelNotFound
+from tandem.app.errors import InvalidRequest, ModelNotFound, NotFound
 from tandem.app.remote import RemoteServed, RemoteService
 from tandem.app.store import Store
 from tandem.runtime import embedded
@@ -352,6 +352,40 @@ class ModelService:
             saved_cap_bytes=self.settings.context_cache_mb * 1024 * 1024, draft=draft,
             max_queue=self.settings.max_queue, max_reply=self.settings.max_reply_tokens,
         )
+
+    # --- pool workers
+    def pool_status(self, fresh: bool = False) -> dict:
+        from tandem.runtime.pool import rpc
+
+        rows = []
+        for ep in self.store.list_pool_workers():
+            try:
+                rows.append({"endpoint": ep, "status": "ok", **network.probe(ep, refresh=fresh).as_dict()})
+            except network.WorkerUnreachable as err:
+                rows.append({"endpoint": ep, "status": "failed", "error": str(err)})
+        return {"supported": rpc.supported(), "mode": self.settings.pool, "workers": rows}
+
+    def add_pool_worker(self, endpoint: str) -> dict:
+        try:
+            network.split_endpoint(endpoint)
+            link = network.probe(endpoint, refresh=True)
+        except (ValueError, network.WorkerUnreachable) as err:
+            raise InvalidRequest(str(err)) from err
+        self.store.add_pool_worker(endpoint)
+        self._replan()
+        return {"endpoint": endpoint, "status": "ok", **link.as_dict()}
+
+    def remove_pool_worker(self, endpoint: str) -> None:
+        if not self.store.delete_pool_worker(endpoint):
+            raise NotFound(f"No worker {endpoint} is registered.")
+        network.forget(endpoint)
+        self._replan()
+
+    def _replan(self) -> None:
+        """Local models are unloaded (when their replies end): their next request plans again, with
+        or without the pool."""
+        for served in self.loaded_models():
+            self.scheduler.unload(served.id)
 
     def _start_pooled(self, model: dict, plan: Plan) -> PooledWorker:
         return PooledWorker.open(LoadParams(path=Path(model["path"]), **plan.load_kwargs()),

@@ -20,11 +20,15 @@ from tandem.runtime.planner.speed import (
 )
 from tandem.runtime.hardware.profile import GpuInfo
 
-# ggml-rpc round trips per token and worker: the graph command and reading the result back
-# (setting the input is sent without waiting). Measured on loopback with scripts/bench_pool.py:
-# see docs/pooling.md.
-RPC_ROUND_TRIPS = 2
-RPC_FIXED_S = 0.25e-3  # per token and worker: serialising the graph, the worker's scheduling
+# A token's trip to a worker and back, beyond the probe's round trip and the bytes: ggml-rpc's
+# dispatcher threads, the graph command, the worker's scheduling. Fitted on the 1-layer rows of
+# scripts/bench_pool.py on the 2-core development VM (a loopback worker, one thread on each side:
+# 5.0 ms; two here and one there: 3.4 ms), checked on the other rows and runs (docs/pooling.md).
+RPC_ROUND_TRIPS = 1
+RPC_FIXED_S = 4.5e-3
+# A worker on this machine whose threads and ours outnumber its cores: both processes' threads
+# contend at every hand-over (the same bench, two threads on each side: 10.9 ms a token in all).
+SHARED_CORES_S = 6e-3
 POOL_GAIN = 1.05  # pooling must be predicted this much faster than this machine alone
 WORKER_MARGIN_FRACTION = 0.05
 
@@ -48,9 +52,27 @@ def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int) 
     return (layer_bytes + kv_read) / (bw * cpu_efficiency(info)) + CPU_LAYER_S
 
 
-def network_seconds(info: ModelInfo, link) -> float:
-    """Per token: the hidden state to the worker and back (f32), and the commands' round trips."""
-    return RPC_ROUND_TRIPS * link.rtt_s + 2 * 4 * info.n_embd / max(1.0, link.bandwidth_bps) + RPC_FIXED_S
+def same_host(link) -> bool:
+    """The worker runs on this machine (a loopback endpoint, or the same host name)."""
+    import socket
+
+    from tandem.runtime.pool.network import split_endpoint
+    from tandem.runtime.pool.worker import _is_loopback
+
+    host, _ = split_endpoint(link.endpoint)
+    return _is_loopback(host) or link.info.get("host") == socket.gethostname()
+
+
+def network_seconds(info: ModelInfo, link, contended: bool = False) -> float:
+    """Per token: the hidden state to the worker and back (f32), the round trip, ggml-rpc's own
+    cost, and when the worker shares this machine's cores with too many threads, the contention."""
+    return (RPC_ROUND_TRIPS * link.rtt_s + 2 * 4 * info.n_embd / max(1.0, link.bandwidth_bps) + RPC_FIXED_S
+            + (SHARED_CORES_S if contended else 0.0))
+
+
+def contended(hw: HardwareProfile, threads: int, link) -> bool:
+    cores = hw.cpu.physical_cores or threads
+    return same_host(link) and threads + int(link.info.get("threads") or 1) > cores
 
 
 def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
@@ -111,12 +133,13 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
                 need_ok = False
                 break
             t_workers += sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv_read[i]) for i in mine)
-            t_workers += network_seconds(info, link)
+            net = network_seconds(info, link, contended(hw, base.n_threads, link))
+            t_workers += net
             workers.append({"endpoint": link.endpoint, "layers": [mine[0], mine[-1]], "n_layers": len(mine),
                             "need_bytes": need, "usable_bytes": u, "device": (worker_device(link) or {}).get("name"),
                             "rtt_ms": round(link.rtt_s * 1000, 3),
                             "bandwidth_mbps": round(link.bandwidth_bps * 8 / 1e6, 1),
-                            "network_ms": round(network_seconds(info, link) * 1000, 3)})
+                            "network_ms": round(net * 1000, 3), "same_host": same_host(link)})
         if not need_ok or not workers:
             continue
         local_removed = sum(info.layer_bytes[i] + per_layer_kv[i] for i in moved)

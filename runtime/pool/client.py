@@ -12,6 +12,8 @@ import collections
 import itertools
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from tandem.runtime.engine import Failed, ReplyStream, SamplingParams
 from tandem.runtime.engine.context import ContextPolicy
 from tandem.runtime.engine.params import LoadParams
 from tandem.runtime.errors import EngineClosed, ModelLoadError, PoolFailure
+from tandem.runtime.pool import network
 from tandem.runtime.pool.wire import decode_error, decode_event
 
 log = logging.getLogger("tandem.pool")
@@ -36,6 +39,7 @@ class PooledWorker:
         self._ids = itertools.count(1)
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._ready = threading.Event()
+        self._stderr_done = threading.Event()
         self._hello: dict = {}
         self.closed = False
         self.state = "loading"
@@ -51,9 +55,11 @@ class PooledWorker:
         """Start a pool host and load the model there; ModelLoadError when it cannot (the workers'
         own words included)."""
         t0 = time.perf_counter()
+        # ggml's abort would attach a debugger for a backtrace: its last words are enough
+        env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "tandem.runtime.pool.host"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                bufsize=1)
+                                bufsize=1, env=env)
         self = cls(params, proc)
         threading.Thread(target=self._read_stderr, daemon=True).start()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -149,12 +155,13 @@ class PooledWorker:
             if line:
                 self._stderr.append(line)
                 log.debug("pool host: %s", line)
+        self._stderr_done.set()
 
     def _last_words(self) -> str:
         """What llama.cpp said last before the host ended (its abort message), if anything."""
         for line in reversed(self._stderr):
-            if "error" in line.lower() or "failed" in line.lower() or "crashed" in line.lower() or "abort" in line.lower():
-                return line.strip()[:300]
+            if any(w in line.lower() for w in ("error", "failed", "crashed", "abort")):
+                return re.sub(r"^\S*ggml-rpc\.cpp:\d+: ", "", line.strip())[:300]  # not the build's path
         return ""
 
     def _read_stdout(self) -> None:
@@ -172,14 +179,17 @@ class PooledWorker:
                 if stream is not None:
                     stream.emit(decode_event(msg["event"]))
         self._proc.wait()
+        self._stderr_done.wait(5)  # its last words (llama.cpp's abort message) are read first
         self._ready.set()
         self._ended()
 
     def _ended(self) -> None:
         """The host is gone: fail what was running, and never lease this worker again."""
-        was_closing = self.closed
+        was_closing, was_loading = self.closed, self.state == "loading"
         self.closed = True
-        if was_closing:
+        for ep in self.params.rpc:  # the next plan probes the workers again
+            network.forget(ep)
+        if was_closing or was_loading:  # a failed load is reported by open()
             return
         self.state = "failed"
         words = self._last_words()

@@ -1,0 +1,190 @@
+"""Pooling machines over llama.cpp RPC: a real `tandem worker` process on loopback (CPU backend),
+the real model split between this process's CPU and the worker, and the app planning, loading,
+losing the worker mid-reply and loading again without it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tandem.app.server import ServerThread
+from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
+from tandem.runtime.pool import network, rpc
+from tandem.runtime.pool.client import PooledWorker
+from tests.conftest import make_settings
+from tests.integration.test_security_api import lan_address
+
+MODEL = "smollm2-135m-instruct-q4_1"
+ASK = [{"role": "user", "content": "Write a short poem about rivers."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_worker(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "worker", "--port", str(port), "--threads", "1", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Tandem worker on"):
+            return proc, f"127.0.0.1:{port}"
+    proc.wait(10)
+    raise AssertionError(f"tandem worker did not start: {proc.stderr.read()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture()
+def worker():
+    proc, endpoint = start_worker()
+    yield proc, endpoint
+    stop(proc)
+    network.forget(endpoint)
+
+
+def greedy(worker, tokens: int = 48) -> str:
+    return worker.submit(ASK, SamplingParams(temperature=0.0, max_tokens=tokens)).result().text
+
+
+def test_the_set_up_builds_the_engine_with_rpc():
+    assert rpc.supported()
+    assert any(d["type"] == "cpu" and d["free_bytes"] > 0 for d in rpc.local_devices())
+
+
+def test_a_worker_advertises_its_devices_and_the_probe_measures_the_link(worker):
+    _, endpoint = worker
+    link = network.probe(endpoint, refresh=True)
+    [served] = link.info["served"]
+    assert served["type"] == "cpu" and served["free_bytes"] > 1 << 30
+    assert link.info["threads"] == 1 and link.info["read_gbps"] > 0
+    assert 0 < link.rtt_s < 0.1 and link.bandwidth_bps > 1e6
+    assert network.probe(endpoint) is link  # cached
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--host", "0.0.0.0"], "no authentication"),
+    (["--host", "::"], "no authentication"),
+    (["--host", "192.0.2.7"], "--allow"),
+])
+def test_a_worker_never_listens_on_an_open_network_unasked(args, said):
+    r = subprocess.run([sys.executable, "-m", "tandem.app", "worker", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_worker_drops_connections_from_addresses_it_was_not_told_to_allow():
+    address = lan_address()
+    if address is None:
+        pytest.skip("this machine has no network address besides loopback")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "worker", "--host", address, "--port", str(port),
+                             "--allow", "192.0.2.1", "--threads", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("Tandem worker on")
+        # this machine reaches the LAN address from the LAN address: not loopback, not allowed
+        with pytest.raises(network.WorkerUnreachable, match="--allow"):
+            network.probe(f"{address}:{port}", refresh=True)
+    finally:
+        stop(proc)
+
+
+def test_a_model_split_across_this_machine_and_a_worker_writes_the_same_greedy_text(worker, model_path):
+    _, endpoint = worker
+    local = ModelWorker.open(LoadParams(model_path, n_ctx=1024, n_threads=1))
+    try:
+        alone = greedy(local)
+    finally:
+        local.close()
+    pooled = PooledWorker.open(LoadParams(model_path, n_ctx=1024, n_threads=1, n_gpu_layers=15, rpc=(endpoint,)))
+    try:
+        assert greedy(pooled) == alone
+        assert pooled.n_ctx == 1024 and pooled.metadata.get("general.architecture") == "llama"
+    finally:
+        pooled.close()
+    assert pooled.closed and pooled._proc.poll() is not None  # the pool host ended with it
+
+
+def test_a_pool_that_cannot_connect_is_a_load_error_not_a_crash(model_path):
+    port = free_port()  # nothing listens there
+    with pytest.raises(Exception) as info:
+        PooledWorker.open(LoadParams(model_path, n_ctx=512, n_threads=1, n_gpu_layers=5, rpc=(f"127.0.0.1:{port}",)))
+    assert "Failed to connect" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+
+
+def chat(api: httpx.Client, tokens: int = 48) -> httpx.Response:
+    return api.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "max_tokens": tokens, "temperature": 0})
+
+
+def test_the_app_pools_loses_the_worker_mid_reply_and_carries_on_alone(tmp_path):
+    settings = make_settings(tmp_path, pool="always", pool_layers=15, n_threads=1, speculative="off")
+    proc, endpoint = start_worker()
+    try:
+        with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, timeout=120) as api:
+            alone = chat(api).json()["choices"][0]["message"]["content"]
+            r = api.post("/api/pool", json={"endpoint": "127.0.0.1:1"})
+            assert r.status_code == 422 and "does not answer" in r.json()["error"]["message"]
+            r = api.post("/api/pool", json={"endpoint": endpoint})
+            assert r.status_code == 201, r.text
+            assert r.json()["info"]["served"][0]["type"] == "cpu" and r.json()["rtt_ms"] > 0
+            pooled = chat(api).json()["choices"][0]["message"]["content"]
+            assert pooled == alone
+            plan = api.get(f"/api/models/{MODEL}/plan").json()
+            assert plan["loaded"] and plan["pool"]["n_layers"] == 15 and plan["pool"]["endpoints"] == [endpoint]
+            assert any("Pooled over llama.cpp RPC" in r for r in plan["reasons"])
+            status = api.get("/api/pool").json()
+            assert status["supported"] and status["workers"][0]["status"] == "ok"
+
+            # the worker goes away mid-reply: the reply ends with what happened, nothing hangs
+            body = {"model": MODEL, "messages": ASK, "max_tokens": 4000, "temperature": 0, "stream": True}
+            events = []
+            with api.stream("POST", "/v1/chat/completions", json=body) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        events.append(json.loads(line[6:]))
+                        if len(events) == 5:
+                            proc.send_signal(signal.SIGKILL)
+            assert "error" in events[-1], events[-1]
+            assert "stopped answering" in events[-1]["error"]["message"] and endpoint in events[-1]["error"]["message"]
+
+            # the next request loads the model again on this machine alone, and says why
+            after = chat(api)
+            assert after.status_code == 200, after.text
+            assert after.json()["choices"][0]["message"]["content"] == alone
+            plan = api.get(f"/api/models/{MODEL}/plan").json()
+            assert plan["pool"] is None and any("does not answer" in r for r in plan["reasons"])
+            assert api.delete(f"/api/pool/{endpoint}").status_code == 204
+            assert api.get("/api/pool").json()["workers"] == []
+            assert api.delete(f"/api/pool/{endpoint}").status_code == 404
+    finally:
+        stop(proc)
+
+
+def test_the_pool_command_adds_lists_and_removes_workers(worker, tmp_path):
+    _, endpoint = worker
+
+    def tandem(*args):
+        return subprocess.run([sys.executable, "-m", "tandem.app", "--data-dir", str(tmp_path), "pool", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    r = tandem("add", endpoint)
+    assert r.returncode == 0 and "round trip" in r.stdout and "MiB free" in r.stdout, r.stderr
+    r = tandem("list")
+    assert r.returncode == 0 and r.stdout.startswith(endpoint)
+    r = tandem("add", "nowhere")
+    assert r.returncode == 1 and "HOST:PORT" in r.stderr
+    assert tandem("rm", endpoint).returncode == 0
+    assert "No workers" in tandem("list").stdout
+    r = tandem("rm", endpoint)
+    assert r.returncode == 1 and "not registered" in r.stderr
