@@ -162,6 +162,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_pool-host"]:  # the process a pooled model runs in (the packaged app has no -m)
+        from tandem.runtime.pool.host import main as pool_host
+
+        return pool_host()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tandem: %(message)s")
     if args.command == "worker":  # its --host and --port are the worker's, not the server's settings

@@ -6,9 +6,12 @@
 Starts `tandem worker` on a free loopback port (or uses --worker HOST:PORT), probes it, then for
 each layer count k: the model on this machine alone and the model with its last k layers on the
 worker, each warmed up and then measured --runs times (greedy, the same prompt, median decode
-tokens/s), beside the planner's prediction for that split. It also reports whether the pooled
+tokens/s; the two measured in turns so that the shared machine's drift hits both alike), beside
+the planner's prediction for that split, uncalibrated and with this machine's part calibrated by
+its measured speed (as the app does after a few replies). It also reports whether the pooled
 text equals the local one, and the measured cost of a token's trip to the worker and back:
-1/pooled - 1/local - (the worker's predicted time for its layers - this machine's for them).
+1/pooled - 1/alone - (the worker's predicted time for its layers - this machine's for them),
+"alone" being the same model in a pool host process without workers, measured in the same turns.
 With a worker on this machine both share its cores; --worker-threads plus --threads above the
 physical cores makes the two processes' threads contend. A benchmark: it never fails on a number.
 """
@@ -22,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tandem.runtime import embedded
@@ -55,11 +57,20 @@ def start_worker(threads: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("tandem worker did not start")
 
 
-def decode(worker, tokens: int, runs: int) -> tuple[float, str]:
-    sampling = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
-    text = worker.submit(PROMPT, sampling).result().text  # warm-up
-    speeds = [worker.submit(PROMPT, sampling).result().stats.decode_tps for _ in range(runs)]
-    return statistics.median(speeds), text
+def speeds(worker, tokens: int) -> tuple[float, str]:
+    finished = worker.submit(PROMPT, SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)).result()
+    return finished.stats.decode_tps, finished.text
+
+
+def in_turns(workers: list, tokens: int, runs: int) -> list[tuple[float, str]]:
+    """Median decode tokens/s and the greedy text of each worker, measured in turns (the machine's
+    drift hits all alike), after a warm-up of each."""
+    texts = [speeds(w, tokens)[1] for w in workers]
+    runs_of = [[] for _ in workers]
+    for _ in range(runs):
+        for i, w in enumerate(workers):
+            runs_of[i].append(speeds(w, tokens)[0])
+    return [(statistics.median(r), t) for r, t in zip(runs_of, texts)]
 
 
 def main() -> int:
@@ -87,29 +98,36 @@ def main() -> int:
         fill = speed_fill(base.n_ctx)
         layers = [int(x) for x in args.layers.split(",") if x] or [1, info.n_layer // 2, info.n_layer]
         local = ModelWorker.open(LoadParams(path, **{**base.load_kwargs(), "rpc": ()}))
+        # the same model in a pool host process without workers: the pooled one's own baseline
+        alone = PooledWorker.open(LoadParams(path, **{**base.load_kwargs(), "rpc": ()}))
+        rows = []
         try:
-            local_tps, local_text = decode(local, args.tokens, args.runs)
+            for k in layers:
+                plan, _ = plan_pool(info, hw, base, [link], fill=fill, local_fits=True, mode="always", layers=k)
+                pooled = PooledWorker.open(LoadParams(path, **plan.load_kwargs()))
+                try:
+                    (local_tps, local_text), (alone_tps, _), (tps, text) = in_turns(
+                        [local, alone, pooled], args.tokens, args.runs)
+                finally:
+                    pooled.close()
+                moved = range(info.n_layer - k, info.n_layer)
+                kv = [kv_bytes(info, [i], fill, "f16", "f16") for i in moved]
+                compute_delta = sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv[j], hw)
+                                    - _local_layer_seconds(info, hw, base.n_threads, info.layer_bytes[i], kv[j])
+                                    for j, i in enumerate(moved))
+                trip_s = plan.pool["network_ms"] / 1000
+                # this machine's part calibrated by its measured speed (what the app does after 3 replies)
+                calibrated = 1 / (1 / local_tps + compute_delta + trip_s)
+                rows.append({"layers": k, "local_tps": round(local_tps, 2), "host_alone_tps": round(alone_tps, 2),
+                             "pooled_tps": round(tps, 2),
+                             "predicted_tps": plan.pool["predicted_tps"],
+                             "error": round(plan.pool["predicted_tps"] / tps - 1, 3),
+                             "calibrated_tps": round(calibrated, 2), "calibrated_error": round(calibrated / tps - 1, 3),
+                             "measured_trip_ms": round((1 / tps - 1 / alone_tps - compute_delta) * 1000, 3),
+                             "predicted_trip_ms": plan.pool["network_ms"], "same_text": text == local_text})
         finally:
             local.close()
-        rows = []
-        for k in layers:
-            plan, _ = plan_pool(info, hw, base, [link], fill=fill, local_fits=True, mode="always", layers=k)
-            pooled = PooledWorker.open(LoadParams(path, **plan.load_kwargs()))
-            try:
-                tps, text = decode(pooled, args.tokens, args.runs)
-            finally:
-                pooled.close()
-            moved = range(info.n_layer - k, info.n_layer)
-            kv = [kv_bytes(info, [i], fill, "f16", "f16") for i in moved]
-            compute_delta = sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv[j])
-                                - _local_layer_seconds(info, hw, base.n_threads, info.layer_bytes[i], kv[j])
-                                for j, i in enumerate(moved))
-            trip_ms = (1 / tps - 1 / local_tps - compute_delta) * 1000
-            rows.append({"layers": k, "local_tps": round(local_tps, 2), "pooled_tps": round(tps, 2),
-                         "predicted_tps": plan.pool["predicted_tps"],
-                         "error": round(plan.pool["predicted_tps"] / tps - 1, 3),
-                         "measured_trip_ms": round(trip_ms, 3), "predicted_trip_ms": plan.pool["network_ms"],
-                         "same_text": text == local_text})
+            alone.close()
         out = {"model": path.name, "endpoint": endpoint, "threads": args.threads,
                "worker_threads": link.info.get("threads"), "rtt_ms": round(link.rtt_s * 1000, 3),
                "bandwidth_mbps": round(link.bandwidth_bps * 8 / 1e6), "rows": rows}
@@ -118,11 +136,13 @@ def main() -> int:
         else:
             print(f"{out['model']} over {endpoint}: round trip {out['rtt_ms']} ms, {out['bandwidth_mbps']} Mbit/s; "
                   f"threads here {args.threads}, on the worker {out['worker_threads']}")
-            print("layers  local tok/s  pooled tok/s  predicted  error   trip ms (measured / predicted)  same text")
+            print("layers  local tok/s  host alone  pooled tok/s  predicted (error)  calibrated here (error)  "
+                  "trip ms measured / predicted  same text")
             for r in rows:
-                print(f"{r['layers']:>6}  {r['local_tps']:>11}  {r['pooled_tps']:>12}  {r['predicted_tps']:>9}  "
-                      f"{r['error']:>+6.1%}  {r['measured_trip_ms']:>8} / {r['predicted_trip_ms']:<8}            "
-                      f"{r['same_text']}")
+                print(f"{r['layers']:>6}  {r['local_tps']:>11}  {r['host_alone_tps']:>10}  {r['pooled_tps']:>12}  "
+                      f"{r['predicted_tps']:>9} "
+                      f"({r['error']:+.1%})  {r['calibrated_tps']:>15} ({r['calibrated_error']:+.1%})  "
+                      f"{r['measured_trip_ms']:>8} / {r['predicted_trip_ms']:<8}  {r['same_text']}")
     finally:
         if proc is not None:
             proc.terminate()

@@ -150,31 +150,14 @@ function remotesSection() {
     list.replaceChildren(...(rows.length ? rows.map(remoteRow) : [el("p", "muted", "None yet.")]));
   };
   const refresh = async (fresh = false) => show(await api("GET", `/api/remotes${fresh ? "?fresh=true" : ""}`));
-  const remoteRow = (r) => {
-    const row = el("div", `remote ${r.status}`);
-    row.dataset.name = r.name;
-    const head = el("div", "remote-head");
-    const dot = el("span", `dot ${r.status === "ok" ? "ok" : "failed"}`);
-    const title = el("strong", "", r.name);
-    const where = el("span", "muted", ` ${r.url}${r.has_key ? " · with a key" : ""}`);
-    const remove = el("button", "", "Remove");
-    remove.type = "button";
-    remove.addEventListener("click", async () => {
-      try {
-        await api("DELETE", `/api/remotes/${encodeURIComponent(r.name)}`);
-        notify("models-changed");
-        await refresh();
-      } catch (err) {
-        showError(err.message);
-      }
+  const remoteRow = (r) => statusRow(r.status, r.name, ` ${r.url}${r.has_key ? " · with a key" : ""}`,
+    r.status === "ok" ? `${r.models.length} model${r.models.length === 1 ? "" : "s"}: ${r.models.map((m) => m.split("/").slice(1).join("/")).join(", ") || "none"}`
+      : `Not answering: ${r.error}`,
+    async () => {
+      await api("DELETE", `/api/remotes/${encodeURIComponent(r.name)}`);
+      notify("models-changed");
+      await refresh();
     });
-    head.append(dot, title, where, remove);
-    const models = el("p", r.status === "ok" ? "muted" : "field-error",
-      r.status === "ok" ? `${r.models.length} model${r.models.length === 1 ? "" : "s"}: ${r.models.map((m) => m.split("/").slice(1).join("/")).join(", ") || "none"}`
-        : `Not answering: ${r.error}`);
-    row.append(head, models);
-    return row;
-  };
   add.addEventListener("click", async () => {
     error.textContent = "";
     add.disabled = true;
@@ -195,6 +178,70 @@ function remotesSection() {
     "Models of another computer running Tandem, llama-server, vLLM, Ollama or LM Studio, offered in the model picker as name/model. Tandem asks the server for its models when you add it.",
     list, form, error);
   box.id = "remotes";
+  return box;
+}
+
+// One registered machine: a status dot, its name and address, what it offers (or its error), Remove.
+function statusRow(status, name, where, detail, remove) {
+  const row = el("div", `remote ${status}`);
+  row.dataset.name = name;
+  const head = el("div", "remote-head");
+  const button = el("button", "", "Remove");
+  button.type = "button";
+  button.addEventListener("click", () => remove().catch((err) => showError(err.message)));
+  head.append(el("span", `dot ${status === "ok" ? "ok" : "failed"}`), el("strong", "", name), el("span", "muted", where), button);
+  row.append(head, el("p", status === "ok" ? "muted" : "field-error", detail));
+  return row;
+}
+
+// Machines running `tandem worker`: the planner may put a model's last layers on them (llama.cpp RPC).
+function poolSection() {
+  const list = el("div", "remote-list");
+  list.id = "pool-list";
+  const endpoint = input("text", "", { id: "pool-endpoint", placeholder: "192.168.1.20:50052", "aria-label": "Worker address", spellcheck: "false" });
+  const add = el("button", "primary", "Add");
+  add.type = "button";
+  add.id = "pool-add";
+  const error = el("p", "field-error");
+  error.setAttribute("role", "alert");
+  const form = el("div", "remote-form");
+  form.append(endpoint, add);
+  const mib = (b) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+  const workerRow = (w) => {
+    const devices = (w.info?.served ?? []).map((d) => `${d.name} (${d.description}) ${mib(d.free_bytes)} free`).join(", ");
+    return statusRow(w.status, w.endpoint, "",
+      w.status === "ok" ? `${devices} · round trip ${w.rtt_ms} ms · ${w.bandwidth_mbps} Mbit/s` : `Not answering: ${w.error}`,
+      async () => {
+        await api("DELETE", `/api/pool/${encodeURIComponent(w.endpoint)}`);
+        await refresh();
+      });
+  };
+  const refresh = async (fresh = false) => {
+    const pool = await api("GET", `/api/pool${fresh ? "?fresh=true" : ""}`);
+    const rows = pool.workers.map(workerRow);
+    if (!pool.supported) rows.unshift(el("p", "field-error", "This engine build cannot pool machines (no llama.cpp RPC backend): run ./dev.sh run again to rebuild it."));
+    list.replaceChildren(...(rows.length ? rows : [el("p", "muted", "None yet.")]));
+  };
+  add.addEventListener("click", async () => {
+    error.textContent = "";
+    add.disabled = true;
+    add.textContent = "Measuring…";
+    try {
+      await api("POST", "/api/pool", { endpoint: endpoint.value.trim() });
+      endpoint.value = "";
+      await refresh();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+    add.disabled = false;
+    add.textContent = "Add";
+  });
+  refresh(true).catch((err) => list.replaceChildren(el("p", "field-error", err.message)));
+  const intro = el("p", "muted");
+  intro.append("Another computer running ", el("code", "", "tandem worker --host ITS-ADDRESS --allow THIS-ADDRESS"),
+    " can hold some of a model's layers, over llama.cpp's RPC. Tandem measures the network when you add one, and uses it when a model does not fit here or runs faster that way; the model's plan says which. The worker's port has no password: keep it on a network only you use.");
+  const box = section("Machines that share the work", null, intro, list, form, error);
+  box.id = "pool";
   return box;
 }
 
@@ -253,6 +300,7 @@ export async function renderSettings(view) {
       lanField(values),
     ),
     remotesSection(),
+    poolSection(),
   );
   view.replaceChildren(page);
 }

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from tandem.runtime.hardware.profile import HardwareProfile
 from tandem.runtime.model_info import ModelInfo
-from tandem.runtime.planner.memory import DeviceMemory, MIB, compute_bytes, kv_bytes, pad_ctx
+from tandem.runtime.planner.memory import DeviceMemory, MIB, kv_bytes, pad_ctx
 from tandem.runtime.planner.plan import Plan
 from tandem.runtime.planner.speed import (
     CPU_LAYER_S, GPU_EFFICIENCY, GPU_LAYER_S, THREAD_EXPONENT, cpu_efficiency, gpu_bandwidth_gbps,
@@ -22,13 +22,15 @@ from tandem.runtime.hardware.profile import GpuInfo
 
 # A token's trip to a worker and back, beyond the probe's round trip and the bytes: ggml-rpc's
 # dispatcher threads, the graph command, the worker's scheduling. Fitted on the 1-layer rows of
-# scripts/bench_pool.py on the 2-core development VM (a loopback worker, one thread on each side:
-# 5.0 ms; two here and one there: 3.4 ms), checked on the other rows and runs (docs/pooling.md).
+# scripts/bench_pool.py (run A in docs/pooling.md: a loopback worker on the 2-core development VM,
+# 2.4 ms with one thread on each side, 2.8 ms with two here and one there); the other rows and a
+# second run are the check.
 RPC_ROUND_TRIPS = 1
-RPC_FIXED_S = 4.5e-3
-# A worker on this machine whose threads and ours outnumber its cores: both processes' threads
-# contend at every hand-over (the same bench, two threads on each side: 10.9 ms a token in all).
-SHARED_CORES_S = 6e-3
+RPC_FIXED_S = 2.6e-3
+# A worker on this machine whose threads, with ours waiting on it, outnumber the cores: while one
+# side computes the other's idle threads spin on the same cores (run A, two threads on each side
+# of 2 cores: 10.2 ms a token in all).
+SHARED_CORES_S = 7.4e-3
 POOL_GAIN = 1.05  # pooling must be predicted this much faster than this machine alone
 WORKER_MARGIN_FRACTION = 0.05
 
@@ -39,8 +41,10 @@ def worker_device(link) -> dict | None:
     return served[0] if served else None
 
 
-def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int) -> float:
-    """Seconds a worker's device spends on one layer of one token."""
+def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int,
+                         hw: HardwareProfile | None = None) -> float:
+    """Seconds a worker's device spends on one layer of one token. A CPU worker on this machine
+    (hw: this machine's profile) reads this machine's memory, at this machine's measured speed."""
     dev = worker_device(link) or {}
     if dev.get("type") in ("gpu", "igpu", "accel"):
         gbps = gpu_bandwidth_gbps(GpuInfo(index=0, name=dev.get("description") or dev.get("name") or "",
@@ -48,7 +52,8 @@ def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int) 
         return (layer_bytes + kv_read) / (gbps * 1e9 * GPU_EFFICIENCY) + GPU_LAYER_S
     cores = link.info.get("physical_cores") or 1
     threads = link.info.get("threads") or cores
-    bw = (link.info.get("read_gbps") or 20.0) * 1e9 * min(1.0, threads / cores) ** THREAD_EXPONENT
+    gbps = hw.memory.read_bandwidth_gbps if hw is not None and same_host(link) else None
+    bw = (gbps or link.info.get("read_gbps") or 20.0) * 1e9 * min(1.0, threads / cores) ** THREAD_EXPONENT
     return (layer_bytes + kv_read) / (bw * cpu_efficiency(info)) + CPU_LAYER_S
 
 
@@ -72,7 +77,7 @@ def network_seconds(info: ModelInfo, link, contended: bool = False) -> float:
 
 def contended(hw: HardwareProfile, threads: int, link) -> bool:
     cores = hw.cpu.physical_cores or threads
-    return same_host(link) and threads + int(link.info.get("threads") or 1) > cores
+    return same_host(link) and threads - 1 + int(link.info.get("threads") or 1) > cores
 
 
 def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
@@ -132,7 +137,7 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
             if need > u:
                 need_ok = False
                 break
-            t_workers += sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv_read[i]) for i in mine)
+            t_workers += sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv_read[i], hw) for i in mine)
             net = network_seconds(info, link, contended(hw, base.n_threads, link))
             t_workers += net
             workers.append({"endpoint": link.endpoint, "layers": [mine[0], mine[-1]], "n_layers": len(mine),

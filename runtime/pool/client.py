@@ -57,7 +57,9 @@ class PooledWorker:
         t0 = time.perf_counter()
         # ggml's abort would attach a debugger for a backtrace: its last words are enough
         env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "tandem.runtime.pool.host"], stdin=subprocess.PIPE,
+        frozen = getattr(sys, "frozen", False)  # the packaged app: its executable is the tandem command
+        command = [sys.executable, "_pool-host"] if frozen else [sys.executable, "-m", "tandem.runtime.pool.host"]
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
                                 bufsize=1, env=env)
         self = cls(params, proc)

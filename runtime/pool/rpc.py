@@ -10,6 +10,7 @@ ggml, only through the worker's HTTP side (runtime.pool.network).
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _lib_dir() -> Path:
 
 def _lib(name: str) -> ctypes.CDLL:
     if name not in _libs:
-        import llama_cpp  # noqa: F401 - loads libllama and the ggml libraries it needs first
+        importlib.import_module("llama_cpp")  # loads libllama and the ggml libraries it needs first
 
         path = _lib_dir() / f"lib{name}.so"
         if not path.exists():

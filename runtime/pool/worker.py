@@ -139,10 +139,10 @@ class Worker:
         if not rpc.supported():
             raise rpc.RpcUnavailable(
                 "This llama-cpp-python build has no RPC backend; run ./dev.sh run again (it builds with GGML_RPC=ON).")
-        from tandem.runtime.hardware import physical_cores
-        from tandem.runtime.hardware.bandwidth import measure_read_bandwidth
+        from tandem.runtime.hardware import probe
 
-        self.read_gbps = measure_read_bandwidth(physical_cores())  # with every core, as the planner reads it
+        # measured as this machine's own planner measures it: every core, a buffer past the caches
+        self.read_gbps = probe(None).memory.read_bandwidth_gbps
         endpoint = f"127.0.0.1:{self.inner_port}"
         threading.Thread(target=rpc.serve, args=(endpoint, self.threads, self.config.cache_dir),
                          name="ggml-rpc", daemon=True).start()

@@ -20,7 +20,7 @@ def test_settings_persist_across_a_reload_and_the_theme_applies(page, server, sc
     expect(page.locator("#chat-title")).to_have_text("Settings")
     view = page.locator("#settings-view")
     expect(view.locator(".settings-section h3")).to_have_text(
-        ["New conversations", "Appearance", "Storage", "Server", "Other servers"])
+        ["New conversations", "Appearance", "Storage", "Server", "Other servers", "Machines that share the work"])
     # what waits for the next start says so; live settings do not
     for name in ("port", "data_dir", "context_cache_mb"):
         expect(setting(page, name).locator(".restart-note")).to_contain_text("takes effect at next start")
