@@ -66,7 +66,7 @@ setup() {
     "$PYTHON" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --quiet
-  install_engine
+  install_engine  # before the dependencies: pip then finds llama-cpp-python there, built with RPC
   local stamp="$VENV/.tandem-installed"
   local want
   want=$(sha256sum pyproject.toml | cut -d' ' -f1)
@@ -74,6 +74,7 @@ setup() {
     echo "dev.sh: installing Tandem and its dependencies"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    install_engine  # a new pin in pyproject.toml was just installed without RPC: build that one with it
     echo "$want" > "$stamp"
   fi
 }

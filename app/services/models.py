@@ -235,6 +235,8 @@ class ModelService:
             local = replace(local, reasons=local.reasons + tuple(notes))
         if plan is None:
             if local is None:
+                if notes:  # why the registered workers could not take it either
+                    raise PlanError(f"{too_big} {' '.join(notes)}", too_big.largest_ctx) from too_big
                 raise too_big
             plan = local
 
@@ -242,7 +244,9 @@ class ModelService:
             worker, used = self._open(model, info, plan, hw, local)
             return ServedModel(model["id"], model["name"], worker, used, info, hw), worker
 
-        here = [m for m in plan.memory if not m.device.startswith("worker ")]  # workers' memory is theirs
+        # the workers' memory is theirs; here, room for this machine's own plan too when there is
+        # one, as a pool that fails to load falls back to it
+        here = [m for m in (local or plan).memory if not m.device.startswith("worker ")]
         return Prepared({m.device: m.total for m in here}, open_model, {m.device: m.margin for m in here})
 
     def pooled_plan(self, model: dict, info: ModelInfo, hw: HardwareProfile,
@@ -255,8 +259,18 @@ class ModelService:
         endpoints = self.store.list_pool_workers()
         if not endpoints:
             return None, []
+        from tandem.runtime.pool import rpc
+
+        if not rpc.supported():
+            return None, ["Workers are registered, but this engine build has no RPC backend: run ./dev.sh run "
+                          "again to rebuild it with GGML_RPC=ON."]
+        # a worker serves one pooled model at a time
+        held = {ep for served in self.loaded_models() if served.plan.pool for ep in served.plan.pool["endpoints"]}
         links, notes = [], []
         for ep in endpoints:
+            if ep in held:
+                notes.append(f"The worker at {ep} is busy with another pooled model.")
+                continue
             try:
                 links.append(network.probe(ep))
             except network.WorkerUnreachable as err:

@@ -175,7 +175,9 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
                       capacity=cpu_capacity)
     remote_mem = tuple(DeviceMemory(f"worker {w['endpoint']}", w["need_bytes"], 0, 0, 0, 0, w["usable_bytes"])
                        for w in workers)
-    split = tuple(round(w["n_layers"] / k, 4) for w in workers) if len(workers) > 1 else None
+    # llama.cpp gives layer j to the first device whose running share exceeds j / k: the counts
+    # themselves as proportions place each slice exactly
+    split = tuple(float(w["n_layers"]) for w in workers) if len(workers) > 1 else None
     pool = {"workers": workers, "n_layers": k, "endpoints": [w["endpoint"] for w in workers],
             "local_tps": round(base_tps, 2), "predicted_tps": round(tps, 2), "network_ms": round(net_ms, 3),
             "local_seconds": t_local, "worker_seconds": t_workers, "tensor_split": split, "mode": mode}

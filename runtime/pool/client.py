@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict
 
 from tandem.runtime.engine import Failed, ReplyStream, SamplingParams
-from tandem.runtime.engine.context import ContextPolicy
+from tandem.runtime.engine.context import POLICIES, ContextPolicy
+from tandem.runtime.engine.worker import SPECULATIVE
 from tandem.runtime.engine.params import LoadParams
 from tandem.runtime.errors import EngineClosed, ModelLoadError, PoolFailure
 from tandem.runtime.pool import network
@@ -41,6 +42,8 @@ class PooledWorker:
         self._ready = threading.Event()
         self._stderr_done = threading.Event()
         self._hello: dict = {}
+        self._last_event = time.monotonic()
+        self._stall = ""
         self.closed = False
         self.state = "loading"
         self.error: str | None = None
@@ -51,9 +54,10 @@ class PooledWorker:
 
     @classmethod
     def open(cls, params: LoadParams, max_queue: int = 16, max_reply: int = 8192,
-             load_timeout_s: float = 600.0) -> "PooledWorker":
+             load_timeout_s: float = 600.0, stall_s: float = 120.0) -> "PooledWorker":
         """Start a pool host and load the model there; ModelLoadError when it cannot (the workers'
-        own words included)."""
+        own words included). stall_s: a reply that sends nothing for this long (a worker gone
+        without a reset, e.g. a pulled cable) ends the host, and with it the reply."""
         t0 = time.perf_counter()
         # ggml's abort would attach a debugger for a backtrace: its last words are enough
         env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
@@ -61,13 +65,16 @@ class PooledWorker:
         command = [sys.executable, "_pool-host"] if frozen else [sys.executable, "-m", "tandem.runtime.pool.host"]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                bufsize=1, env=env)
+                                errors="replace", bufsize=1, env=env)
         self = cls(params, proc)
         threading.Thread(target=self._read_stderr, daemon=True).start()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         spec = {"params": {**asdict(params), "path": str(params.path)}, "max_queue": max_queue,
                 "max_reply": max_reply}
-        self._send(spec)
+        try:
+            self._send(spec)
+        except (OSError, ValueError):
+            pass  # the host ended at once: its last words are read below
         if not self._ready.wait(load_timeout_s) or self._hello.get("op") != "ready":
             err = self._hello.get("error")
             self.close()
@@ -82,6 +89,7 @@ class PooledWorker:
         self.supports_tools = bool(self._hello.get("supports_tools"))
         self.load_s = time.perf_counter() - t0
         self.state = "idle"
+        threading.Thread(target=self._watch, args=(stall_s,), daemon=True).start()
         return self
 
     # --- what the scheduler asks of a worker
@@ -113,14 +121,19 @@ class PooledWorker:
     def submit(self, messages: list[dict], sampling: SamplingParams | None = None, loop=None,
                overflow: str | ContextPolicy = "stop", key: str | None = None, evicted=(),
                speculative: str = "off", raw: bool = False, tools: list[dict] | None = None) -> ReplyStream:
+        if speculative not in SPECULATIVE:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}, got {speculative!r}")
+        if isinstance(overflow, str) and overflow not in POLICIES:
+            raise ValueError(f"overflow must be one of {', '.join(POLICIES)}, got {overflow!r}")
         stream = ReplyStream(loop)
-        if self.closed:
-            stream.emit(Failed(EngineClosed(self.error or "This pooled model was unloaded.")))
-            return stream
         policy = ContextPolicy(overflow) if isinstance(overflow, str) else overflow
         rid = next(self._ids)
-        with self._lock:
+        with self._lock:  # registered before the host can end, or refused: never left without an end
+            if self.closed:
+                stream.emit(Failed(EngineClosed(self.error or "This pooled model was unloaded.")))
+                return stream
             self._streams[rid] = stream
+            self._last_event = max(self._last_event, time.monotonic())
         stream.on_end(lambda: self._drop(rid))
         stream.on_cancel(lambda: self._send({"op": "cancel", "id": rid}, quiet=True))
         self._send({"op": "submit", "id": rid, "messages": list(messages), "sampling": asdict(sampling or SamplingParams()),
@@ -176,10 +189,15 @@ class PooledWorker:
                 self._hello = msg
                 self._ready.set()
             elif msg.get("op") == "event":
+                self._last_event = time.monotonic()
                 with self._lock:
                     stream = self._streams.get(msg.get("id"))
                 if stream is not None:
-                    stream.emit(decode_event(msg["event"]))
+                    try:
+                        event = decode_event(msg["event"])
+                    except (KeyError, TypeError, ValueError) as err:
+                        event = Failed(PoolFailure(f"The pooled model sent an event this version cannot read ({err})."))
+                    stream.emit(event)
         self._proc.wait()
         self._stderr_done.wait(5)  # its last words (llama.cpp's abort message) are read first
         self._ready.set()
@@ -187,20 +205,34 @@ class PooledWorker:
 
     def _ended(self) -> None:
         """The host is gone: fail what was running, and never lease this worker again."""
-        was_closing, was_loading = self.closed, self.state == "loading"
-        self.closed = True
-        for ep in self.params.rpc:  # the next plan probes the workers again
-            network.forget(ep)
-        if was_closing or was_loading:  # a failed load is reported by open()
-            return
-        self.state = "failed"
-        words = self._last_words()
-        self.error = (f"A worker of this pooled model ({', '.join(self.params.rpc)}) stopped answering"
-                      f"{' (' + words + ')' if words else ''}. The model is loaded again on your next message, "
-                      "without the workers that no longer answer.")
-        log.warning("%s", self.error)
         with self._lock:
+            was_closing, was_loading = self.closed, self.state == "loading"
+            self.closed = True
             pending = list(self._streams.values())
             self._streams.clear()
+        for ep in self.params.rpc:  # the next plan probes the workers again
+            network.forget(ep)
+        if was_closing or was_loading:  # unloaded, or a failed load (open() reports it)
+            failure = EngineClosed("The model was unloaded before this reply ended.")
+        else:
+            self.state = "failed"
+            words = self._stall or self._last_words()
+            self.error = (f"A worker of this pooled model ({', '.join(self.params.rpc)}) stopped answering"
+                          f"{' (' + words + ')' if words else ''}. The model is loaded again on your next message, "
+                          "without the workers that no longer answer.")
+            log.warning("%s", self.error)
+            failure = PoolFailure(self.error)
         for stream in pending:
-            stream.emit(Failed(PoolFailure(self.error)))
+            stream.emit(Failed(failure))
+
+    def _watch(self, stall_s: float) -> None:
+        """A running reply that hears nothing for stall_s: the host is stuck on a worker that went
+        away without a word (no reset): end it, and with it the reply."""
+        while self._proc.poll() is None:
+            time.sleep(min(5.0, stall_s / 4))
+            with self._lock:
+                running = bool(self._streams)
+            if running and time.monotonic() - self._last_event > stall_s and self._proc.poll() is None:
+                self._stall = f"nothing for {stall_s:.0f} s"
+                self._proc.kill()
+                return

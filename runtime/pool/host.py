@@ -31,7 +31,8 @@ def main() -> int:
             out.write(line + "\n")
             out.flush()
 
-    from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
+    from tandem.runtime.engine import Failed, LoadParams, ModelWorker, SamplingParams
+    from tandem.runtime.errors import InvalidSampling, RuntimeFailure
     from tandem.runtime.engine.context import ContextPolicy
     from tandem.runtime.pool.wire import encode_error, encode_event
 
@@ -48,6 +49,7 @@ def main() -> int:
     send({"op": "ready", "n_ctx": worker.n_ctx, "metadata": worker.metadata,
           "supports_tools": worker.supports_tools, "load_s": worker.load_s})
     streams: dict[int, object] = {}
+    relays: list[threading.Thread] = []
     sampling_fields = {f.name for f in fields(SamplingParams)}
 
     def relay(rid: int, stream) -> None:
@@ -55,14 +57,9 @@ def main() -> int:
             send({"op": "event", "id": rid, "event": encode_event(event)})
         streams.pop(rid, None)
 
-    for line in sys.stdin:
+    def submit(msg: dict) -> None:
+        rid = msg["id"]
         try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        op = msg.get("op")
-        if op == "submit":
-            rid = msg["id"]
             s = {k: v for k, v in (msg.get("sampling") or {}).items() if k in sampling_fields}
             for k in ("stop", "logit_bias"):
                 if k in s:
@@ -71,15 +68,32 @@ def main() -> int:
                                    overflow=ContextPolicy(**(msg.get("policy") or {})), key=msg.get("key"),
                                    evicted=tuple(msg.get("evicted") or ()), speculative=msg.get("speculative", "off"),
                                    raw=bool(msg.get("raw")), tools=msg.get("tools"))
-            streams[rid] = stream
-            threading.Thread(target=relay, args=(rid, stream), daemon=True).start()
-        elif op == "cancel":
-            stream = streams.get(msg.get("id"))
-            if stream is not None:
-                stream.cancel()
-        elif op == "forget":
-            worker.forget(msg.get("key"))
-    worker.close()
+        except Exception as err:  # noqa: BLE001 - one bad request fails alone, the model stays
+            failure = err if isinstance(err, RuntimeFailure) else InvalidSampling(f"Refused by the pooled model: {err}")
+            send({"op": "event", "id": rid, "event": encode_event(Failed(failure))})
+            return
+        streams[rid] = stream
+        t = threading.Thread(target=relay, args=(rid, stream), daemon=True)
+        relays.append(t)
+        t.start()
+
+    for line in sys.stdin:
+        try:
+            msg = json.loads(line)
+            op = msg.get("op")
+            if op == "submit":
+                submit(msg)
+            elif op == "cancel":
+                stream = streams.get(msg.get("id"))
+                if stream is not None:
+                    stream.cancel()
+            elif op == "forget":
+                worker.forget(msg.get("key"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a malformed line from the main process: nothing to answer
+    worker.close()  # running replies end (cancelled), waiting ones are told: their relays send that
+    for t in relays:
+        t.join(10)
     return 0
 
 

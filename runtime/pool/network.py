@@ -15,8 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 
 CACHE_S = 600.0
+FAILED_S = 30.0
 PROBE_BYTES = 4 << 20
 _cache: dict[str, tuple[float, "Link"]] = {}
+_failed: dict[str, tuple[float, str]] = {}
 _lock = threading.Lock()
 
 
@@ -60,13 +62,30 @@ def _get(conn: http.client.HTTPConnection, method: str, path: str, body: bytes |
     return data
 
 
-def probe(endpoint: str, timeout: float = 5.0, refresh: bool = False, pings: int = 10,
+def probe(endpoint: str, timeout: float = 3.0, refresh: bool = False, pings: int = 10,
           nbytes: int = PROBE_BYTES) -> Link:
-    """The worker's devices and the network's round trip and bandwidth (cached for CACHE_S)."""
+    """The worker's devices and the network's round trip and bandwidth (cached for CACHE_S; a
+    worker that did not answer is not asked again for FAILED_S, so that loads stay quick)."""
     with _lock:
         hit = _cache.get(endpoint)
         if hit and not refresh and time.monotonic() - hit[0] < CACHE_S:
             return hit[1]
+        failed = _failed.get(endpoint)
+        if failed and not refresh and time.monotonic() - failed[0] < FAILED_S:
+            raise WorkerUnreachable(failed[1])
+    try:
+        link = _probe(endpoint, timeout, pings, nbytes)
+    except WorkerUnreachable as err:
+        with _lock:
+            _failed[endpoint] = (time.monotonic(), str(err))
+        raise
+    with _lock:
+        _cache[endpoint] = (time.monotonic(), link)
+        _failed.pop(endpoint, None)
+    return link
+
+
+def _probe(endpoint: str, timeout: float, pings: int, nbytes: int) -> Link:
     host, port = split_endpoint(endpoint)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -92,10 +111,7 @@ def probe(endpoint: str, timeout: float = 5.0, refresh: bool = False, pings: int
         raise WorkerUnreachable(f"The worker at {endpoint} {err}.") from err
     finally:
         conn.close()
-    link = Link(endpoint, rtt, down, up, info, time.time())
-    with _lock:
-        _cache[endpoint] = (time.monotonic(), link)
-    return link
+    return Link(endpoint, rtt, down, up, info, time.time())
 
 
 def forget(endpoint: str | None = None) -> None:
@@ -103,5 +119,7 @@ def forget(endpoint: str | None = None) -> None:
     with _lock:
         if endpoint is None:
             _cache.clear()
+            _failed.clear()
         else:
             _cache.pop(endpoint, None)
+            _failed.pop(endpoint, None)

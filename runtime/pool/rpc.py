@@ -126,5 +126,7 @@ def device_array(endpoints: list[str]):
         reg = rpc.ggml_backend_rpc_add_server(ep.encode())
         if not reg:
             raise RpcUnavailable(f"The worker at {ep} offers no devices.")
-        devs += [lib.ggml_backend_reg_dev_get(reg, i) for i in range(lib.ggml_backend_reg_dev_count(reg))]
+        if not lib.ggml_backend_reg_dev_count(reg):
+            raise RpcUnavailable(f"The worker at {ep} offers no devices.")
+        devs.append(lib.ggml_backend_reg_dev_get(reg, 0))  # its first device, the one the plan counted
     return (ctypes.c_void_p * (len(devs) + 1))(*devs, None), len(devs)

@@ -26,7 +26,12 @@ log = logging.getLogger("tandem.worker")
 DEFAULT_PORT = 50052  # llama.cpp's rpc-server default
 PROTOCOL = 1  # the HTTP side's version, for the main machine to check
 MAX_PROBE_BYTES = 64 << 20
-HTTP_VERBS = (b"GET ", b"POST", b"HEAD")
+HTTP_VERBS = (b"GET ", b"POST")
+MAX_CONNECTIONS = 32  # at once, HTTP and RPC together
+MAX_HEADERS = 64
+IO_TIMEOUT_S = 30.0
+BUSY_WAIT_S = 5.0
+PEEK_S = 2.0  # both protocols send their first 4 bytes at once; a trickle is dropped
 
 
 class WorkerRefused(ValueError):
@@ -34,7 +39,19 @@ class WorkerRefused(ValueError):
 
 
 def _is_any(host: str) -> bool:
-    return host.strip("[]") in ("", "0.0.0.0", "::", "*")
+    """Every address of the machine, however it is spelled (0.0.0.0, ::, ::0, 0, 0x0 ...)."""
+    host = host.strip().strip("[]")
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        pass
+    try:
+        return any(ipaddress.ip_address(i[4][0].split("%")[0]).is_unspecified
+                   for i in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False
 
 
 def _is_loopback(addr: str) -> bool:
@@ -123,6 +140,8 @@ class Worker:
         self.inner_port = _free_port()
         self.read_gbps: float | None = None
         self.connections = 0
+        self._rpc_busy = threading.Lock()  # llama.cpp's server serves one client at a time
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stop = threading.Event()
         self._server: socket.socket | None = None
 
@@ -133,7 +152,8 @@ class Worker:
         accel = [d for d in devices if d["type"] != "cpu"]
         return {"tandem_worker": PROTOCOL, "host": socket.gethostname(), "rpc_proto": "7.0.0",
                 "served": accel or devices, "devices": devices, "physical_cores": physical_cores(),
-                "threads": self.threads, "read_gbps": self.read_gbps, "pid": os.getpid()}
+                "threads": self.threads, "read_gbps": self.read_gbps, "pid": os.getpid(),
+                "busy": self._rpc_busy.locked()}
 
     def start(self) -> "Worker":
         if not rpc.supported():
@@ -185,34 +205,61 @@ class Worker:
                 log.warning("refused a connection from %s (not in the allow-list)", peer[0])
                 conn.close()
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            if not self._slots.acquire(blocking=False):
+                conn.close()  # too many at once: whoever it is may try again
+                continue
+            threading.Thread(target=self._serve_slot, args=(conn,), daemon=True).start()
+
+    def _serve_slot(self, conn: socket.socket) -> None:
+        try:
+            self._serve(conn)
+        finally:
+            self._slots.release()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            conn.settimeout(30)
-            head = conn.recv(4, socket.MSG_PEEK)
-            conn.settimeout(None)
+            conn.settimeout(IO_TIMEOUT_S)
+            head = b""
+            deadline = time.monotonic() + PEEK_S
+            while len(head) < 4 and time.monotonic() < deadline:  # a peek may see fewer bytes than sent
+                head = conn.recv(4, socket.MSG_PEEK)
+                if not head:
+                    break
+                if len(head) < 4:
+                    time.sleep(0.01)
         except OSError:
             conn.close()
             return
         if head[:4] in HTTP_VERBS:
             try:
-                _http(conn, self)
-            except OSError:
+                _http(conn, self)  # with the timeout kept: a slow client cannot hold a slot
+            except (OSError, ValueError):
                 pass
             finally:
                 conn.close()
             return
-        self.connections += 1
-        try:
-            inner = socket.create_connection(("127.0.0.1", self.inner_port))
-        except OSError:
+        # llama.cpp serves one client at a time; ggml-rpc's client closes and opens its connection
+        # again between steps of a load, so a new one waits a little for the last to end: a
+        # connection still refused after that is another main machine's, or another model's
+        if len(head) < 4 or not self._rpc_busy.acquire(timeout=BUSY_WAIT_S):
             conn.close()
             return
-        inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=_pipe, args=(inner, conn), daemon=True).start()
-        _pipe(conn, inner)
+        try:
+            conn.settimeout(None)
+            self.connections += 1
+            try:
+                inner = socket.create_connection(("127.0.0.1", self.inner_port))
+            except OSError:
+                conn.close()
+                return
+            inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            back = threading.Thread(target=_pipe, args=(inner, conn), daemon=True)
+            back.start()
+            _pipe(conn, inner)
+            back.join()
+        finally:
+            self._rpc_busy.release()
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -245,17 +292,24 @@ def _http(conn: socket.socket, worker: Worker) -> None:
             return
         parts = line.decode("latin-1").split()
         headers = {}
-        while True:
+        for _ in range(MAX_HEADERS + 1):
             h = f.readline(8192)
             if h in (b"\r\n", b"\n", b""):
                 break
             k, _, v = h.decode("latin-1").partition(":")
             headers[k.strip().lower()] = v.strip()
+        else:
+            _answer(conn, 431, b'{"error": "too many headers"}')
+            return
         if len(parts) < 2:
             return
         method, target = parts[0], parts[1]
         path, _, query = target.partition("?")
-        length = int(headers.get("content-length") or 0)
+        text = headers.get("content-length") or "0"
+        if not text.isdigit():
+            _answer(conn, 400, b'{"error": "bad Content-Length"}')
+            return
+        length = int(text)
         if length > MAX_PROBE_BYTES:
             _answer(conn, 413, b'{"error": "too large"}')
             return
@@ -291,6 +345,7 @@ def _http(conn: socket.socket, worker: Worker) -> None:
 
 
 def _answer(conn: socket.socket, status: int, body: bytes) -> None:
-    reason = {200: "OK", 404: "Not Found", 413: "Payload Too Large"}.get(status, "Error")
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+              431: "Request Header Fields Too Large"}.get(status, "Error")
     conn.sendall(f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n"
                  f"Content-Type: application/json\r\n\r\n".encode() + body)

@@ -5,16 +5,19 @@ losing the worker mid-reply and loading again without it."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
 from tandem.app.server import ServerThread
-from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
+from tandem.runtime.engine import Failed, Finished, LoadParams, ModelWorker, SamplingParams
+from tandem.runtime.errors import ModelLoadError
 from tandem.runtime.pool import network, rpc
 from tandem.runtime.pool.client import PooledWorker
 from tests.conftest import make_settings
@@ -30,15 +33,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_worker(*args: str) -> tuple[subprocess.Popen, str]:
+def start_worker(*args: str, log=None) -> tuple[subprocess.Popen, str]:
+    """A `tandem worker` on a free loopback port (its log, llama.cpp's lines included, to `log` or
+    nowhere: a pipe nobody reads would fill up and stall it)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "worker", "--port", str(port), "--threads", "1", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
+                            stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        line = proc.stdout.readline() if ready else ""
         if line.startswith("Tandem worker on"):
             return proc, f"127.0.0.1:{port}"
-    proc.wait(10)
-    raise AssertionError(f"tandem worker did not start: {proc.stderr.read()}")
+        if proc.poll() is not None:
+            break
+    stop(proc)
+    raise AssertionError("tandem worker did not start")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -84,20 +94,48 @@ def test_a_worker_never_listens_on_an_open_network_unasked(args, said):
     assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_worker_drops_connections_from_addresses_it_was_not_told_to_allow():
+def test_a_worker_drops_connections_from_addresses_it_was_not_told_to_allow(tmp_path):
     address = lan_address()
     if address is None:
         pytest.skip("this machine has no network address besides loopback")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "worker", "--host", address, "--port", str(port),
-                             "--allow", "192.0.2.1", "--threads", "1"], stdout=subprocess.PIPE, text=True)
+    log = tmp_path / "worker.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "worker", "--host", address, "--port", str(port),
+                                 "--allow", "192.0.2.1", "--threads", "1"], stdout=subprocess.PIPE, stderr=f, text=True)
     try:
         assert proc.stdout.readline().startswith("Tandem worker on")
         # this machine reaches the LAN address from the LAN address: not loopback, not allowed
-        with pytest.raises(network.WorkerUnreachable, match="--allow"):
+        with pytest.raises(network.WorkerUnreachable):
             network.probe(f"{address}:{port}", refresh=True)
+        time.sleep(0.5)
+        assert f"refused a connection from {address} (not in the allow-list)" in log.read_text()
     finally:
         stop(proc)
+
+
+def test_the_gate_answers_hostile_http_and_stray_bytes_without_falling_over(worker):
+    proc, endpoint = worker
+    host, port = network.split_endpoint(endpoint)
+
+    def exchange(data: bytes) -> bytes:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            chunks = []
+            try:
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            except ConnectionResetError:  # closed with our bytes unread: closed all the same
+                pass
+            return b"".join(chunks)
+
+    assert exchange(b"GET /tandem/probe HTTP/1.1\r\nContent-Length: abc\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert exchange(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 100 + b"\r\n").startswith(b"HTTP/1.1 431")
+    assert exchange(b"POST /tandem/probe HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n").startswith(b"HTTP/1.1 413")
+    assert exchange(b"\x01") == b""  # too short to be anything: closed
+    assert exchange(b"\xff\xff\xff\xff garbage") == b""  # not a command llama.cpp knows: closed
+    assert proc.poll() is None and network.probe(endpoint, refresh=True).info["busy"] is False
 
 
 def test_a_model_split_across_this_machine_and_a_worker_writes_the_same_greedy_text(worker, model_path):
@@ -116,11 +154,39 @@ def test_a_model_split_across_this_machine_and_a_worker_writes_the_same_greedy_t
     assert pooled.closed and pooled._proc.poll() is not None  # the pool host ended with it
 
 
+def test_a_pooled_reply_can_be_stopped_and_the_model_closed_mid_reply(worker, model_path):
+    _, endpoint = worker
+    pooled = PooledWorker.open(LoadParams(model_path, n_ctx=1024, n_threads=1, n_gpu_layers=10, rpc=(endpoint,)))
+    long = SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
+    try:
+        with pytest.raises(ValueError, match="speculative"):
+            pooled.submit(ASK, long, speculative="sometimes")
+        stream = pooled.submit(ASK, long)
+        for n, event in enumerate(stream):
+            if n == 5:
+                stream.cancel()
+        assert event.finish_reason == "cancelled" and 0 < event.stats.completion_tokens < 2000
+        assert network.probe(endpoint, refresh=True).info["busy"]  # this model holds the worker
+        # a second model on the same worker is refused at once (llama.cpp serves one at a time)
+        with pytest.raises(ModelLoadError):
+            PooledWorker.open(LoadParams(model_path, n_ctx=512, n_threads=1, n_gpu_layers=5, rpc=(endpoint,)))
+        running = pooled.submit(ASK, long)
+        queued = pooled.submit(ASK, long)
+        assert not isinstance(next(iter(running)), Failed)
+    finally:
+        pooled.close()
+    for stream in (running, queued):  # unloading ends both: nothing is left waiting
+        last = list(stream)[-1]
+        assert isinstance(last, (Failed, Finished))
+        if isinstance(last, Finished):
+            assert last.finish_reason == "cancelled"
+
+
 def test_a_pool_that_cannot_connect_is_a_load_error_not_a_crash(model_path):
     port = free_port()  # nothing listens there
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ModelLoadError) as info:
         PooledWorker.open(LoadParams(model_path, n_ctx=512, n_threads=1, n_gpu_layers=5, rpc=(f"127.0.0.1:{port}",)))
-    assert "Failed to connect" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value) and "Is each `tandem worker` running" in str(info.value)
 
 
 def chat(api: httpx.Client, tokens: int = 48) -> httpx.Response:

@@ -90,7 +90,24 @@ def test_two_workers_share_the_layers_by_their_free_memory(shapes):
     a, b = plan.pool["workers"]
     assert a["n_layers"] + b["n_layers"] == 36 and abs(a["n_layers"] - b["n_layers"]) <= 1
     assert a["layers"][1] + 1 == b["layers"][0] and b["layers"][1] == info.n_layer - 1
-    assert plan.tensor_split is not None and abs(sum(plan.tensor_split) - 1) < 1e-3
+    assert plan.tensor_split == (float(a["n_layers"]), float(b["n_layers"]))
+
+
+def test_an_uneven_split_gives_each_worker_exactly_its_slice(shapes):
+    """llama.cpp's rule: layer j of the k offloaded ones goes to the first device whose cumulative
+    share of the split exceeds j / k. Two equal workers and an odd k must keep the planned slices."""
+    from itertools import accumulate
+
+    hw, info = machine("cpu-only-8gb-laptop"), shapes["13b"]
+    bigger = replace(hw, memory=replace(hw.memory, available_bytes=hw.memory.available_bytes + 32 * GIB))
+    base = plan_model(info, bigger, 4096)
+    links = [link("10.0.0.2:1", free=12 * GIB), link("10.0.0.3:1", free=12 * GIB)]
+    for k in (3, 5, 37):
+        plan, _ = plan_pool(info, bigger, base, links, fill=2048, local_fits=True, mode="always", layers=k)
+        split = plan.tensor_split
+        cum = [c / sum(split) for c in accumulate(split)]
+        placed = [next(d for d, c in enumerate(cum) if j / k < c) for j in range(k)]
+        assert [placed.count(d) for d in range(2)] == [w["n_layers"] for w in plan.pool["workers"]]
 
 
 def test_network_cost_grows_with_round_trip_and_falls_with_bandwidth(shapes):
