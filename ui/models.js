@@ -68,6 +68,10 @@ export function forgetPlans() {
 
 function where(plan, info) {
   const g = plan.n_gpu_layers;
+  if (plan.pool) {  // layers on other machines over llama.cpp RPC
+    const n = info ? ` of ${info.n_layer}` : "";
+    return { short: "Pooled", long: `Pooled: ${plan.pool.n_layers}${n} layers on other machines` };
+  }
   if (!g) return { short: "CPU", long: "CPU only" };
   // n_gpu_layers counts the output layer too: all on the GPU is n_layer + 1
   if (info && g >= info.n_layer + 1) return { short: "GPU", long: "Fits on the GPU" };
@@ -575,7 +579,7 @@ const CONTEXTS = [2048, 4096, 8192, 16384, 32768, 65536, 131072];
 // What each reason of a plan explains, read from its wording (the planner writes them for people).
 // A reason can explain several choices: "Context 4096 tokens, KV cache f16" explains both.
 const TOPICS = [
-  ["placement", /layers (and the output )?on the (GPU|CPU)|^All layers on the CPU|^Not used:|n_gpu_layers|fewer GPU layers/],
+  ["placement", /layers (and the output )?on the (GPU|CPU)|^All layers on the CPU|^Not used:|n_gpu_layers|fewer GPU layers|^Pooled over|^Pooling|^The workers? |^Workers are registered/],
   ["context kv", /^Context \d+ tokens/],
   ["context", /^Beyond the \d+ tokens/],
   ["threads", /\bthreads\b/],
@@ -673,7 +677,9 @@ function choices(root, plan, info, names) {
   const grid = el("div", "choices");
   const w = where(plan, info);
   const gpu = plan.gpu_index != null ? names[`GPU${plan.gpu_index}`] : null;
-  grid.append(choiceTile(root, "placement", "Where it runs", w.long, gpu || (plan.n_gpu_layers ? null : "no layer on a GPU")));
+  const pooled = plan.pool ? plan.pool.workers.map((x) => `${x.n_layers} on ${x.endpoint}`).join(", ") + ", the rest here" : null;
+  grid.append(choiceTile(root, "placement", "Where it runs", w.long,
+    pooled || gpu || (plan.n_gpu_layers ? null : "no layer on a GPU")));
   const cal = plan.calibration && Math.abs(plan.calibration - 1) > 1e-3 ? ` · calibrated x${plan.calibration.toFixed(2)}` : "";
   grid.append(choiceTile(root, "speed", "Predicted speed", `${tps(plan.decode_tps)} tokens/s writing`,
     `${tps(plan.prefill_tps)} tokens/s reading the prompt${cal}`));

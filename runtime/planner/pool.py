@@ -80,6 +80,10 @@ def contended(hw: HardwareProfile, threads: int, link) -> bool:
     return same_host(link) and threads - 1 + int(link.info.get("threads") or 1) > cores
 
 
+def _layers(k: int) -> str:
+    return f"{k} layer" if k == 1 else f"{k} layers"
+
+
 def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
     from tandem.runtime.planner.speed import host_bandwidth
 
@@ -163,7 +167,7 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     net_ms = sum(w["network_ms"] for w in workers)
     where = ", ".join(f"{w['n_layers']} on {w['endpoint']}" for w in workers)
     if mode != "always" and local_fits and tps < base_tps * POOL_GAIN:
-        return None, [f"Pooling is not used: {k} layers on the workers ({where}) would decode at {tps:.1f} tok/s "
+        return None, [f"Pooling is not used: {_layers(k)} on the workers ({where}) would decode at {tps:.1f} tok/s "
                       f"against {base_tps:.1f} here alone (the network costs {net_ms:.2f} ms a token)."]
     why = ("it does not fit this machine alone" if not local_fits else
            "you asked for pooling (TANDEM_POOL=always)" if mode == "always" and tps < base_tps * POOL_GAIN else
@@ -183,6 +187,10 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
             "local_seconds": t_local, "worker_seconds": t_workers, "tensor_split": split, "mode": mode}
     # this machine's calibration applies to its own share of a token's time
     calibrated_tps = 1.0 / (max(1e-6, t_local) / (base.calibration or 1.0) + t_workers)
+    # the pool's reason replaces this machine's placement alone ("All 30 layers on the CPU ..."),
+    # and its drafting (a pooled model decodes plainly); its speed and memory are this machine's alone
+    kept = tuple(r + " (this machine alone)" if r.startswith(("Predicted ", "CPU: ")) else r for r in base.reasons
+                 if not (r.startswith("All ") and "on the CPU" in r) and "peculative" not in r and "draft" not in r)
     return replace(base, n_gpu_layers=k, gpu_index=None, tensor_split=split, memory=(cpu_new,) + remote_mem,
-                   decode_tps=round(calibrated_tps, 2), reasons=base.reasons + tuple(reasons), pool=pool,
+                   decode_tps=round(calibrated_tps, 2), reasons=tuple(reasons) + kept, pool=pool,
                    speculative="none", draft=None), reasons
