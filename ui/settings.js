@@ -158,20 +158,11 @@ function remotesSection() {
       notify("models-changed");
       await refresh();
     });
-  add.addEventListener("click", async () => {
-    error.textContent = "";
-    add.disabled = true;
-    add.textContent = "Asking it…";
-    try {
-      await api("POST", "/api/remotes", { name: name.value.trim(), url: url.value.trim(), key: key.value || null });
-      name.value = url.value = key.value = "";
-      notify("models-changed");
-      await refresh();
-    } catch (err) {
-      error.textContent = err.message;
-    }
-    add.disabled = false;
-    add.textContent = "Add";
+  onAdd(add, error, "Asking it…", async () => {
+    await api("POST", "/api/remotes", { name: name.value.trim(), url: url.value.trim(), key: key.value || null });
+    name.value = url.value = key.value = "";
+    notify("models-changed");
+    await refresh();
   });
   refresh(true).catch((err) => list.replaceChildren(el("p", "field-error", err.message)));
   const box = section("Other servers",
@@ -179,6 +170,22 @@ function remotesSection() {
     list, form, error);
   box.id = "remotes";
   return box;
+}
+
+// An Add button that says what it is doing while `adding` runs, and shows its error under the form.
+function onAdd(add, error, busy, adding) {
+  add.addEventListener("click", async () => {
+    error.textContent = "";
+    add.disabled = true;
+    add.textContent = busy;
+    try {
+      await adding();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+    add.disabled = false;
+    add.textContent = "Add";
+  });
 }
 
 // One registered machine: a status dot, its name and address, what it offers (or its error), Remove.
@@ -222,19 +229,10 @@ function poolSection() {
     if (!pool.supported) rows.unshift(el("p", "field-error", "This engine build cannot pool machines (no llama.cpp RPC backend): run ./dev.sh run again to rebuild it."));
     list.replaceChildren(...(rows.length ? rows : [el("p", "muted", "None yet.")]));
   };
-  add.addEventListener("click", async () => {
-    error.textContent = "";
-    add.disabled = true;
-    add.textContent = "Measuring…";
-    try {
-      await api("POST", "/api/pool", { endpoint: endpoint.value.trim() });
-      endpoint.value = "";
-      await refresh();
-    } catch (err) {
-      error.textContent = err.message;
-    }
-    add.disabled = false;
-    add.textContent = "Add";
+  onAdd(add, error, "Measuring…", async () => {
+    await api("POST", "/api/pool", { endpoint: endpoint.value.trim() });
+    endpoint.value = "";
+    await refresh();
   });
   refresh(true).catch((err) => list.replaceChildren(el("p", "field-error", err.message)));
   const intro = el("p", "muted");
