@@ -7,7 +7,8 @@ main one with the remote registered as "box"), then alternates the same greedy s
 /v1/chat/completions request to the remote directly and to the main server as box/MODEL, after a
 warm-up of each. Reports the decode tokens/s of each path as the client sees the chunks arrive,
 and their ratio. Both servers share this machine's cores: the main server's own cost shows up in
-the ratio. A benchmark, not a test: it never fails on a number.
+the ratio, unless --remote-threads leaves it a core of its own (as a remote on another computer
+would). A benchmark, not a test: it never fails on a number.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ MODEL = "smollm2-135m-instruct-q4_1"
 PROMPT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle."
 
 
-def serve(data: str) -> tuple[subprocess.Popen, str]:
+def serve(data: str, threads: int | None = None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "TANDEM_DATA_DIR": data, "TANDEM_SPECULATIVE": "off"}
+    if threads:
+        env["TANDEM_N_THREADS"] = str(threads)
     proc = subprocess.Popen([sys.executable, "-m", "tandem.app", "serve", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
@@ -57,9 +60,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--remote-threads", type=int, default=None,
+                    help="the remote's decode threads (default: one per core); fewer leaves this machine's "
+                         "other cores to the main server, as when the remote is another computer")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        remote, remote_url = serve(a)
+        remote, remote_url = serve(a, args.remote_threads)
         main_proc, main_url = serve(b)
         try:
             with httpx.Client(timeout=300) as client:

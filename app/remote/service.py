@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tandem.app.errors import Conflict, InvalidRequest, NotFound
-from tandem.app.remote.worker import RemoteFailure, RemoteServed, RemoteWorker, _body, _reason, _refusal
+from tandem.app.remote.worker import RemoteFailure, RemoteServed, RemoteWorker, _body, _reason, _refusal, tls_context
 
 log = logging.getLogger("tandem")
 
@@ -112,7 +112,7 @@ class RemoteService:
     def _ask(self, name: str, url: str, key: str | None) -> tuple[list[str], str | None]:
         where = f"{name} ({url})"
         try:
-            with httpx.Client(timeout=httpx.Timeout(min(10.0, self.timeout_s))) as client:
+            with httpx.Client(timeout=httpx.Timeout(min(10.0, self.timeout_s)), verify=tls_context()) as client:
                 with client.stream("GET", url + "/models",
                                    headers={"Authorization": f"Bearer {key}"} if key else {}) as resp:
                     if resp.status_code != 200:
@@ -178,7 +178,7 @@ class RemoteService:
         root = row["url"][: -len("/v1")] if row["url"].endswith("/v1") else row["url"]
         try:
             key = self._key(row)
-            with httpx.Client(timeout=httpx.Timeout(timeout_s)) as client:
+            with httpx.Client(timeout=httpx.Timeout(timeout_s), verify=tls_context()) as client:
                 with client.stream("GET", f"{root}/api/hub/repos/{repo_id}",
                                    headers={"Authorization": f"Bearer {key}"} if key else {}) as resp:
                     if resp.status_code != 200:

@@ -5,6 +5,7 @@ and emits the engine's events; cancelling closes the request."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,18 @@ import httpx
 from tandem.runtime.engine import Failed, Finished, ReplyStats, ReplyStream, SamplingParams, Started, Token
 from tandem.runtime.engine.stream import Embedded
 from tandem.runtime.errors import RuntimeFailure
+
+
+_TLS: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every request to a remote: httpx would build a new one per
+    client (certificates loaded again, milliseconds a request), on cores a local model shares."""
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
 
 
 class RemoteFailure(RuntimeFailure):
@@ -112,7 +125,7 @@ class RemoteWorker:
         reply = _Reply()
         where = f"{self.remote} ({self.url})"
         try:
-            with httpx.Client(timeout=self._timeout) as client:
+            with httpx.Client(timeout=self._timeout, verify=tls_context()) as client:
                 stream.on_cancel(client.close)  # Stop: the request ends, and with it the server's work
                 with client.stream("POST", self.url + path, json=body, headers=self._headers) as resp:
                     if resp.status_code != 200:
@@ -161,7 +174,7 @@ class RemoteWorker:
         def run():
             where = f"{self.remote} ({self.url})"
             try:
-                with httpx.Client(timeout=self._timeout) as client:
+                with httpx.Client(timeout=self._timeout, verify=tls_context()) as client:
                     stream.on_cancel(client.close)
                     with client.stream("POST", self.url + "/embeddings", json={"model": self.model, "input": texts},
                                        headers=self._headers) as resp:
