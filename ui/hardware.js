@@ -3,7 +3,7 @@
 import { el } from "./dom.js";
 import { api } from "./api.js";
 import { memoryChart, size, tps } from "./charts.js";
-import { modelHref, modelLabel, modelTitle } from "./names.js";
+import { modelHref, modelLabel, modelTitle, speedBasis } from "./names.js";
 
 export { size };
 
@@ -49,8 +49,10 @@ function gpuNames(hw) {
 function planCard(plan, model, hw) {
   const box = el("div", "hw-card plan");
   const head = el("div", "plan-card-head");
-  const title = el("h3", "", `How ${modelLabel(model)} runs: ${tps(plan.decode_tps)} tokens/s predicted`);
-  title.title = modelTitle(model);
+  const basis = speedBasis(plan);
+  const title = el("h3", "", `How ${modelLabel(model)} runs: ${tps(plan.decode_tps)} tokens/s predicted, ${basis.words}`);
+  title.title = `${modelTitle(model)}
+${basis.title}`;
   const open = el("a", "open-plan", "Open its plan →");
   open.href = modelHref(model.id);
   open.title = "Each choice of the plan, its memory map, its speed against real replies, and why";

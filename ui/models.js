@@ -5,7 +5,7 @@
 import { el } from "./dom.js";
 import { api } from "./api.js";
 import { memoryChart, size, speedChart, tps } from "./charts.js";
-import { modelHref, modelLabel, modelTitle } from "./names.js";
+import { modelHref, modelLabel, modelTitle, speedBasis } from "./names.js";
 
 const ACTIVE = new Set(["queued", "downloading"]);
 const SORTS = [["downloads", "Most downloaded"], ["likes", "Most liked"], ["recent", "Recently updated"], ["trending", "Trending"]];
@@ -88,7 +88,8 @@ export function planSummary(id) {
       const tps = plan.decode_tps != null ? `${plan.decode_tps.toFixed(plan.decode_tps < 10 ? 1 : 0)} tok/s` : "";
       return {
         short: [w.short, tps].filter(Boolean).join(" · "),
-        long: [w.long, plan.decode_tps != null ? `${plan.decode_tps.toFixed(1)} tok/s predicted` : "", `context ${plan.n_ctx}`]
+        long: [w.long, plan.decode_tps != null ? `${plan.decode_tps.toFixed(1)} tok/s predicted (${speedBasis(plan).words})` : "",
+          `context ${plan.n_ctx}`]
           .filter(Boolean).join(" · "),
         plan,
       };
@@ -247,7 +248,13 @@ function quantCard(repoId, entry) {
     label.title = FIT_HELP[v.fit] || "";
     line.append(label);
     if (v.fit !== "too_big") {
-      if (v.decode_tps != null) line.append(el("span", "tps", `${v.decode_tps.toFixed(1)} tok/s`));
+      if (v.decode_tps != null) {
+        line.append(el("span", "tps", `${v.decode_tps.toFixed(1)} tok/s`));
+        const basis = speedBasis(v);
+        const tag = el("span", `basis basis-${v.speed_basis || "estimated"}`, basis.words);
+        tag.title = basis.title;
+        line.append(tag);
+      }
       if (v.n_ctx) line.append(el("span", "ctx", `context up to ${v.n_ctx.toLocaleString("en")}`));
     }
     if (v.bpw) line.append(el("span", "bpw", `${v.bpw} bits/weight`));
@@ -682,7 +689,7 @@ function choices(root, plan, info, names) {
     pooled || gpu || (plan.n_gpu_layers ? null : "no layer on a GPU")));
   const cal = plan.calibration && Math.abs(plan.calibration - 1) > 1e-3 ? ` · calibrated x${plan.calibration.toFixed(2)}` : "";
   grid.append(choiceTile(root, "speed", "Predicted speed", `${tps(plan.decode_tps)} tokens/s writing`,
-    `${tps(plan.prefill_tps)} tokens/s reading the prompt${cal}`));
+    `${speedBasis(plan).words} · ${tps(plan.prefill_tps)} tokens/s reading the prompt${cal}`));
   const trained = info?.n_ctx_train ? ` · trained for ${info.n_ctx_train.toLocaleString("en")}` : "";
   grid.append(choiceTile(root, "context", "Context", `${plan.n_ctx.toLocaleString("en")} tokens`,
     `about ${Math.round(plan.n_ctx * 0.75).toLocaleString("en")} words${trained}`));

@@ -29,3 +29,18 @@ export function modelTitle(m) {
 export function modelHref(id) {
   return `#/models/${encodeURIComponent(id)}`;
 }
+
+// What a predicted speed stands on (the plan's or verdict's speed_basis), in words, with the
+// longer explanation for a tooltip: a measurement is never mistaken for an estimate.
+const BASIS = {
+  measured: ["measured on this machine", "Calibrated by this model's own replies on this machine."],
+  calibrated: ["estimated, corrected by replies here",
+    "Not measured with this model yet: the planner's estimate, corrected by other models' replies on this machine."],
+  estimated: ["estimated", "Nothing measured on this machine yet: the planner's estimate from the hardware and the model file."],
+};
+
+export function speedBasis(thing) {
+  const [words, why] = BASIS[thing?.speed_basis] ?? BASIS.estimated;
+  const n = thing?.speed_samples;
+  return { words, title: thing?.speed_basis === "measured" && n ? `${why} (${n} replies)` : why };
+}

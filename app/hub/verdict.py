@@ -42,6 +42,7 @@ class Verdict:
     reason: str = ""
     recommended: bool = False
     why_recommended: str | None = None
+    speed_basis: str = "estimated"  # Plan.speed_basis: "calibrated" when replies here correct it
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -94,7 +95,8 @@ def judge(info: ModelInfo, hw: HardwareProfile, calibration: Calibration | None 
     full = info.n_layer + 1
     fit = "gpu" if plan.n_gpu_layers >= full else "split" if plan.n_gpu_layers else "cpu"
     v = Verdict(fit, LABELS[fit], plan.decode_tps, plan.n_ctx, plan.n_gpu_layers, info.n_layer,
-                [m.as_dict() for m in plan.memory], bpw=bpw, reason=plan.reasons[0] if plan.reasons else "")
+                [m.as_dict() for m in plan.memory], bpw=bpw, reason=plan.reasons[0] if plan.reasons else "",
+                speed_basis=plan.speed_basis)
     if fit == "split":
         v.speed_cost = _split_cost(info, hw, plan.n_ctx, plan.decode_tps, calibration, threads)
     v.drafts = [mid for mid, d in (installed or {}).items() if draft_compatible(info, d) is None]

@@ -42,6 +42,10 @@ class Plan:
     # layers on other machines over llama.cpp RPC (runtime.planner.pool): workers, layers each,
     # the network's cost, the prediction without them; None: this machine alone
     pool: dict | None = None
+    # what decode_tps stands on (Calibration.basis): "measured" (this model's replies on this
+    # machine), "calibrated" (other models' replies here), "estimated" (nothing measured here)
+    speed_basis: str = "estimated"
+    speed_samples: int = 0
 
     def load_kwargs(self) -> dict:
         """The LoadParams fields this plan sets."""

@@ -299,6 +299,7 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
     reasons.append(why)
     reasons.append("Speculative decoding: prompt lookup (drafts what the prompt and the reply already hold), "
                    "verified in one batch and used only while it measures faster than plain decoding.")
+    basis, samples = (calibration or Calibration()).basis(model_key)
     tensor_split = None
     if gset is not None and len(hw.gpus) > 1:  # name every device, or llama.cpp splits over all of them
         by_index = dict(zip((g.index for g in gset.gpus), gset.split))
@@ -311,6 +312,7 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
         decode_tps=round(speed.decode_tps, 2), prefill_tps=round(speed.prefill_tps, 1),
         calibration=round(speed.calibration, 3), reasons=tuple(reasons), alternatives=n_alternatives,
         context_policy=policy, sink_tokens=sink, evict_chunk=chunk,
+        speed_basis=basis, speed_samples=samples,
     )
 
 

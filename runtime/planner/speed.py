@@ -103,6 +103,17 @@ class Calibration:
     per_model: dict = field(default_factory=dict)  # model key -> (cpu, gpu) factor, None where unmeasured
     machine: tuple = (None, None)
     samples: int = 0
+    counts: dict = field(default_factory=dict)  # model key -> plain replies measured
+
+    def basis(self, model_key: str | None) -> tuple[str, int]:
+        """What a prediction for this model stands on: ("measured", n) when n of its own plain
+        replies were measured on this machine; ("calibrated", n) when only other models' n replies
+        correct it; ("estimated", 0) when nothing measured here does."""
+        if model_key and self.counts.get(model_key) and any(f is not None for f in self.per_model.get(model_key, ())):
+            return "measured", self.counts[model_key]
+        if any(f is not None for f in self.machine):
+            return "calibrated", self.samples
+        return "estimated", 0
 
     def factor(self, model_key: str | None) -> tuple[float, float]:
         """(cpu, gpu) speed factors for a model: its own, else the machine's, else 1."""
@@ -127,7 +138,8 @@ class Calibration:
             by_model.setdefault(r["model_id"], []).append((float(share), r["predicted_tps"] / r["measured_tps"]))
         per_model = {k: _split(v[-40:]) for k, v in by_model.items()}
         machine = tuple(_median(f[i] for f in per_model.values()) for i in (0, 1))
-        return cls(per_model, machine, sum(len(v) for v in by_model.values()))
+        return cls(per_model, machine, sum(len(v) for v in by_model.values()),
+                   {k: len(v) for k, v in by_model.items()})
 
     def apply(self, predicted_tps: float, cpu_share: float, model_key: str | None) -> float:
         """A prediction made uncalibrated, calibrated."""

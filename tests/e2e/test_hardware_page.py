@@ -2,6 +2,7 @@
 with a 4 GB GPU): the machine's cards, the default model's memory bars per device, and the link
 from its plan card to the model's plan view."""
 
+import re
 from pathlib import Path
 
 import httpx
@@ -41,7 +42,12 @@ def test_hardware_page_on_this_machine(page, server, screenshot):
     expect(view.locator(".hw-card dt", has_text="Trained context")).to_have_attribute("title", "The longest text, in tokens, the model saw in training; past it, answers get weaker.")
     plan = view.locator(".hw-card.plan")
     expect(plan.locator("h3")).to_contain_text("SmolLM2 135M Instruct (Q4_1) runs", timeout=30_000)
-    expect(plan.locator("h3")).to_contain_text("tokens/s predicted")
+    expect(plan.locator("h3")).to_contain_text(
+        re.compile(r"tokens/s predicted, (measured on this machine|estimated(, corrected by replies here)?)$"))
+    basis = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["speed_basis"]
+    words = {"measured": "measured on this machine", "calibrated": "estimated, corrected by replies here",
+             "estimated": "estimated"}[basis]
+    expect(plan.locator("h3")).to_contain_text(f"predicted, {words}")
     memory = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["memory"]
     expect_memory_bars(plan.locator(".memory-chart"), memory)
     expect(plan.locator(".memory-chart g.mem-device[data-device=CPU] .device-name")).to_have_text("RAM (CPU)")

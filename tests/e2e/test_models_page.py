@@ -205,6 +205,10 @@ def test_search_verdict_download_pick_and_chat(page, server, hub, tmp_path):
     expect(card.locator(".verdict")).to_have_text(
         {"gpu": "Fits on the GPU", "split": "Split GPU + CPU", "cpu": "CPU only"}[card.get_attribute("data-fit")])
     expect(card.locator(".tps")).to_contain_text("tok/s")
+    # nothing says a file not downloaded was measured here: an estimate (corrected by replies here, or not)
+    basis = card.locator(".basis")
+    expect(basis).to_have_text(re.compile(r"^estimated(, corrected by replies here)?$"))
+    expect(basis).to_have_attribute("title", re.compile(r"estimate"))
     expect(card.locator(".ctx")).to_contain_text("context up to")
     expect(card.locator(".mem-device[data-device=CPU]")).to_have_count(1)
     expect(card.locator(".note.why")).to_contain_text("Recommended:")

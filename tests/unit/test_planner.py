@@ -165,6 +165,17 @@ def test_calibration_corrects_per_model_then_per_machine():
     assert Calibration.from_records([{"model_id": "a", "predicted_tps": 9, "measured_tps": 3, "n_gpu_layers": 9}]).samples == 0
 
 
+def test_a_plan_says_whether_its_speed_was_measured_here_or_estimated(shapes):
+    hw, info = machine("dev-vm-epyc-2core"), shapes["smollm2"]
+    assert (plan_model(info, hw, 2048).speed_basis, Calibration().basis("a")) == ("estimated", ("estimated", 0))
+    records = [{"model_id": "a", "predicted_tps": 100, "measured_tps": 80, "cpu_share": 1.0}] * 3
+    cal = Calibration.from_records(records)
+    assert cal.basis("a") == ("measured", 3) and cal.basis("b") == ("calibrated", 3)
+    mine = plan_model(info, hw, 2048, calibration=cal, model_key="a")
+    other = plan_model(info, hw, 2048, calibration=cal, model_key="b")
+    assert (mine.speed_basis, mine.speed_samples, other.speed_basis) == ("measured", 3, "calibrated")
+
+
 def test_calibration_corrects_the_cpu_and_the_gpu_apart():
     """The H200 host: CPU layers ran at 0.45x the prediction, the GPU at 1.05x. One ratio for both
     would slow a full offload down by half; two recover both sides from mixed placements."""
