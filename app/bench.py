@@ -109,6 +109,14 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     reported: list[dict] = [{} for _ in rows]
     measured: list[list[tuple[float, int]]] = [[] for _ in rows]
     sampling = SamplingParams(temperature=0.0, max_tokens=tokens)
+    # the first model a process measures decodes 10-15% slower (page faults, caches, clocks): the
+    # plan, the first row, would be understated; one whole unmeasured reply first
+    with LogCapture():
+        warm = ModelWorker.open(LoadParams(model, **plan.load_kwargs()))
+    try:
+        warm.complete([{"role": "user", "content": PROMPT}], sampling)
+    finally:
+        warm.close()
     for _ in range(runs):
         for i, (label, p) in enumerate(rows):
             with LogCapture() as log:
