@@ -75,8 +75,8 @@ def main() -> int:
                 for url, model in paths.values():  # warm-up: the first measurement of a process is slower
                     measure(client, url, model, args.tokens)
                 results = {name: [] for name in paths}
-                for _ in range(args.runs):
-                    for name, (url, model) in paths.items():
+                for r in range(args.runs):  # the order turns each round: whatever follows what hits both alike
+                    for name, (url, model) in (list(paths.items()) if r % 2 == 0 else list(paths.items())[::-1]):
                         tps = measure(client, url, model, args.tokens)
                         if tps:
                             results[name].append(tps)
