@@ -139,12 +139,16 @@ def test_the_templates_own_errors_are_not_limits():
     assert not isinstance(info.value, UnsafeChatTemplate)
 
 
+# Loops whose steps run out in well under a second on an idle machine; on a loaded one the CPU-time
+# limit may come first: either limit stopping them is right, and neither depends on the machine.
+STEPS_OR_CPU = "steps|CPU time"
+
 HOSTILE = {
     # name: (template, what the error names)
     "nested range loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-                           "steps"),
+                           STEPS_OR_CPU),
     "nested loops writing": ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
-                             "steps"),
+                             STEPS_OR_CPU),
     "repetition folded at compile time": ("{{ 'x' * 10**10 }}", "repeated text"),
     "a billion-number range": ("{{ range(10**9)|list }}", "range of 1,000,000,000 numbers"),
     "huge output from a loop": ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "prompt of more than"),
@@ -168,7 +172,7 @@ HOSTILE = {
     "json indentation": ("{{ range(50000)|list|tojson(indent=100000) }}", "JSON text"),
     "a recursive loop fed a huge list": (
         "{% set L = [0] * 200000 %}{% for x in range(1, 100000) recursive %}{% if x %}{{ loop(L) }}{% endif %}"
-        "{% endfor %}", "steps"),
+        "{% endfor %}", STEPS_OR_CPU),
     "slow comparisons": ("{% set a = 'x' * 3000000 %}{% set b = 'x' * 2999999 ~ 'y' %}"
                          "{% for i in range(100000) %}{% if a == b %}{% endif %}{% endfor %}", "CPU time"),
 }
@@ -176,7 +180,8 @@ HOSTILE = {
 
 @pytest.mark.parametrize("source", [
     "{{ 'x'.encode() * 10**10 }}",
-    "{% set s %}{% for i in range(256, 100000) %}{{ '%c' % i }}{% endfor %}{% endset %}{{ s.encode('punycode') }}",
+    # a text short enough to build well within the CPU limit on a loaded machine: the codec is refused, not timed out
+    "{% set s %}{% for i in range(256, 3000) %}{{ '%c' % i }}{% endfor %}{% endset %}{{ s.encode('punycode') }}",
     "{{ 'eA'.encode().decode('rot13') }}",
 ])
 def test_codecs_are_out_of_a_templates_reach(source):
