@@ -37,21 +37,30 @@ apt_install() {
   fi
 }
 
-# llama.cpp with its RPC backend (GGML_RPC=ON), so that `tandem worker` machines can take layers.
-# pip's own wheel cache would hand back a build without it: the build is kept in a folder of its own.
+# llama.cpp with its RPC backend (GGML_RPC=ON), so that `tandem worker` machines can take layers, and
+# without its AMX matrix kernels: on Sapphire Rapids-class CPUs (AMX_INT8) they crash the first
+# prompt llama.cpp 0.3.36 evaluates (a segfault in ggml_backend_amx_mul_mat); undefining the macro
+# that -march=native sets leaves the AVX-512 kernels and the weight repacking in place.
+# pip's own wheel cache would hand back a build without these: the build is kept in a folder of its own.
 ENGINE_PIN=$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
-ENGINE_WHEELS=${TANDEM_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/wheels-rpc}
+ENGINE_WHEELS=${TANDEM_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/engine-rpc-noamx}
+ENGINE_CMAKE="-DGGML_RPC=ON -DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__"
+
+engine_ready() {
+  "$VENV/bin/python" -c "
+import llama_cpp, sys
+info = llama_cpp.llama_print_system_info().decode()
+sys.exit(0 if llama_cpp.llama_supports_rpc() and 'AMX_INT8 = 1' not in info else 1)" 2>/dev/null
+}
 
 install_engine() {
-  if "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null; then
-    return 0
-  fi
+  engine_ready && return 0
   local version=${ENGINE_PIN#*==} wheel
   wheel=$(ls "$ENGINE_WHEELS"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$wheel" ]; then
     echo "dev.sh: building llama.cpp $version with its RPC backend (several minutes, once per machine)"
     mkdir -p "$ENGINE_WHEELS"
-    CMAKE_ARGS="-DGGML_RPC=ON ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    CMAKE_ARGS="$ENGINE_CMAKE ${CMAKE_ARGS:-}" "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
       "$ENGINE_PIN" -w "$ENGINE_WHEELS"
     wheel=$(ls "$ENGINE_WHEELS"/llama_cpp_python-"$version"-*.whl | head -n 1)
   fi

@@ -64,14 +64,16 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     from tandem.runtime.hardware import load_profile, probe
     from tandem.runtime.model_info import inspect_model
     from tandem.runtime.planner import Calibration, candidates, plan_model
+    from tandem.runtime.planner.speed import calibration_key
     from tandem.runtime.planner.dryrun import LogCapture
     from tandem.runtime.planner.search import gpu_sets, plan_from_candidate, predict_split
 
     info = inspect_model(model)
-    hw = load_profile(settings.hardware_profile) if settings.hardware_profile else probe(settings.data_dir)
+    hw = (load_profile(settings.hardware_profile) if settings.hardware_profile
+          else probe(settings.data_dir, measure_engine=settings.engine_bench))
     store = Store(settings.db_path)
     model_key = model_id_for(model)
-    calibration = Calibration.from_records(store.measurements(hw.machine_id))
+    calibration = Calibration.from_records(store.measurements(calibration_key(hw)))
     plan = plan_model(info, hw, settings.n_ctx or None, calibration=calibration, model_key=model_key)
     sets, reason = gpu_sets(hw)
     cores = hw.cpu.physical_cores or 1
@@ -98,7 +100,8 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     roofline = bw * 1e9 / per_token if bw else None
     cal_cpu, cal_gpu = calibration.factor(model_key)
     print(f"model {model.name} ({info.weight_bytes / GIB:.2f} GiB), {hw.cpu.brand}, {cores} cores, read bandwidth "
-          f"{bw} GB/s ({hw.memory.read_bandwidth_1t_gbps} with one thread); {tokens} tokens x {runs} runs per row, "
+          f"{bw} GB/s ({hw.memory.read_bandwidth_1t_gbps} with one thread), llama.cpp decode "
+          f"{hw.memory.engine_bandwidth_gbps or 'not timed'} GB/s; {tokens} tokens x {runs} runs per row, "
           "greedy, rows round-robin")
     print(f"plan: n_ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, KV {plan.type_k}, {plan.n_threads} threads, "
           f"ubatch {plan.n_ubatch}; calibration CPU x{cal_cpu:.3f}, GPU x{cal_gpu:.3f} from {calibration.samples} "
@@ -140,7 +143,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
         is_default = label == "library defaults"
         table.append((label, raw, calibration.apply(raw, share, model_key), tps, None if is_default else sum(m.total for m in p.memory), llama_mem))
         if tps and not is_default:
-            store.add_measurement(machine_id=hw.machine_id, model_id=model_key, n_ctx=p.n_ctx,
+            store.add_measurement(machine_id=calibration_key(hw), model_id=model_key, n_ctx=p.n_ctx,
                                   n_gpu_layers=p.n_gpu_layers, n_threads=p.n_threads, type_k=p.type_k,
                                   completion_tokens=tokens, predicted_tps=raw, cpu_share=share, measured_tps=tps,
                                   source="bench")

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     hw = sub.add_parser("hardware", parents=[common], help="what this machine has: CPU, memory, GPUs, engine build")
     hw.add_argument("--json", action="store_true", help="print the profile as JSON")
     hw.add_argument("--raw", action="store_true", help="print the raw readings (for bug reports and test fixtures)")
-    hw.add_argument("--remeasure", action="store_true", help="measure the memory bandwidth again")
+    hw.add_argument("--remeasure", action="store_true",
+                    help="measure the memory bandwidth and time llama.cpp's decode again")
     inspect = sub.add_parser("inspect", parents=[common], help="what a model file holds and needs")
     inspect.add_argument("target", help="a .gguf path or the id of an installed model")
     inspect.add_argument("--json", action="store_true", help="print as JSON")
@@ -313,6 +314,7 @@ def run_app(settings: Settings, browser: bool = False, smoke_test: bool = False)
     lock, running = _claim_data_dir(settings)
     if running is not None:
         return _use_running(settings, running, browser)
+    window_closed = False
     try:
         server = _start(settings)
     except BaseException:
@@ -323,7 +325,8 @@ def run_app(settings: Settings, browser: bool = False, smoke_test: bool = False)
         if not browser and desktop.display_available():
             try:
                 _run_window(settings, server, smoke_test)
-                return 0  # the window was closed
+                window_closed = True
+                return 0
             except desktop.DesktopUnavailable as err:
                 print(f"tandem: {err}; opening the browser instead.", file=sys.stderr)
         opened = desktop.display_available() and webbrowser.open(server.url + "/")
@@ -336,6 +339,18 @@ def run_app(settings: Settings, browser: bool = False, smoke_test: bool = False)
     finally:
         server.stop()
         lock.release()
+        if window_closed:
+            _end_after_window()
+
+
+def _end_after_window() -> None:
+    """The window is closed, the server stopped and the data folder released: end the process now.
+    Qt WebEngine's teardown at interpreter exit can hang on a loaded machine, leaving a process
+    behind that the person cannot see."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run_window(settings: Settings, server, smoke_test: bool) -> None:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     pool: Literal["auto", "always", "off"] = "auto"
     # How many of a pooled model's layers the workers take; unset: the planner's choice.
     pool_layers: int | None = Field(None, ge=1)
+    # Time llama.cpp's own CPU decode once per machine (a few seconds at the first start) for the
+    # speed predictions; off: they rest on the memory read bandwidth and fitted constants.
+    engine_bench: bool = True
     # The largest request body accepted (MiB); past it: 413.
     max_body_mb: int = Field(32, ge=1, le=4096)
 

@@ -29,6 +29,9 @@ def hardware_text(p: HardwareProfile) -> str:
         f"          read bandwidth: {m.read_bandwidth_gbps if m.read_bandwidth_gbps is not None else '?'} GB/s with "
         f"every core reading, {m.read_bandwidth_1t_gbps if m.read_bandwidth_1t_gbps is not None else '?'} GB/s with one "
         f"(measured once on this machine; `tandem hardware --remeasure` measures again)",
+        f"          llama.cpp decode: {m.engine_bandwidth_gbps} GB/s as its CPU kernels stream weights (timed once"
+        " on this machine; the speed predictions rest on it)" if m.engine_bandwidth_gbps is not None else
+        "          llama.cpp decode: not timed (speed predictions rest on the read bandwidth)",
     ]
     if not p.gpus:
         lines.append("GPU       none found")

@@ -120,6 +120,30 @@ def _byte_shape(shape, qtype) -> tuple[int, ...]:
     return (*shape[:-1], shape[-1] // block * size)
 
 
+def _vocab_size(spec: SynthSpec) -> int:
+    tokens = next(v for k, v, _, _ in _tokenizer_fields() if k == "tokenizer.ggml.tokens")
+    return spec.n_vocab or len(tokens)
+
+
+def _tensor_bytes(spec: SynthSpec) -> dict[str, int]:
+    qtype = QUANT_TYPES[spec.quant][0]
+    return {name: math.prod(_byte_shape(shape, qtype)) if quantized else math.prod(shape) * 4
+            for name, shape, quantized in _tensor_layout(spec, _vocab_size(spec))}
+
+
+def layer_bytes(spec: SynthSpec) -> int:
+    """Bytes of the repeating layers' weights (blk.*), all of them."""
+    return sum(b for name, b in _tensor_bytes(spec).items() if name.startswith("blk."))
+
+
+def output_bytes(spec: SynthSpec) -> int:
+    """Bytes of the weights read once per token after the layers: the output matrix (the token
+    embeddings when tied) and its norm."""
+    sizes = _tensor_bytes(spec)
+    out = sizes.get("output.weight", sizes["token_embd.weight"])
+    return out + sizes["output_norm.weight"]
+
+
 def _random_tensor(rng, shape, qtype) -> np.ndarray:
     """Random weights with a sane scale (about 1/sqrt(fan-in)), as valid blocks of qtype."""
     fan_in = shape[-1]

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from tandem.app import __version__
 from tandem.app.api.deps import ChatDep, HardwareDep, ModelsDep, StoreDep
 from tandem.runtime.model_info import inspect_model
+from tandem.runtime.planner.speed import calibration_key
 
 router = APIRouter(prefix="/api", tags=["system"])
 
@@ -68,7 +69,7 @@ async def model_plan(model_id: str, models: ModelsDep, store: StoreDep, n_ctx: i
         plan, is_loaded = loaded.plan, True
     else:
         plan, is_loaded = await asyncio.to_thread(models.plan_for, model, n_ctx), False
-    machine = models.hardware().machine_id
+    machine = calibration_key(models.hardware())
     recent = [m for m in store.measurements(machine) if m["model_id"] == model_id][-20:]
     measured = {
         "count": len(recent),

@@ -22,6 +22,7 @@ from tandem.runtime.gguf import split_parts
 from tandem.runtime.hardware import HardwareProfile
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner import Calibration
+from tandem.runtime.planner.speed import calibration_key
 
 CATALOG = Path(__file__).resolve().parents[2] / "assets" / "catalog.json"
 
@@ -92,7 +93,7 @@ class HubService:
 
     # --- judge
     def _calibration(self, hw: HardwareProfile) -> Calibration:
-        return Calibration.from_records(self.store.measurements(hw.machine_id))
+        return Calibration.from_records(self.store.measurements(calibration_key(hw)))
 
     def repo(self, repo_id: str, revision: str | None = None) -> dict:
         """A repo's GGUF models, each with the verdict for this machine and one marked recommended."""

@@ -21,5 +21,6 @@ class HardwareService:
                 if self.settings.hardware_profile is not None:
                     self._profile = load_profile(self.settings.hardware_profile)
                 else:
-                    self._profile = probe(self.settings.data_dir, remeasure=remeasure)
+                    self._profile = probe(self.settings.data_dir, remeasure=remeasure,
+                                          measure_engine=self.settings.engine_bench)
             return self._profile

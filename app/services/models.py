@@ -27,6 +27,7 @@ from tandem.runtime.hardware import HardwareProfile
 from tandem.runtime.hardware.probe import refresh_memory
 from tandem.runtime.model_info import ModelInfo, inspect_model
 from tandem.runtime.planner import Calibration, Plan, candidates, plan_model, verify
+from tandem.runtime.planner.speed import calibration_key
 from tandem.runtime.planner.pool import plan_pool, worker_device
 from tandem.runtime.planner.search import PlanError, plan_from_candidate, plan_gpus, predict_split, speed_fill
 from tandem.runtime.pool import network
@@ -129,7 +130,7 @@ class ModelService:
         """
         info = info or inspect_model(Path(model["path"]))
         hw = hardware or self.hardware()
-        calibration = Calibration.from_records(self.store.measurements(hw.machine_id))
+        calibration = Calibration.from_records(self.store.measurements(calibration_key(hw)))
         asked = (n_ctx if n_ctx is not None else self.settings.n_ctx) or None
         drafts = tuple(self.drafts_for(model, info)) if self.settings.speculative == "auto" else ()
         plan = plan_model(info, hw, asked, calibration=calibration, model_key=model["id"],
@@ -419,7 +420,7 @@ class ModelService:
         fill = stats.prompt_tokens + stats.completion_tokens // 2  # the context's mean fill while decoding
         predicted, share = predict_split(loaded.info, loaded.hardware, plan, fill)
         self.store.add_measurement(
-            machine_id=loaded.hardware.machine_id, model_id=loaded.id, n_ctx=plan.n_ctx,
+            machine_id=calibration_key(loaded.hardware), model_id=loaded.id, n_ctx=plan.n_ctx,
             n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads, type_k=plan.type_k,
             completion_tokens=stats.completion_tokens,
             predicted_tps=predicted, cpu_share=share,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import threading
 import time
 
@@ -19,6 +20,8 @@ from tandem.runtime.engine.params import KV_TYPES, LoadParams
 from tandem.runtime.engine.speculative import Controller, DraftModel, PromptLookup
 from tandem.runtime import llama_log
 from tandem.runtime.errors import ContextOverflow, DraftModelError, Interrupted, ModelLoadError, RuntimeFailure
+
+log = logging.getLogger(__name__)
 
 MAX_CONTROLLERS = 64
 # The longest text an embedding reads, in tokens. Its context holds a KV cache this long and, as
@@ -202,9 +205,47 @@ def _llama_kwargs(p: LoadParams) -> dict:
     )
 
 
+_BUILD_GUARD = {"checked": False, "on": False}
+_BUILD_GUARD_LOCK = threading.Lock()
+
+
+def guard_engine_build() -> bool:
+    """Once per process, before the first model: where llama.cpp was compiled with its AMX matrix
+    kernels (AMX_INT8 = 1, a -march=native build on a Sapphire Rapids-class CPU), its models are
+    loaded without the extra weight buffers those kernels use. llama.cpp 0.3.36's AMX path crashes
+    the process on the first prompt it evaluates (a segfault in ggml_backend_amx_mul_mat); without
+    the extra buffers the AVX-512 kernels run instead, and the weights are not repacked. The
+    README's set-up builds without AMX. True when the guard is on."""
+    import llama_cpp.llama_cpp as lc
+
+    with _BUILD_GUARD_LOCK:
+        if _BUILD_GUARD["checked"]:
+            return _BUILD_GUARD["on"]
+        _BUILD_GUARD["checked"] = True
+        try:
+            info = lc.llama_print_system_info().decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - an older binding: nothing to guard
+            return False
+        if "AMX_INT8 = 1" not in info or "use_extra_bufts" not in {f[0] for f in lc.llama_model_params._fields_}:
+            return False
+        original = lc.llama_model_default_params
+
+        def without_extra_buffers():
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        lc.llama_model_default_params = without_extra_buffers
+        _BUILD_GUARD["on"] = True
+    log.warning("this llama.cpp build has AMX kernels, which crash on its first prompt: models load "
+                "without them (slower on Q4_0). `./dev.sh run` builds llama.cpp without them.")
+    return True
+
+
 def _open_llama(p: LoadParams):
     import llama_cpp
 
+    guard_engine_build()
     limit_llama_templates()  # creating a Llama compiles the file's chat templates
     try:
         with _rpc_devices(p.rpc):
@@ -253,6 +294,7 @@ def _rpc_devices(endpoints: tuple[str, ...]):
 def _load_draft(llama, p: LoadParams) -> DraftModel:
     import llama_cpp
 
+    guard_engine_build()
     limit_llama_templates()
     try:
         draft = llama_cpp.Llama(**_llama_kwargs(p))

@@ -60,12 +60,7 @@ def cached_bandwidth(data_dir: Path | None, raw: dict, threads: int, remeasure: 
     (again when an earlier measurement read a smaller buffer than `size_mib`)."""
     cache_path = data_dir / CACHE_FILE if data_dir else None
     key = machine_key(raw)
-    cache: dict = {}
-    if cache_path and cache_path.exists():
-        try:
-            cache = json.loads(cache_path.read_text())
-        except (OSError, ValueError):
-            cache = {}  # a damaged cache is measured again
+    cache = read_cache(cache_path)
     entry = cache.get(key) or {}
     values = entry.get("read_bandwidth_gbps"), entry.get("read_bandwidth_1t_gbps")
     if not remeasure and all(isinstance(v, (int, float)) for v in values) and entry.get("buffer_mib", 0) >= size_mib:
@@ -76,8 +71,24 @@ def cached_bandwidth(data_dir: Path | None, raw: dict, threads: int, remeasure: 
         cache[key] = {"read_bandwidth_gbps": all_cores, "read_bandwidth_1t_gbps": one, "threads": threads,
                       "buffer_mib": size_mib,
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_path)
+        write_cache(cache_path, cache)
     return all_cores, one
+
+
+def read_cache(path: Path | None) -> dict:
+    """A JSON cache of measurements: {} when absent or damaged (then measured again)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def write_cache(path: Path, cache: dict) -> None:
+    """Replace the cache file whole (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(path)

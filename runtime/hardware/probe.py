@@ -175,7 +175,8 @@ def collect_raw(data_dir: Path | None = None) -> dict:
 
 
 # --- building: pure, from raw readings (also from fixtures of machines we do not have)
-def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None) -> HardwareProfile:
+def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None,
+                  engine_gbps: float | None = None) -> HardwareProfile:
     problems = [f"{name}: {why}" for name, why in sorted((raw.get("errors") or {}).items())]
     cpu = build_cpu(raw)
     mem = raw.get("memory") or {}
@@ -186,6 +187,7 @@ def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None) 
         swap_free_bytes=mem.get("swap_free"),
         read_bandwidth_gbps=bandwidth_gbps[0] if bandwidth_gbps else raw.get("bandwidth_gbps"),
         read_bandwidth_1t_gbps=bandwidth_gbps[1] if bandwidth_gbps else raw.get("bandwidth_1t_gbps"),
+        engine_bandwidth_gbps=engine_gbps if engine_gbps is not None else raw.get("engine_bandwidth_gbps"),
     )
     gpus = []
     if raw.get("nvml"):
@@ -231,21 +233,32 @@ def build_engine(llama: dict | None, gpus: list) -> EngineBuild:
     return EngineBuild(supports_gpu_offload=supports, system_info=llama.get("system_info"), advice=advice)
 
 
-def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasure: bool = False) -> HardwareProfile:
-    """This machine's profile. The bandwidth is measured once per machine and cached in data_dir."""
+def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasure: bool = False,
+          measure_engine: bool = False) -> HardwareProfile:
+    """This machine's profile. The bandwidth is measured once per machine and cached in data_dir;
+    measure_engine: also time llama.cpp's own CPU decode (hardware.enginebench, a few seconds
+    once per machine and llama.cpp build, cached beside it)."""
     raw = collect_raw(data_dir)
-    gbps = None
+    gbps = engine_gbps = None
     if measure_bandwidth:
-        from tandem.runtime.hardware.bandwidth import buffer_mib, cached_bandwidth
+        from tandem.runtime.hardware.bandwidth import buffer_mib, cached_bandwidth, machine_key
 
+        threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1
+        first = build_profile(raw)
         try:
-            threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1
-            first = build_profile(raw)
             size = buffer_mib(first.cpu.l3_bytes, first.memory.available_bytes)
             gbps = cached_bandwidth(data_dir, raw, threads, remeasure=remeasure, size_mib=size)
         except Exception as err:
             raw["errors"]["bandwidth"] = f"{type(err).__name__}: {err}"
-    return build_profile(raw, gbps)
+        if measure_engine:
+            from tandem.runtime.hardware.enginebench import cached_reading
+
+            try:
+                engine_gbps = cached_reading(data_dir, machine_key(raw), threads, first.cpu.l3_bytes,
+                                             remeasure=remeasure).bandwidth_gbps
+            except Exception as err:  # noqa: BLE001 - the numpy reading and the constants stand in
+                raw["errors"]["engine_bandwidth"] = f"{type(err).__name__}: {err}"
+    return build_profile(raw, gbps, engine_gbps)
 
 
 def load_profile(path: Path) -> HardwareProfile:

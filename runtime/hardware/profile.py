@@ -26,6 +26,9 @@ class MemoryInfo:
     swap_free_bytes: int | None = None
     read_bandwidth_gbps: float | None = None  # measured, all physical cores reading
     read_bandwidth_1t_gbps: float | None = None  # measured, one thread reading
+    # The bandwidth llama.cpp's CPU kernels reach, from a decode it timed (hardware.enginebench),
+    # all physical cores; the speed model prefers it to the numpy reading.
+    engine_bandwidth_gbps: float | None = None
 
 
 @dataclass(frozen=True)

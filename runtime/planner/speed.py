@@ -2,8 +2,9 @@
 
 time per token = sum over devices of (bytes read per token / effective bandwidth)
                  + per-layer kernel overhead on each device + a hand-off when split + a base cost.
-Effective host bandwidth = measured read bandwidth x a per-quant-type kernel efficiency x a thread
-factor (fewer threads than physical cores read less). GPU bandwidth comes from a table of cards,
+Effective host bandwidth = host bandwidth x a per-quant-type kernel efficiency x a thread factor
+(fewer threads than physical cores read less). The host bandwidth is the one llama.cpp's own decode
+reached on this machine (hardware.enginebench) where it was measured, else the numpy read. GPU bandwidth comes from a table of cards,
 or from NVML's memory bus width and clock.
 """
 
@@ -164,6 +165,15 @@ class SpeedEstimate:
     cpu_share: float = 1.0  # uncalibrated share of a token's time spent on the CPU
 
 
+def calibration_key(hw: HardwareProfile) -> str | None:
+    """What speed measurements are kept and read under: the machine, and whether its predictions
+    rest on llama.cpp's timed decode or on the numpy read (a correction learnt on one basis would
+    mislead the other)."""
+    if hw.machine_id is None:
+        return None
+    return f"{hw.machine_id}/engine" if hw.memory.engine_bandwidth_gbps else hw.machine_id
+
+
 def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
     """Bytes/s that llama.cpp's kernels stream with `threads` threads.
 
@@ -172,7 +182,7 @@ def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
     and this 2-core machine, whatever a one-thread memory read alone would reach.
     """
     cores = hw.cpu.physical_cores or threads
-    full = (hw.memory.read_bandwidth_gbps or 20.0) * 1e9
+    full = (hw.memory.engine_bandwidth_gbps or hw.memory.read_bandwidth_gbps or 20.0) * 1e9
     return full * min(1.0, threads / cores) ** THREAD_EXPONENT
 
 

@@ -123,4 +123,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # What the probe saw is printed and the server stopped: end here. Qt WebEngine's teardown at
+    # interpreter exit can hang on a loaded machine, which would read as a failed probe.
+    sys.stderr.flush()
+    os._exit(code)

@@ -69,9 +69,17 @@ def greedy(worker, tokens: int = 48) -> str:
     return worker.submit(ASK, SamplingParams(temperature=0.0, max_tokens=tokens)).result().text
 
 
-def test_the_set_up_builds_the_engine_with_rpc():
+def test_the_set_up_builds_the_engine_with_rpc_and_without_amx_kernels():
+    import llama_cpp
+
+    from tandem.runtime.engine.model import guard_engine_build
+
     assert rpc.supported()
     assert any(d["type"] == "cpu" and d["free_bytes"] > 0 for d in rpc.local_devices())
+    # llama.cpp 0.3.36's AMX kernels crash on the first prompt (Sapphire Rapids-class CPUs): the
+    # set-up builds without them, so no model here needs the guard that loads without them.
+    assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
+    assert guard_engine_build() is False
 
 
 def test_a_worker_advertises_its_devices_and_the_probe_measures_the_link(worker):

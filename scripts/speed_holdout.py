@@ -1,0 +1,170 @@
+"""The speed model scored on rows it was not fitted or calibrated on, on this machine's CPU.
+
+  .venv/bin/python scripts/speed_holdout.py [--models smollm2,1b,3b] [--tokens 64] [--replies 3]
+                                            [--ctx 4096] [--fill 0,1024] [--out FILE.json]
+
+For each model (the built-in SmolLM2 Q4_1 and synthetic Llama-1B- and 3B-shaped Q4_0 files) every
+CPU plan of the sweep - KV cache type (f16, q8_0, q4_0) x threads (1 .. physical cores) x context
+fill (a short prompt, and one that fills --fill tokens of the cache) - is loaded for real, warmed
+up with one reply, then measured with --replies greedy replies (decode tokens/s of each).
+
+Reported per row, against the median measured:
+- uncalibrated: the planner's prediction with nothing measured here, on the host bandwidth the
+  engine micro-benchmark timed (hardware.enginebench) and, beside it, on the numpy read alone;
+- calibrated, held out: the planner's plan row's replies (the first --replies plain replies a
+  person would get) calibrate the model as the app does (Calibration.from_records), and every
+  other row of that model is scored with that calibration - rows it never saw;
+- across models: the calibration from the other models' plan rows only (this machine's factor
+  for a model never run here).
+The constants of runtime/planner/speed.py were fitted on other rows (SmolLM2 on an AMD EPYC 2-core
+VM, 7B/13B shapes on an H200 host); nothing here is fitted. A benchmark: it never fails on a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from tandem.runtime import embedded
+from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
+from tandem.runtime.hardware import probe
+from tandem.runtime.model_info import inspect_model
+from tandem.runtime.planner import Calibration, plan_model
+from tandem.runtime.planner.search import predict_split
+from tandem.runtime.synth import preset, write_model
+
+KV = ("f16", "q8_0", "q4_0")
+PROMPT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle."
+
+
+def model_paths(names: list[str], workdir: Path) -> dict[str, Path]:
+    out = {}
+    for name in names:
+        if name == "smollm2":
+            out[name] = embedded.default_model_path()
+        else:
+            path = workdir / f"{name}.gguf"
+            if not path.exists():
+                write_model(path, preset(name, quant="Q4_0"))
+            out[name] = path
+    return out
+
+
+def filler(n_tokens: int) -> str:
+    """A user message of about n_tokens tokens (SmolLM2's tokenizer: about 1.3 tokens a word)."""
+    words = "the keeper walked up the stairs and looked out over the grey water".split()
+    return " ".join(words[i % len(words)] for i in range(int(n_tokens / 1.3)))
+
+
+def measure(path: Path, plan, fill: int, tokens: int, replies: int) -> list[tuple[float, int]]:
+    """(decode tokens/s, mean cache fill while decoding) of each measured reply."""
+    worker = ModelWorker.open(LoadParams(path, **plan.load_kwargs()))
+    try:
+        ask = [{"role": "user", "content": (filler(fill) + "\n\n" if fill else "") + PROMPT}]
+        worker.complete(ask, SamplingParams(temperature=0.0, max_tokens=16))  # warm-up
+        out = []
+        for _ in range(replies):
+            done = worker.complete(ask, SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True))
+            if done.stats.decode_tps:
+                out.append((done.stats.decode_tps, done.stats.prompt_tokens + done.stats.completion_tokens // 2))
+        return out
+    finally:
+        worker.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2,1b,3b")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--replies", type=int, default=3)
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--fill", default="0,1024", help="prompt fills of the cache to measure at")
+    ap.add_argument("--workdir", type=Path, help="where the synthetic models go (kept for a rerun)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tandem-holdout-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    hw = probe(workdir, measure_engine=True)
+    numpy_hw = replace(hw, memory=replace(hw.memory, engine_bandwidth_gbps=None))
+    cores = hw.cpu.physical_cores or 1
+    print(f"{hw.cpu.brand}, {cores} cores; numpy read {hw.memory.read_bandwidth_gbps} GB/s, llama.cpp decode "
+          f"{hw.memory.engine_bandwidth_gbps} GB/s (engine micro-benchmark)", flush=True)
+    fills = [int(f) for f in args.fill.split(",")]
+    rows = []
+    # Warm-up of the process: the first model measured in a fresh process decodes slower.
+    first = model_paths(args.models.split(",")[:1], workdir)
+    for name, path in first.items():
+        measure(path, replace(plan_model(inspect_model(path), hw, args.ctx), speculative="none"), 0, 32, 1)
+    for name, path in model_paths(args.models.split(","), workdir).items():
+        info = inspect_model(path)
+        plan = replace(plan_model(info, hw, args.ctx), speculative="none")  # plain replies: what calibrates
+        variants = [("plan", plan)]
+        for kv in KV:
+            for threads in sorted({1, cores}):
+                p = replace(plan, type_k=kv, type_v=kv, n_threads=threads, n_threads_batch=threads,
+                            flash_attn=True)
+                if (kv, threads) != (plan.type_k, plan.n_threads):
+                    variants.append((f"kv {kv}, {threads} thr", p))
+        for fill in fills:
+            for label, p in variants:
+                t0 = time.perf_counter()
+                got = measure(path, p, fill, args.tokens, args.replies)
+                if not got:
+                    continue
+                mean_fill = round(statistics.median(f for _, f in got))
+                raw, share = predict_split(info, hw, p, mean_fill)
+                raw_numpy, _ = predict_split(info, numpy_hw, p, mean_fill)
+                row = {"model": name, "row": label, "fill": fill, "type_k": p.type_k, "threads": p.n_threads,
+                       "measured": [round(v, 2) for v, _ in got], "mean_fill": mean_fill,
+                       "measured_tps": statistics.median(v for v, _ in got),
+                       "predicted_tps": raw, "predicted_numpy_tps": raw_numpy, "cpu_share": share,
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                rows.append(row)
+                print(f"{name:8} {label:18} fill {fill:5}: measured {row['measured_tps']:7.1f}  predicted "
+                      f"{raw:7.1f} ({raw / row['measured_tps'] - 1:+.0%})  numpy basis {raw_numpy:7.1f} "
+                      f"({raw_numpy / row['measured_tps'] - 1:+.0%})", flush=True)
+
+    def records(selected):
+        return [{"model_id": r["model"], "predicted_tps": r["predicted_tps"], "measured_tps": v,
+                 "cpu_share": r["cpu_share"], "n_gpu_layers": 0} for r in selected for v in r["measured"]]
+
+    for r in rows:
+        own = [x for x in rows if x["model"] == r["model"] and x["row"] == "plan" and x["fill"] == fills[0]]
+        others = [x for x in rows if x["model"] != r["model"] and x["row"] == "plan" and x["fill"] == fills[0]]
+        r["held_out"] = r not in own
+        cal = Calibration.from_records(records(own))
+        r["calibrated_tps"] = cal.apply(r["predicted_tps"], r["cpu_share"], r["model"])
+        cross = Calibration.from_records(records(others))
+        r["cross_model_tps"] = cross.apply(r["predicted_tps"], r["cpu_share"], None) if others else None
+
+    def err(key, selected):
+        errs = [abs(x[key] / x["measured_tps"] - 1) for x in selected if x.get(key)]
+        return (max(errs), statistics.median(errs)) if errs else (None, None)
+
+    print("\nmodel     rows  uncalibrated worst/median  numpy basis worst/median  calibrated (held out) worst/median"
+          "  other models' calibration worst/median")
+    summary = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        held = [r for r in mine if r["held_out"]]
+        s = {"rows": len(mine), "uncalibrated": err("predicted_tps", mine), "numpy": err("predicted_numpy_tps", mine),
+             "calibrated_held_out": err("calibrated_tps", held), "cross_model": err("cross_model_tps", mine)}
+        summary[name] = s
+        print(f"{name:8} {len(mine):5}  " + "  ".join(
+            f"{s[k][0]:>12.1%} / {s[k][1]:.1%}" if s[k][0] is not None else f"{'-':>21}"
+            for k in ("uncalibrated", "numpy", "calibrated_held_out", "cross_model")))
+    if args.out:
+        args.out.write_text(json.dumps({"hardware": hw.to_dict(), "command": " ".join(sys.argv), "rows": rows,
+                                        "summary": summary}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
