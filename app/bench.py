@@ -64,13 +64,16 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     from tandem.runtime.hardware import load_profile, probe
     from tandem.runtime.model_info import inspect_model
     from tandem.runtime.planner import Calibration, candidates, plan_model
-    from tandem.runtime.planner.speed import calibration_key
+    from tandem.runtime.hardware.enginebench import kind_for, main_types
+    from tandem.app.report import engine_text
+    from tandem.runtime.planner.speed import calibration_key, cpu_rate
     from tandem.runtime.planner.dryrun import LogCapture
     from tandem.runtime.planner.search import gpu_sets, plan_from_candidate, predict_split
 
     info = inspect_model(model)
     hw = (load_profile(settings.hardware_profile) if settings.hardware_profile
-          else probe(settings.data_dir, measure_engine=settings.engine_bench))
+          else probe(settings.data_dir, engine_kinds=[kind_for(q, info) for q in main_types(info.tensor_types)]
+                     if settings.engine_bench else None))
     store = Store(settings.db_path)
     model_key = model_id_for(model)
     calibration = Calibration.from_records(store.measurements(calibration_key(hw)))
@@ -100,8 +103,9 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     roofline = bw * 1e9 / per_token if bw else None
     cal_cpu, cal_gpu = calibration.factor(model_key)
     print(f"model {model.name} ({info.weight_bytes / GIB:.2f} GiB), {hw.cpu.brand}, {cores} cores, read bandwidth "
-          f"{bw} GB/s ({hw.memory.read_bandwidth_1t_gbps} with one thread), llama.cpp decode "
-          f"{hw.memory.engine_bandwidth_gbps or 'not timed'} GB/s; {tokens} tokens x {runs} runs per row, "
+          f"{bw} GB/s ({hw.memory.read_bandwidth_1t_gbps} with one thread); llama.cpp's CPU kernels "
+          f"{engine_text(hw)}, this model's weights {cpu_rate(info, hw, cores) / 1e9:.1f} GB/s; "
+          f"{tokens} tokens x {runs} runs per row, "
           "greedy, rows round-robin")
     print(f"plan: n_ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, KV {plan.type_k}, {plan.n_threads} threads, "
           f"ubatch {plan.n_ubatch}; calibration CPU x{cal_cpu:.3f}, GPU x{cal_gpu:.3f} from {calibration.samples} "

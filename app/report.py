@@ -18,6 +18,20 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
+def engine_text(p: HardwareProfile) -> str:
+    """The rates llama.cpp's CPU kernels streamed each weight type at, as timed on this machine."""
+    rates = p.memory.engine_rates
+    if not rates:
+        return "not timed yet (each weight type is timed when the first model holding it loads)"
+    return ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in rates) + " (timed on this machine, all cores)"
+
+
+def kind_label(key: str) -> str:
+    """"Q4_1@576x1536x9x3x30" -> "Q4_1 in 576-wide layers"."""
+    quant, _, dims = key.partition("@")
+    return f"{quant} in {dims.split('x')[0]}-wide layers" if dims else quant
+
+
 def hardware_text(p: HardwareProfile) -> str:
     c, m = p.cpu, p.memory
     lines = [
@@ -29,9 +43,7 @@ def hardware_text(p: HardwareProfile) -> str:
         f"          read bandwidth: {m.read_bandwidth_gbps if m.read_bandwidth_gbps is not None else '?'} GB/s with "
         f"every core reading, {m.read_bandwidth_1t_gbps if m.read_bandwidth_1t_gbps is not None else '?'} GB/s with one "
         f"(measured once on this machine; `tandem hardware --remeasure` measures again)",
-        f"          llama.cpp decode: {m.engine_bandwidth_gbps} GB/s as its CPU kernels stream weights (timed once"
-        " on this machine; the speed predictions rest on it)" if m.engine_bandwidth_gbps is not None else
-        "          llama.cpp decode: not timed (speed predictions rest on the read bandwidth)",
+        f"          llama.cpp's CPU kernels: {engine_text(p)}",
     ]
     if not p.gpus:
         lines.append("GPU       none found")

@@ -28,10 +28,22 @@ HOSTILE_TEMPLATE = (
 
 QUANT_TYPES = {
     "F16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "BF16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
     "Q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
     "Q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
     "Q4_1": (GGMLQuantizationType.Q4_1, LlamaFileType.MOSTLY_Q4_1),
+    "Q5_0": (GGMLQuantizationType.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+    "Q5_1": (GGMLQuantizationType.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+    "Q2_K": (GGMLQuantizationType.Q2_K, LlamaFileType.MOSTLY_Q2_K),
+    "Q3_K": (GGMLQuantizationType.Q3_K, LlamaFileType.MOSTLY_Q3_K_M),
+    "Q4_K": (GGMLQuantizationType.Q4_K, LlamaFileType.MOSTLY_Q4_K_M),
+    "Q5_K": (GGMLQuantizationType.Q5_K, LlamaFileType.MOSTLY_Q5_K_M),
+    "Q6_K": (GGMLQuantizationType.Q6_K, LlamaFileType.MOSTLY_Q6_K),
 }
+# Byte offsets of each block's f16 scale (d) and, where the type has one, its minimum (m / dmin):
+# ggml's block layouts. The other bytes (quants, sub-block scales) may be anything.
+_SCALE_OFFSETS = {"Q4_0": (0, None), "Q4_1": (0, 2), "Q5_0": (0, None), "Q5_1": (0, 2), "Q8_0": (0, None),
+                  "Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
 
 
 @dataclass(frozen=True)
@@ -125,15 +137,16 @@ def _vocab_size(spec: SynthSpec) -> int:
     return spec.n_vocab or len(tokens)
 
 
-def _tensor_bytes(spec: SynthSpec) -> dict[str, int]:
+def _tensor_bytes(spec: SynthSpec, n_vocab: int | None = None) -> dict[str, int]:
     qtype = QUANT_TYPES[spec.quant][0]
     return {name: math.prod(_byte_shape(shape, qtype)) if quantized else math.prod(shape) * 4
-            for name, shape, quantized in _tensor_layout(spec, _vocab_size(spec))}
+            for name, shape, quantized in _tensor_layout(spec, n_vocab or _vocab_size(spec))}
 
 
 def layer_bytes(spec: SynthSpec) -> int:
     """Bytes of the repeating layers' weights (blk.*), all of them."""
-    return sum(b for name, b in _tensor_bytes(spec).items() if name.startswith("blk."))
+    block = GGML_QUANT_SIZES[QUANT_TYPES[spec.quant][0]][0]  # any vocabulary: the layers do not hold it
+    return sum(b for name, b in _tensor_bytes(spec, n_vocab=block).items() if name.startswith("blk."))
 
 
 def output_bytes(spec: SynthSpec) -> int:
@@ -148,15 +161,24 @@ def _random_tensor(rng, shape, qtype) -> np.ndarray:
     """Random weights with a sane scale (about 1/sqrt(fan-in)), as valid blocks of qtype."""
     fan_in = shape[-1]
     scale = 1.0 / math.sqrt(fan_in)
-    if qtype == GGMLQuantizationType.F16:
-        return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float16)
+    if qtype in (GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+        # 256 values evenly in +-2 scale, picked by random bytes (far faster than converting draws)
+        levels = np.arange(-128, 128, dtype=np.float32) * np.float32(scale / 64)
+        if qtype == GGMLQuantizationType.F16:
+            table = levels.astype(np.float16).view(np.uint16)
+        else:  # bfloat16: the high half of a float32
+            table = (levels.view(np.uint32) >> 16).astype(np.uint16)
+        picked = table[rng.integers(0, 256, size=shape, dtype=np.uint8)]
+        return picked.view(np.float16) if qtype == GGMLQuantizationType.F16 else \
+            picked.view(np.uint8).reshape(_byte_shape(shape, qtype))
     block, size = GGML_QUANT_SIZES[qtype]
     n_blocks = math.prod(shape) // block
     raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    d_at, m_at = _SCALE_OFFSETS[qtype.name]
     d = np.float16(scale / (8 if qtype != GGMLQuantizationType.Q8_0 else 64))
-    raw[:, 0:2] = np.frombuffer(d.tobytes(), dtype=np.uint8)
-    if qtype == GGMLQuantizationType.Q4_1:  # min value m, after the scale
-        raw[:, 2:4] = np.frombuffer(np.float16(-8 * float(d)).tobytes(), dtype=np.uint8)
+    raw[:, d_at:d_at + 2] = np.frombuffer(d.tobytes(), dtype=np.uint8)
+    if m_at is not None:  # the block's minimum, after the scale
+        raw[:, m_at:m_at + 2] = np.frombuffer(np.float16(-8 * float(d)).tobytes(), dtype=np.uint8)
     return raw.reshape(_byte_shape(shape, qtype))
 
 

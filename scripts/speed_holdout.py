@@ -31,9 +31,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tandem.app.report import engine_text
 from tandem.runtime import embedded
 from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
 from tandem.runtime.hardware import probe
+from tandem.runtime.hardware.enginebench import kind_for, main_types
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner import Calibration, plan_model
 from tandem.runtime.planner.search import predict_split
@@ -91,19 +93,22 @@ def main(argv=None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tandem-holdout-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    hw = probe(workdir, measure_engine=True)
-    numpy_hw = replace(hw, memory=replace(hw.memory, engine_bandwidth_gbps=None))
+    paths = model_paths(args.models.split(","), workdir)
+    infos = {name: inspect_model(path) for name, path in paths.items()}
+    t0 = time.perf_counter()
+    hw = probe(workdir, engine_kinds=[kind_for(q, i) for i in infos.values() for q in main_types(i.tensor_types)])
+    timing_s = time.perf_counter() - t0
+    numpy_hw = replace(hw, memory=replace(hw.memory, engine_rates=()))
     cores = hw.cpu.physical_cores or 1
-    print(f"{hw.cpu.brand}, {cores} cores; numpy read {hw.memory.read_bandwidth_gbps} GB/s, llama.cpp decode "
-          f"{hw.memory.engine_bandwidth_gbps} GB/s (engine micro-benchmark)", flush=True)
+    print(f"{hw.cpu.brand}, {cores} cores; numpy read {hw.memory.read_bandwidth_gbps} GB/s; llama.cpp's CPU "
+          f"kernels {engine_text(hw)} (probe and engine micro-benchmark: {timing_s:.1f} s)", flush=True)
     fills = [int(f) for f in args.fill.split(",")]
     rows = []
     # Warm-up of the process: the first model measured in a fresh process decodes slower.
-    first = model_paths(args.models.split(",")[:1], workdir)
-    for name, path in first.items():
-        measure(path, replace(plan_model(inspect_model(path), hw, args.ctx), speculative="none"), 0, 32, 1)
-    for name, path in model_paths(args.models.split(","), workdir).items():
-        info = inspect_model(path)
+    name, path = next(iter(paths.items()))
+    measure(path, replace(plan_model(infos[name], hw, args.ctx), speculative="none"), 0, 32, 1)
+    for name, path in paths.items():
+        info = infos[name]
         plan = replace(plan_model(info, hw, args.ctx), speculative="none")  # plain replies: what calibrates
         variants = [("plan", plan)]
         for kv in KV:
@@ -143,6 +148,7 @@ def main(argv=None) -> int:
         r["calibrated_tps"] = cal.apply(r["predicted_tps"], r["cpu_share"], r["model"])
         cross = Calibration.from_records(records(others))
         r["cross_model_tps"] = cross.apply(r["predicted_tps"], r["cpu_share"], None) if others else None
+    timing = {"seconds": round(timing_s, 1), "rates": hw.memory.engine_rates}
 
     def err(key, selected):
         errs = [abs(x[key] / x["measured_tps"] - 1) for x in selected if x.get(key)]
@@ -162,7 +168,7 @@ def main(argv=None) -> int:
             for k in ("uncalibrated", "numpy", "calibrated_held_out", "cross_model")))
     if args.out:
         args.out.write_text(json.dumps({"hardware": hw.to_dict(), "command": " ".join(sys.argv), "rows": rows,
-                                        "summary": summary}, indent=1))
+                                        "engine_timing": timing, "summary": summary}, indent=1))
     return 0
 
 

@@ -119,8 +119,8 @@ export async function renderHardware(view, loadedModelId) {
     ["Total", size(m.total_bytes)],
     ["Available", size(m.available_bytes), "Memory programs can take now without pushing others out: what a plan may use on the CPU."],
     ["Read bandwidth", m.read_bandwidth_gbps ? `${m.read_bandwidth_gbps} GB/s (measured)` : "not measured", "How fast the CPU reads memory. Writing a token reads every weight once, so on the CPU this sets the speed."],
-    ["llama.cpp decode", m.engine_bandwidth_gbps ? `${m.engine_bandwidth_gbps} GB/s (measured on this machine)` : "not measured: speeds are estimated from the read bandwidth",
-     "The bandwidth llama.cpp's own CPU kernels reached decoding a test slice of layers, timed once at the first start. Speed predictions for the CPU rest on it."],
+    ["llama.cpp's CPU speed", (m.engine_rates || []).length ? m.engine_rates.map(([k, gbps]) => `${k.split("@")[0]} in ${(k.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s`).join(" · ") + " (measured on this machine)" : "not measured yet: speeds are estimated from the read bandwidth",
+     "How fast llama.cpp's own CPU kernels stream each weight type, timed on a test slice of layers when the first model holding that type loads. Speed predictions for the CPU rest on these."],
     ["Swap", size(m.swap_total_bytes)],
   ]));
   if (!hw.gpus.length) grid.append(card("GPU", [["Found", "none"]]));

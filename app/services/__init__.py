@@ -54,7 +54,7 @@ class Services:
         if cut:
             log.warning("%d reply(s) cut off when Tandem last stopped are kept, marked interrupted", cut)
         hardware = HardwareService(settings)
-        models = ModelService(settings, store, hardware.profile)
+        models = ModelService(settings, store, hardware.profile, hardware.for_model)
         hub = None
         try:
             models.register_startup_models()

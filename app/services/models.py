@@ -73,10 +73,14 @@ def model_id_for(path: Path) -> str:
 
 
 class ModelService:
-    def __init__(self, settings: Settings, store: Store, hardware: Callable[[], HardwareProfile]):
+    def __init__(self, settings: Settings, store: Store, hardware: Callable[[], HardwareProfile],
+                 hardware_for: Callable[[ModelInfo], HardwareProfile] | None = None):
+        """hardware(): this machine's profile; hardware_for(info): the same with llama.cpp's rates
+        for that model's kinds of layers timed (HardwareService.for_model), before it loads."""
         self.settings = settings
         self.store = store
         self.hardware = hardware
+        self.hardware_for = hardware_for or (lambda info: hardware())
         budget = {"CPU": settings.memory_budget_mb * MIB} if settings.memory_budget_mb else None
         self.scheduler = Scheduler(self.free_memory, keep_alive_s=settings.keep_alive_s, budget=budget)
         self.remotes = RemoteService(store, settings.remote_timeout_s)
@@ -223,7 +227,7 @@ class ModelService:
     def _prepare(self, model: dict, available: dict[str, int]) -> Prepared:
         path = check_model_file(model["path"])
         info = inspect_model(path)
-        hw = self.hardware()
+        hw = self.hardware_for(info)
         hw = replace(hw, memory=replace(hw.memory, available_bytes=available.get("CPU", hw.memory.available_bytes)),
                      gpus=tuple(replace(g, memory_free_bytes=available.get(f"GPU{g.index}", g.memory_free_bytes))
                                 for g in hw.gpus))

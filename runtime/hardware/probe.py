@@ -175,8 +175,7 @@ def collect_raw(data_dir: Path | None = None) -> dict:
 
 
 # --- building: pure, from raw readings (also from fixtures of machines we do not have)
-def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None,
-                  engine_gbps: float | None = None) -> HardwareProfile:
+def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None) -> HardwareProfile:
     problems = [f"{name}: {why}" for name, why in sorted((raw.get("errors") or {}).items())]
     cpu = build_cpu(raw)
     mem = raw.get("memory") or {}
@@ -187,7 +186,6 @@ def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None,
         swap_free_bytes=mem.get("swap_free"),
         read_bandwidth_gbps=bandwidth_gbps[0] if bandwidth_gbps else raw.get("bandwidth_gbps"),
         read_bandwidth_1t_gbps=bandwidth_gbps[1] if bandwidth_gbps else raw.get("bandwidth_1t_gbps"),
-        engine_bandwidth_gbps=engine_gbps if engine_gbps is not None else raw.get("engine_bandwidth_gbps"),
     )
     gpus = []
     if raw.get("nvml"):
@@ -234,31 +232,45 @@ def build_engine(llama: dict | None, gpus: list) -> EngineBuild:
 
 
 def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasure: bool = False,
-          measure_engine: bool = False) -> HardwareProfile:
+          engine_kinds: list | None = None) -> HardwareProfile:
     """This machine's profile. The bandwidth is measured once per machine and cached in data_dir;
-    measure_engine: also time llama.cpp's own CPU decode (hardware.enginebench, a few seconds
-    once per machine and llama.cpp build, cached beside it)."""
+    engine_kinds (enginebench.Kind): also the rates llama.cpp's CPU kernels stream these at
+    (measured once per machine, build and kind), with those timed here before."""
     raw = collect_raw(data_dir)
-    gbps = engine_gbps = None
+    gbps = None
     if measure_bandwidth:
-        from tandem.runtime.hardware.bandwidth import buffer_mib, cached_bandwidth, machine_key
+        from tandem.runtime.hardware.bandwidth import buffer_mib, cached_bandwidth
 
-        threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1
-        first = build_profile(raw)
         try:
+            threads = (raw.get("cpu_count") or {}).get("physical") or os.cpu_count() or 1
+            first = build_profile(raw)
             size = buffer_mib(first.cpu.l3_bytes, first.memory.available_bytes)
             gbps = cached_bandwidth(data_dir, raw, threads, remeasure=remeasure, size_mib=size)
         except Exception as err:
             raw["errors"]["bandwidth"] = f"{type(err).__name__}: {err}"
-        if measure_engine:
-            from tandem.runtime.hardware.enginebench import cached_reading
+    profile = build_profile(raw, gbps)
+    if measure_bandwidth and engine_kinds is not None:
+        profile = with_engine_rates(profile, data_dir, engine_kinds, remeasure=remeasure)
+    return profile
 
-            try:
-                engine_gbps = cached_reading(data_dir, machine_key(raw), threads, first.cpu.l3_bytes,
-                                             remeasure=remeasure).bandwidth_gbps
-            except Exception as err:  # noqa: BLE001 - the numpy reading and the constants stand in
-                raw["errors"]["engine_bandwidth"] = f"{type(err).__name__}: {err}"
-    return build_profile(raw, gbps, engine_gbps)
+
+def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
+                      remeasure: bool = False) -> HardwareProfile:
+    """The profile with the rates llama.cpp's CPU kernels stream these kinds of layers at
+    (enginebench.Kind), and those measured before, at all physical cores. A failure is one of the profile's problems: the numpy
+    reading and the fitted constants stand in."""
+    from dataclasses import replace
+
+    from tandem.runtime.hardware.enginebench import cached_rates
+
+    threads = profile.cpu.physical_cores or os.cpu_count() or 1
+    try:
+        readings = cached_rates(data_dir, profile.machine_id or "unknown", threads, kinds, remeasure=remeasure)
+    except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
+        problem = f"engine_rates: {type(err).__name__}: {err}"
+        return replace(profile, problems=(*profile.problems, problem))
+    rates = tuple(sorted((key, r.rate_gbps) for key, r in readings.items()))
+    return replace(profile, memory=replace(profile.memory, engine_rates=rates))
 
 
 def load_profile(path: Path) -> HardwareProfile:

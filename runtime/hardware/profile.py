@@ -26,9 +26,13 @@ class MemoryInfo:
     swap_free_bytes: int | None = None
     read_bandwidth_gbps: float | None = None  # measured, all physical cores reading
     read_bandwidth_1t_gbps: float | None = None  # measured, one thread reading
-    # The bandwidth llama.cpp's CPU kernels reach, from a decode it timed (hardware.enginebench),
-    # all physical cores; the speed model prefers it to the numpy reading.
-    engine_bandwidth_gbps: float | None = None
+    # (kind, GB/s) llama.cpp's CPU kernels stream at all physical cores, from decodes it timed
+    # (hardware.enginebench; a kind is "TYPE@n_embd x n_ff x heads x kv heads x layers"); the speed
+    # model prefers them to the numpy reading.
+    engine_rates: tuple[tuple[str, float], ...] = ()
+
+    def engine_rate(self, key: str) -> float | None:
+        return next((gbps for k, gbps in self.engine_rates if k == key), None)
 
 
 @dataclass(frozen=True)
@@ -116,5 +120,9 @@ class HardwareProfile:
 
 def _build(kind, values: dict):
     known = {f.name for f in fields(kind)}
-    clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    clean = {k: _frozen(v) for k, v in values.items() if k in known}
     return kind(**clean)
+
+
+def _frozen(v):
+    return tuple(_frozen(x) for x in v) if isinstance(v, list) else v

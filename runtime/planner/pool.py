@@ -85,9 +85,9 @@ def _layers(k: int) -> str:
 
 
 def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
-    from tandem.runtime.planner.speed import host_bandwidth
+    from tandem.runtime.planner.speed import cpu_rate
 
-    return (layer_bytes + kv_read) / (host_bandwidth(hw, threads) * cpu_efficiency(info)) + CPU_LAYER_S
+    return (layer_bytes + kv_read) / cpu_rate(info, hw, threads) + CPU_LAYER_S
 
 
 def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, fill: int,

@@ -2,9 +2,10 @@
 
 time per token = sum over devices of (bytes read per token / effective bandwidth)
                  + per-layer kernel overhead on each device + a hand-off when split + a base cost.
-Effective host bandwidth = host bandwidth x a per-quant-type kernel efficiency x a thread factor
-(fewer threads than physical cores read less). The host bandwidth is the one llama.cpp's own decode
-reached on this machine (hardware.enginebench) where it was measured, else the numpy read. GPU bandwidth comes from a table of cards,
+CPU rate = the rate llama.cpp's own decode streamed each weight type at on this machine, in layers
+of the model's shape (hardware.enginebench, timed once per kind) x a thread factor (fewer threads
+than physical cores read less); for a type not timed: the host bandwidth (the one the timed rates
+imply, else numpy's read) x a fitted per-type efficiency. GPU bandwidth comes from a table of cards,
 or from NVML's memory bus width and clock.
 """
 
@@ -171,19 +172,66 @@ def calibration_key(hw: HardwareProfile) -> str | None:
     mislead the other)."""
     if hw.machine_id is None:
         return None
-    return f"{hw.machine_id}/engine" if hw.memory.engine_bandwidth_gbps else hw.machine_id
+    return f"{hw.machine_id}/engine" if hw.memory.engine_rates else hw.machine_id
+
+
+def thread_factor(hw: HardwareProfile, threads: int) -> float:
+    """Below one thread per core, decode turns compute-bound per thread (dequantize, multiply), not
+    bandwidth-bound: it scales as (threads / cores) ** 0.75 on both the H200 host (4/8/16 threads)
+    and a 2-core EPYC VM, whatever a one-thread memory read alone would reach."""
+    cores = hw.cpu.physical_cores or threads
+    return min(1.0, threads / cores) ** THREAD_EXPONENT
+
+
+def _quant(key: str) -> str:
+    return key.split("@", 1)[0]
 
 
 def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
-    """Bytes/s that llama.cpp's kernels stream with `threads` threads.
+    """Bytes/s of memory bandwidth the speed model counts with `threads` threads: where llama.cpp's
+    rates were timed here, the bandwidth they imply (each rate / its type's fitted efficiency, the
+    median over the kinds timed), else the numpy read."""
+    rates = hw.memory.engine_rates
+    if rates:
+        full = statistics.median(gbps / CPU_TYPE_EFFICIENCY.get(_quant(k), DEFAULT_CPU_EFFICIENCY) for k, gbps in rates)
+    else:
+        full = hw.memory.read_bandwidth_gbps or 20.0
+    return full * 1e9 * thread_factor(hw, threads)
 
-    Below one thread per core, decode turns compute-bound per thread (dequantize, multiply), not
-    bandwidth-bound: it scales as (threads / cores) ** 0.75 on both the H200 host (4/8/16 threads)
-    and this 2-core machine, whatever a one-thread memory read alone would reach.
-    """
-    cores = hw.cpu.physical_cores or threads
-    full = (hw.memory.engine_bandwidth_gbps or hw.memory.read_bandwidth_gbps or 20.0) * 1e9
-    return full * min(1.0, threads / cores) ** THREAD_EXPONENT
+
+def type_rate(info: ModelInfo, hw: HardwareProfile, quant: str) -> float | None:
+    """GB/s llama.cpp streamed this model's layers of one weight type at, all cores: timed in its
+    own shape, else in another shape (the median), else None."""
+    from tandem.runtime.hardware.enginebench import kind_for, measurable
+
+    if not measurable(quant):
+        return None
+    own = hw.memory.engine_rate(kind_for(quant, info).key)
+    if own:
+        return own
+    others = [gbps for k, gbps in hw.memory.engine_rates if _quant(k) == quant and gbps]
+    return statistics.median(others) if others else None
+
+
+def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
+    """Bytes/s of this model's weights llama.cpp's CPU kernels stream with `threads` threads: each
+    weight type at the rate timed on this machine (hardware.enginebench), a type not timed at the
+    host bandwidth times its fitted efficiency; the types' times add by their bytes."""
+    total = sum(info.tensor_types.values())
+    if not hw.memory.engine_rates or not total:
+        return host_bandwidth(hw, threads) * cpu_efficiency(info)
+    return _cpu_rate(info, hw, threads, total)
+
+
+def _cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int, total: int) -> float:
+    base = host_bandwidth(hw, threads)
+    factor = thread_factor(hw, threads)
+    seconds_per_byte = 0.0
+    for quant, nbytes in info.tensor_types.items():
+        timed = type_rate(info, hw, quant)
+        rate = timed * 1e9 * factor if timed else base * CPU_TYPE_EFFICIENCY.get(quant, DEFAULT_CPU_EFFICIENCY)
+        seconds_per_byte += nbytes / total / rate
+    return 1.0 / seconds_per_byte
 
 
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
@@ -202,7 +250,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
     bytes_cpu = sum(info.layer_bytes[i] for i in on_cpu) + (out_w if output_dev is None else 0)
     n_cpu_layers = len(on_cpu)
-    seconds_cpu = (bytes_cpu + kv_read_cpu) / (host_bandwidth(hw, threads) * cpu_efficiency(info)) + n_cpu_layers * CPU_LAYER_S
+    seconds_cpu = (bytes_cpu + kv_read_cpu) / cpu_rate(info, hw, threads) + n_cpu_layers * CPU_LAYER_S
 
     seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
     n_gpu_layers_total = info.n_layer - n_cpu_layers

@@ -1,61 +1,94 @@
-"""The engine micro-benchmark: llama.cpp's own CPU decode, timed once per machine, feeds the
-speed model's host bandwidth."""
+"""The engine micro-benchmark: llama.cpp's own CPU decode of each weight type, timed once per
+machine, feeds the speed model's CPU term."""
 
 from __future__ import annotations
 
-import json
+import threading
 from dataclasses import replace
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tandem.app.server import ServerThread
 from tandem.runtime.hardware import enginebench, probe
+from tandem.runtime.hardware.probe import with_engine_rates
 from tandem.runtime.model_info import inspect_model
-from tandem.runtime.planner.speed import calibration_key, estimate, host_bandwidth
-from tandem.runtime.synth import SynthSpec, write_model
+from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate
+from tandem.runtime.synth import write_model
 from tests.conftest import make_settings
 
+MODEL = "smollm2-135m-instruct-q4_1"
 
-def test_the_reading_reproduces_the_decode_it_timed_in_the_speed_model(tmp_path):
-    """The bandwidth derived from a timed decode, put back into the speed model with the slice's
-    own file, predicts that decode: the derivation and the model count the same bytes."""
+
+def test_a_timed_rate_put_back_into_the_speed_model_predicts_the_decode_it_timed(tmp_path):
+    """The derivation and the speed model count the same bytes and costs."""
     hw = probe(tmp_path)
     threads = hw.cpu.physical_cores or 1
-    reading = enginebench.measure(threads, hw.cpu.l3_bytes, workdir=tmp_path)
-    assert reading.bandwidth_gbps > 0 and reading.layers >= 2
+    kind = enginebench.kind_for("Q4_0")
+    reading = enginebench.measure(kind, threads, workdir=tmp_path)
+    assert reading.rate_gbps > 0 and reading.layers == kind.layers >= enginebench.MIN_LAYERS
+    assert reading.slice_bytes <= enginebench.MAX_SLICE_BYTES + 200 << 20  # the layers, and the output matrix
     assert not list(tmp_path.glob("tandem-engine-bench-*")), "the slice is removed after timing"
 
-    spec = SynthSpec(n_layer=reading.layers, n_embd=enginebench.N_EMBD, n_head=enginebench.N_HEAD,
-                     n_head_kv=enginebench.N_HEAD_KV, n_ff=enginebench.N_FF, n_ctx_train=256,
-                     quant=enginebench.QUANT)
-    info = inspect_model(write_model(tmp_path / "same-shape.gguf", spec, fill="zeros"))
-    timed = replace(hw, memory=replace(hw.memory, engine_bandwidth_gbps=reading.bandwidth_gbps))
+    info = inspect_model(write_model(tmp_path / "same.gguf", kind.spec(), fill="zeros"))
+    assert enginebench.kind_for("Q4_0", info) == kind
+    timed = replace(hw, memory=replace(hw.memory, engine_rates=((kind.key, reading.rate_gbps),)))
     predicted = estimate(info, timed, n_gpu_layers=0, gpu=None, threads=threads, kv_read_gpu=0, kv_read_cpu=0)
+    # F32 norms (0.01% of the bytes) run at the bandwidth the Q4_0 rate implies: within 1%
     assert predicted.decode_tps == pytest.approx(1 / reading.seconds_per_token, rel=0.01)
 
 
-def test_probe_times_the_engine_once_and_keeps_it(tmp_path, monkeypatch):
-    first = probe(tmp_path, measure_engine=True)
-    assert first.memory.engine_bandwidth_gbps and first.memory.engine_bandwidth_gbps > 0
-    cache = json.loads((tmp_path / enginebench.CACHE_FILE).read_text())
-    (entry,) = cache.values()
-    assert entry["bandwidth_gbps"] == first.memory.engine_bandwidth_gbps
-    assert entry["build"] == enginebench.build_id()
+def test_a_slice_takes_the_models_own_shape_where_its_type_allows(shapes):
+    smol = shapes["smollm2"]
+    own = enginebench.kind_for("Q4_1", smol)
+    assert (own.n_embd, own.n_ff, own.layers) == (smol.n_embd, smol.n_ff, smol.n_layer)
+    # 576 is no whole number of Q4_K's 256-wide blocks: the standard 1B shape, up to 1 GiB of it
+    std = enginebench.kind_for("Q4_K", smol)
+    assert (std.n_embd, std.n_ff) == enginebench.STANDARD_SHAPE[:2] and std.layers > smol.n_layer
+    big = enginebench.kind_for("Q4_0", shapes["8b"])
+    assert big.n_embd == 4096 and 2 <= big.layers < shapes["8b"].n_layer  # 1 GiB of its 32 layers
+    assert enginebench.parse_key(big.key) == big and enginebench.parse_key("Q4_0@1x2") is None
 
-    def must_not_run(*a, **k):
-        raise AssertionError("timed again although this machine's reading is kept")
 
-    monkeypatch.setattr(enginebench, "measure", must_not_run)
-    again = probe(tmp_path, measure_engine=True)
-    assert again.memory.engine_bandwidth_gbps == first.memory.engine_bandwidth_gbps
-    # The speed model uses it, and calibration from replies is kept apart from the numpy basis.
-    read_only = replace(again, memory=replace(again.memory, engine_bandwidth_gbps=None))
+def test_the_timing_runs_in_a_thread_that_ends(tmp_path, monkeypatch):
+    """llama.cpp's OpenMP team lives with the thread that computed; one left behind in a server's
+    thread makes every later model's decode wait passively."""
+    seen = {}
+
+    def fake(kind, threads, workdir):
+        seen["thread"] = threading.current_thread()
+        return "reading"
+
+    monkeypatch.setattr(enginebench, "_measure", fake)
+    assert enginebench.measure(enginebench.kind_for("Q4_0"), 1) == "reading"
+    assert seen["thread"] is not threading.current_thread() and not seen["thread"].is_alive()
+
+
+def test_each_kind_is_timed_once_and_kept(tmp_path, monkeypatch, shapes):
+    smol = shapes["smollm2"]
+    q41, q80 = enginebench.kind_for("Q4_1", smol), enginebench.kind_for("Q8_0", smol)
+    first = with_engine_rates(probe(tmp_path), tmp_path, [q41])
+    rate = first.memory.engine_rate(q41.key)
+    assert rate > 0 and first.memory.engine_rates == ((q41.key, rate),)
+    calls = []
+    real = enginebench.measure
+
+    def counting(kind, *a, **k):
+        calls.append(kind.key)
+        return real(kind, *a, **k)
+
+    monkeypatch.setattr(enginebench, "measure", counting)
+    again = probe(tmp_path, engine_kinds=[q41, q80])
+    assert calls == [q80.key], "only the kind not timed before is timed"
+    assert again.memory.engine_rate(q41.key) == rate and again.memory.engine_rate(q80.key) > 0
+    assert probe(tmp_path, engine_kinds=[]).memory.engine_rates == again.memory.engine_rates
+    assert calls == [q80.key]
+    # The speed model uses the timed rates for the model's types, and calibration from replies is
+    # kept apart from predictions made on the numpy read.
+    untimed = replace(again, memory=replace(again.memory, engine_rates=()))
     cores = again.cpu.physical_cores or 1
-    assert host_bandwidth(again, cores) == pytest.approx(again.memory.engine_bandwidth_gbps * 1e9)
-    assert host_bandwidth(read_only, cores) == pytest.approx(again.memory.read_bandwidth_gbps * 1e9)
-    assert calibration_key(again) != calibration_key(read_only)
+    assert cpu_rate(smol, again, cores) != pytest.approx(cpu_rate(smol, untimed, cores), rel=1e-3)
+    assert calibration_key(again) != calibration_key(untimed)
 
 
 def test_a_damaged_cache_is_timed_again_and_a_failed_timing_leaves_the_read_bandwidth(tmp_path, monkeypatch):
@@ -65,17 +98,18 @@ def test_a_damaged_cache_is_timed_again_and_a_failed_timing_leaves_the_read_band
         raise RuntimeError("llama.cpp could not load the slice")
 
     monkeypatch.setattr(enginebench, "measure", fails)
-    hw = probe(tmp_path, measure_engine=True)
-    assert hw.memory.engine_bandwidth_gbps is None
-    assert hw.memory.read_bandwidth_gbps
-    assert any("engine_bandwidth" in p and "could not load the slice" in p for p in hw.problems)
+    hw = probe(tmp_path, engine_kinds=[enginebench.kind_for("Q4_0")])
+    assert hw.memory.engine_rates == () and hw.memory.read_bandwidth_gbps
+    assert any("engine_rates" in p and "could not load the slice" in p for p in hw.problems)
+    assert enginebench.main_types({"Q4_K": 70, "Q6_K": 25, "F32": 5, "IQ2_XS": 30}) == ["Q4_K", "Q6_K"]
 
 
-def test_the_app_times_the_engine_at_its_first_start_and_shows_it(tmp_path):
-    settings = make_settings(tmp_path, engine_bench=True)
-    with ServerThread(settings) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+def test_the_app_times_the_default_models_type_before_loading_it_and_shows_it(tmp_path):
+    with ServerThread(make_settings(tmp_path, engine_bench=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=120) as client:
         hw = client.get("/api/hardware").json()
-        assert hw["memory"]["engine_bandwidth_gbps"] > 0
-        assert (Path(tmp_path) / enginebench.CACHE_FILE).exists()
-        plan = client.get("/api/models/" + client.get("/v1/models").json()["data"][0]["id"] + "/plan").json()
-        assert plan["decode_tps"] > 0 and plan["speed_basis"] == "estimated"
+        rates = {key.split("@")[0]: gbps for key, gbps in hw["memory"]["engine_rates"]}
+        assert rates.get("Q4_1", 0) > 0 and rates.get("Q8_0", 0) > 0, hw["memory"]
+        assert (tmp_path / enginebench.CACHE_FILE).exists()
+        plan = client.get(f"/api/models/{MODEL}/plan").json()
+        assert plan["loaded"] and plan["decode_tps"] > 0

@@ -5,7 +5,7 @@ import pytest
 from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
 from tandem.runtime.errors import ChatTemplateError, InvalidModelFile
 from tandem.runtime.model_info import inspect_model
-from tandem.runtime.synth import HOSTILE_TEMPLATE, SynthSpec, preset, write_model
+from tandem.runtime.synth import HOSTILE_TEMPLATE, SynthSpec, layer_bytes, output_bytes, preset, write_model
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -27,6 +27,21 @@ def test_tiny_models_of_each_quant_type_run(tmp_path, quant):
     assert r.stats.completion_tokens == 6 and r.finish_reason == "length"
 
 
+@pytest.mark.parametrize("quant", ["BF16", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_every_other_weight_type_writes_blocks_llama_cpp_runs(tmp_path, quant):
+    """The engine micro-benchmark times slices of these types (K-quant blocks are 256 wide)."""
+    spec = SynthSpec(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, quant=quant)
+    path = write_model(tmp_path / f"{quant}.gguf", spec)
+    info = inspect_model(path)
+    assert info.dominant_type == quant
+    # every matrix is of the type: the layers' (less their two F32 norms each), the token
+    # embeddings and the output (less its F32 norm)
+    norm = 256 * 4
+    assert info.tensor_types[quant] == layer_bytes(spec) - 2 * 2 * norm + 2 * (output_bytes(spec) - norm)
+    r = run(path)
+    assert r.stats.completion_tokens == 6
+
+
 def test_shape_options(tmp_path):
     spec = SynthSpec(n_layer=3, n_embd=128, n_head=8, n_head_kv=1, n_ff=256, n_vocab=49200, tied_output=True)
     info = inspect_model(write_model(tmp_path / "odd.gguf", spec))
@@ -37,6 +52,8 @@ def test_shape_options(tmp_path):
 
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError, match="quant"):
+        SynthSpec(n_layer=1, n_embd=64, n_head=4, n_head_kv=4, n_ff=64, quant="IQ2_XS")
+    with pytest.raises(ValueError, match="multiples of 256 for Q2_K"):  # a K-quant block is 256 wide
         SynthSpec(n_layer=1, n_embd=64, n_head=4, n_head_kv=4, n_ff=64, quant="Q2_K")
     with pytest.raises(ValueError, match="divide"):
         SynthSpec(n_layer=1, n_embd=64, n_head=5, n_head_kv=5, n_ff=64)
