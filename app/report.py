@@ -26,6 +26,14 @@ def engine_text(p: HardwareProfile) -> str:
     return ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in rates) + " (timed on this machine, all cores)"
 
 
+def kv_text(p: HardwareProfile) -> str:
+    """What a cached position costs a decoded token per KV cache type, as timed on this machine."""
+    if not p.memory.kv_costs:
+        return "not timed yet (timed when the first model loads)"
+    return ", ".join(f"{t} {ns:.2f} ns" for t, ns in p.memory.kv_costs) + \
+        " per position, layer and query dimension (timed on this machine, all cores)"
+
+
 def kind_label(key: str) -> str:
     """"Q4_1@576x1536x9x3x30" -> "Q4_1 in 576-wide layers"."""
     quant, _, dims = key.partition("@")
@@ -44,6 +52,7 @@ def hardware_text(p: HardwareProfile) -> str:
         f"every core reading, {m.read_bandwidth_1t_gbps if m.read_bandwidth_1t_gbps is not None else '?'} GB/s with one "
         f"(measured once on this machine; `tandem hardware --remeasure` measures again)",
         f"          llama.cpp's CPU kernels: {engine_text(p)}",
+        f"          attention over a filled cache: {kv_text(p)}",
     ]
     if not p.gpus:
         lines.append("GPU       none found")

@@ -1,7 +1,8 @@
 """The speed model scored on rows it was not fitted or calibrated on, on this machine's CPU.
 
   .venv/bin/python scripts/speed_holdout.py [--models smollm2,1b,3b] [--tokens 64] [--replies 3]
-                                            [--ctx 4096] [--fill 0,1024] [--out FILE.json]
+                                            [--ctx 4096] [--fill 0,1024] [--workdir DIR] [--out FILE.json]
+  .venv/bin/python scripts/speed_holdout.py --rescore FILE.json --workdir DIR [--out FILE2.json]
 
 For each model (the built-in SmolLM2 Q4_1 and synthetic Llama-1B- and 3B-shaped Q4_0 files) every
 CPU plan of the sweep - KV cache type (f16, q8_0, q4_0) x threads (1 .. physical cores) x context
@@ -16,6 +17,9 @@ Reported per row, against the median measured:
   other row of that model is scored with that calibration - rows it never saw;
 - across models: the calibration from the other models' plan rows only (this machine's factor
   for a model never run here).
+Then, at each fill, the plan the planner makes now against the best measured row (plan / best).
+--rescore scores the rows a run saved with the speed model as it is now (the engine timings read
+from DIR's cache or timed now; nothing else is measured again).
 The constants of runtime/planner/speed.py were fitted on other rows (SmolLM2 on an AMD EPYC 2-core
 VM, 7B/13B shapes on an H200 host); nothing here is fitted. A benchmark: it never fails on a number.
 """
@@ -31,7 +35,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tandem.app.report import engine_text
+from tandem.app.report import engine_text, kv_text
 from tandem.runtime import embedded
 from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
 from tandem.runtime.hardware import probe
@@ -80,6 +84,24 @@ def measure(path: Path, plan, fill: int, tokens: int, replies: int) -> list[tupl
         worker.close()
 
 
+def variants(plan, cores: int) -> list[tuple[str, object]]:
+    out = [("plan", plan)]
+    for kv in KV:
+        for threads in sorted({1, cores}):
+            p = replace(plan, type_k=kv, type_v=kv, n_threads=threads, n_threads_batch=threads, flash_attn=True)
+            if (kv, threads) != (plan.type_k, plan.n_threads):
+                out.append((f"kv {kv}, {threads} thr", p))
+    return out
+
+
+def predict(row: dict, info, hw, numpy_hw, base) -> None:
+    """The row's predictions (uncalibrated; on the engine's timings and on the numpy read alone)."""
+    p = replace(base, type_k=row["type_k"], type_v=row["type_k"], n_threads=row["threads"],
+                n_threads_batch=row["threads"], flash_attn=True)
+    row["predicted_tps"], row["cpu_share"] = predict_split(info, hw, p, row["mean_fill"])
+    row["predicted_numpy_tps"], _ = predict_split(info, numpy_hw, p, row["mean_fill"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2,1b,3b")
@@ -88,53 +110,53 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--fill", default="0,1024", help="prompt fills of the cache to measure at")
     ap.add_argument("--workdir", type=Path, help="where the synthetic models go (kept for a rerun)")
+    ap.add_argument("--rescore", type=Path, help="score the rows an earlier --out saved with the speed model "
+                                                 "as it is now, measuring nothing but the engine timings")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tandem-holdout-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    paths = model_paths(args.models.split(","), workdir)
+    saved = json.loads(args.rescore.read_text()) if args.rescore else None
+    names = list(dict.fromkeys(r["model"] for r in saved["rows"])) if saved else args.models.split(",")
+    paths = model_paths(names, workdir)
     infos = {name: inspect_model(path) for name, path in paths.items()}
     t0 = time.perf_counter()
     hw = probe(workdir, engine_kinds=[kind_for(q, i) for i in infos.values() for q in main_types(i.tensor_types)])
     timing_s = time.perf_counter() - t0
-    numpy_hw = replace(hw, memory=replace(hw.memory, engine_rates=()))
+    numpy_hw = replace(hw, memory=replace(hw.memory, engine_rates=(), kv_costs=()))
     cores = hw.cpu.physical_cores or 1
     print(f"{hw.cpu.brand}, {cores} cores; numpy read {hw.memory.read_bandwidth_gbps} GB/s; llama.cpp's CPU "
-          f"kernels {engine_text(hw)} (probe and engine micro-benchmark: {timing_s:.1f} s)", flush=True)
-    fills = [int(f) for f in args.fill.split(",")]
-    rows = []
-    # Warm-up of the process: the first model measured in a fresh process decodes slower.
-    name, path = next(iter(paths.items()))
-    measure(path, replace(plan_model(infos[name], hw, args.ctx), speculative="none"), 0, 32, 1)
-    for name, path in paths.items():
-        info = infos[name]
-        plan = replace(plan_model(info, hw, args.ctx), speculative="none")  # plain replies: what calibrates
-        variants = [("plan", plan)]
-        for kv in KV:
-            for threads in sorted({1, cores}):
-                p = replace(plan, type_k=kv, type_v=kv, n_threads=threads, n_threads_batch=threads,
-                            flash_attn=True)
-                if (kv, threads) != (plan.type_k, plan.n_threads):
-                    variants.append((f"kv {kv}, {threads} thr", p))
-        for fill in fills:
-            for label, p in variants:
-                t0 = time.perf_counter()
-                got = measure(path, p, fill, args.tokens, args.replies)
-                if not got:
-                    continue
-                mean_fill = round(statistics.median(f for _, f in got))
-                raw, share = predict_split(info, hw, p, mean_fill)
-                raw_numpy, _ = predict_split(info, numpy_hw, p, mean_fill)
-                row = {"model": name, "row": label, "fill": fill, "type_k": p.type_k, "threads": p.n_threads,
-                       "measured": [round(v, 2) for v, _ in got], "mean_fill": mean_fill,
-                       "measured_tps": statistics.median(v for v, _ in got),
-                       "predicted_tps": raw, "predicted_numpy_tps": raw_numpy, "cpu_share": share,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                rows.append(row)
-                print(f"{name:8} {label:18} fill {fill:5}: measured {row['measured_tps']:7.1f}  predicted "
-                      f"{raw:7.1f} ({raw / row['measured_tps'] - 1:+.0%})  numpy basis {raw_numpy:7.1f} "
-                      f"({raw_numpy / row['measured_tps'] - 1:+.0%})", flush=True)
+          f"kernels {engine_text(hw)}; filled cache {kv_text(hw)} (probe and engine micro-benchmark: "
+          f"{timing_s:.1f} s)", flush=True)
+    fills = sorted({r["fill"] for r in saved["rows"]}) if saved else [int(f) for f in args.fill.split(",")]
+    ctx = saved.get("ctx", 4096) if saved else args.ctx
+    bases = {name: replace(plan_model(info, hw, ctx), speculative="none") for name, info in infos.items()}
+    rows = saved["rows"] if saved else []
+    if not saved:
+        # Warm-up of the process: the first model measured in a fresh process decodes slower.
+        name, path = next(iter(paths.items()))
+        measure(path, bases[name], 0, 32, 1)
+        for name, path in paths.items():
+            for fill in fills:
+                for label, p in variants(bases[name], cores):
+                    t0 = time.perf_counter()
+                    got = measure(path, p, fill, args.tokens, args.replies)
+                    if not got:
+                        continue
+                    row = {"model": name, "row": label, "fill": fill, "type_k": p.type_k, "threads": p.n_threads,
+                           "measured": [round(v, 2) for v, _ in got],
+                           "mean_fill": round(statistics.median(f for _, f in got)),
+                           "measured_tps": statistics.median(v for v, _ in got),
+                           "seconds": round(time.perf_counter() - t0, 1)}
+                    rows.append(row)
+                    print(f"{name:8} {label:18} fill {fill:5}: measured {row['measured_tps']:7.1f}", flush=True)
+    print()
+    for r in rows:
+        predict(r, infos[r["model"]], hw, numpy_hw, bases[r["model"]])
+        print(f"{r['model']:8} {r['row']:18} fill {r['fill']:5}: measured {r['measured_tps']:7.1f}  predicted "
+              f"{r['predicted_tps']:7.1f} ({r['predicted_tps'] / r['measured_tps'] - 1:+.0%})  numpy basis "
+              f"{r['predicted_numpy_tps']:7.1f} ({r['predicted_numpy_tps'] / r['measured_tps'] - 1:+.0%})")
 
     def records(selected):
         return [{"model_id": r["model"], "predicted_tps": r["predicted_tps"], "measured_tps": v,
@@ -148,7 +170,6 @@ def main(argv=None) -> int:
         r["calibrated_tps"] = cal.apply(r["predicted_tps"], r["cpu_share"], r["model"])
         cross = Calibration.from_records(records(others))
         r["cross_model_tps"] = cross.apply(r["predicted_tps"], r["cpu_share"], None) if others else None
-    timing = {"seconds": round(timing_s, 1), "rates": hw.memory.engine_rates}
 
     def err(key, selected):
         errs = [abs(x[key] / x["measured_tps"] - 1) for x in selected if x.get(key)]
@@ -166,9 +187,27 @@ def main(argv=None) -> int:
         print(f"{name:8} {len(mine):5}  " + "  ".join(
             f"{s[k][0]:>12.1%} / {s[k][1]:.1%}" if s[k][0] is not None else f"{'-':>21}"
             for k in ("uncalibrated", "numpy", "calibrated_held_out", "cross_model")))
+    # The planner's choice now against the best measured row, at each fill.
+    print("\nmodel    fill  planned (KV, threads)  measured  best measured row        plan / best")
+    choice = {}
+    for name, info in infos.items():
+        planned = plan_model(info, hw, ctx)
+        for fill in fills:
+            at = [r for r in rows if r["model"] == name and r["fill"] == fill]
+            mine = next((r for r in at if (r["type_k"], r["threads"]) == (planned.type_k, planned.n_threads)), None)
+            best = max(at, key=lambda r: r["measured_tps"], default=None)
+            if mine and best:
+                ratio = mine["measured_tps"] / best["measured_tps"]
+                choice[f"{name}@{fill}"] = {"planned": [planned.type_k, planned.n_threads], "ratio": ratio,
+                                            "best": [best["type_k"], best["threads"]]}
+                print(f"{name:8} {fill:5}  {planned.type_k:>5}, {planned.n_threads} thr        {mine['measured_tps']:8.1f}"
+                      f"  {best['type_k']:>5}, {best['threads']} thr ({best['measured_tps']:.1f})   {ratio:.2f}")
     if args.out:
-        args.out.write_text(json.dumps({"hardware": hw.to_dict(), "command": " ".join(sys.argv), "rows": rows,
-                                        "engine_timing": timing, "summary": summary}, indent=1))
+        args.out.write_text(json.dumps({
+            "hardware": hw.to_dict(), "command": " ".join(sys.argv), "ctx": ctx, "rows": rows,
+            "engine_timing": {"seconds": round(timing_s, 1), "rates": hw.memory.engine_rates,
+                              "kv_costs": hw.memory.kv_costs},
+            "summary": summary, "plan_vs_best": choice}, indent=1))
     return 0
 
 

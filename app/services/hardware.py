@@ -7,7 +7,7 @@ import threading
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
 from tandem.runtime.hardware.enginebench import kind_for, main_types
-from tandem.runtime.hardware.probe import with_engine_rates
+from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
 
 
 class HardwareService:
@@ -37,11 +37,16 @@ class HardwareService:
             return profile
         missing = [k for k in (kind_for(q, info) for q in main_types(info.tensor_types))
                    if profile.memory.engine_rate(k.key) is None and k.key not in self._untimed]
-        if not missing:
+        kv_missing = not profile.memory.kv_costs and "kv" not in self._untimed
+        if not missing and not kv_missing:
             return profile
         with self._lock:
             current = self._profile or profile
-            timed = with_engine_rates(current, self.settings.data_dir, missing)
+            timed = with_engine_rates(current, self.settings.data_dir, missing) if missing else current
+            if kv_missing:
+                timed = with_kv_costs(timed, self.settings.data_dir)
+                if not timed.memory.kv_costs:
+                    self._untimed.add("kv")
             # a kind that could not be timed is said once (the profile's problems), then the
             # fitted constants serve for it
             self._untimed.update(k.key for k in missing if timed.memory.engine_rate(k.key) is None)

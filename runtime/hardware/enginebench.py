@@ -236,3 +236,107 @@ def parse_key(key: str) -> Kind | None:
     except ValueError:
         return None
     return Kind(quant, n_embd, n_ff, n_head, n_head_kv, layers)
+
+
+# --- the cost of attending over a filled cache, per KV cache type
+#
+# Decoding with a filled context adds, per token, attention over every cached position in every
+# layer; on a CPU that is arithmetic more than memory traffic, and its price depends on the
+# cache's type (llama.cpp's CPU flash attention converts an f16 cache element by element: on an
+# AVX-512 Xeon, SmolLM2 at 1,100 cached tokens decodes at 55 tokens/s with an f16 cache and 93
+# with q8_0). It is timed on a small slice (8 layers of 8 heads of 64) at KV_FILL cached tokens
+# against an empty cache, and kept per query-head dimension: seconds per cached position, layer
+# and query dimension (n_head x head_dim), which the speed model multiplies out for any model.
+KV_TYPES = ("f16", "q8_0", "q4_0")
+KV_SHAPE = (512, 1408, 8, 2)  # n_embd, n_ff, n_head, n_head_kv: head_dim 64
+KV_LAYERS = 8
+KV_FILL = 768
+
+
+@dataclass(frozen=True)
+class KvReading:
+    type_k: str
+    ns_per_position: float  # nanoseconds per cached position x layer x query dimension
+    empty_s: float  # seconds per token with an empty cache
+    filled_s: float  # with KV_FILL positions cached
+    threads: int
+    seconds: float
+    build: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def measure_kv(type_k: str, threads: int, workdir: Path | None = None) -> KvReading:
+    """Time decode with an empty and a filled cache of this type (in a thread that ends)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-engine-bench") as pool:
+        return pool.submit(_measure_kv, type_k, threads, workdir).result()
+
+
+def _fastest_token(decoder, token: int) -> tuple[float, int]:
+    best = math.inf
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        for _ in range(ROUND_TOKENS):
+            decoder.decode([token])
+            token += 1
+        best = min(best, (time.perf_counter() - t0) / ROUND_TOKENS)
+    return best, token
+
+
+def _measure_kv(type_k: str, threads: int, workdir: Path | None) -> KvReading:
+    import llama_cpp
+
+    from tandem.runtime.engine.model import guard_engine_build
+    from tandem.runtime.engine.native import NativeDecoder
+    from tandem.runtime.engine.params import KV_TYPES as GGML_KV
+    from tandem.runtime.synth import write_model
+
+    started = time.perf_counter()
+    kind = Kind("Q4_0", *KV_SHAPE, layers=KV_LAYERS)
+    n_embd, _, n_head, _ = KV_SHAPE
+    with tempfile.TemporaryDirectory(prefix="tandem-engine-bench-", dir=workdir) as tmp:
+        path = write_model(Path(tmp) / "kv.gguf", kind.spec(), fill="zeros")
+        guard_engine_build()
+        llm = llama_cpp.Llama(str(path), n_ctx=KV_FILL + 128, n_batch=256, n_ubatch=256, n_threads=threads,
+                              n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, type_k=GGML_KV[type_k],
+                              type_v=GGML_KV[type_k], use_mmap=False, verbose=False)
+        try:
+            decoder = NativeDecoder(llm)
+            token = 1000
+            decoder.decode(list(range(token, token + WARMUP_TOKENS)))
+            token += WARMUP_TOKENS
+            empty, token = _fastest_token(decoder, token)
+            decoder.prefill(decoder.cached + list(range(token, token + KV_FILL)))
+            token += KV_FILL
+            filled, token = _fastest_token(decoder, token)
+        finally:
+            llm.close()
+    positions = KV_FILL + ROUNDS * ROUND_TOKENS  # between the two rounds' mean fills
+    ns = max(0.0, filled - empty) / (positions * KV_LAYERS * n_embd) * 1e9
+    return KvReading(type_k=type_k, ns_per_position=round(ns, 4), empty_s=empty, filled_s=filled, threads=threads,
+                     seconds=round(time.perf_counter() - started, 2), build=build_id())
+
+
+def cached_kv_costs(data_dir: Path | None, machine: str, threads: int, remeasure: bool = False) -> dict[str, KvReading]:
+    """Every KV type's reading for this machine, llama.cpp build and thread count: from data_dir's
+    cache, the missing ones measured now (about a second each) and kept there."""
+    from tandem.runtime.hardware.bandwidth import read_cache, write_cache
+
+    path = data_dir / CACHE_FILE if data_dir else None
+    prefix = f"{machine}:{build_id()}:{threads}:kv:"
+    cache = read_cache(path)
+    known: dict[str, KvReading] = {}
+    for type_k in KV_TYPES:
+        entry = cache.get(prefix + type_k)
+        if isinstance(entry, dict) and not remeasure:
+            try:
+                known[type_k] = KvReading(**entry)
+                continue
+            except TypeError:
+                pass
+        known[type_k] = measure_kv(type_k, threads, workdir=data_dir)
+        if path:
+            cache[prefix + type_k] = known[type_k].to_dict()
+            write_cache(path, cache)
+    return known

@@ -31,6 +31,10 @@ class MemoryInfo:
     # model prefers them to the numpy reading.
     engine_rates: tuple[tuple[str, float], ...] = ()
 
+    # (KV cache type, ns) a decoded token costs llama.cpp's CPU per cached position, layer and
+    # query dimension (n_head x head_dim), timed at all physical cores (hardware.enginebench).
+    kv_costs: tuple[tuple[str, float], ...] = ()
+
     def engine_rate(self, key: str) -> float | None:
         return next((gbps for k, gbps in self.engine_rates if k == key), None)
 

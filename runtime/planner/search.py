@@ -101,7 +101,7 @@ def _speed(info, hw, gpu, ngl, kv, threads, fill, cal):
     kv_gpu = round(kv_bytes(info, on_gpu, fill, "f16", "f16") * cost)
     kv_cpu = round(kv_bytes(info, [i for i in range(info.n_layer) if i not in set(on_gpu)], fill, "f16", "f16") * cost)
     return estimate(info, hw, n_gpu_layers=ngl, gpu=gpu, threads=threads, kv_read_gpu=kv_gpu,
-                    kv_read_cpu=kv_cpu, calibration=cal)
+                    kv_read_cpu=kv_cpu, calibration=cal, type_k=kv, fill=fill)
 
 
 def predict_decode(info: ModelInfo, hw: HardwareProfile, plan: Plan, fill: int) -> float:

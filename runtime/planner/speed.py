@@ -172,7 +172,7 @@ def calibration_key(hw: HardwareProfile) -> str | None:
     mislead the other)."""
     if hw.machine_id is None:
         return None
-    return f"{hw.machine_id}/engine" if hw.memory.engine_rates else hw.machine_id
+    return f"{hw.machine_id}/engine" if hw.memory.engine_rates or hw.memory.kv_costs else hw.machine_id
 
 
 def thread_factor(hw: HardwareProfile, threads: int) -> float:
@@ -234,9 +234,20 @@ def _cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int, total: int) ->
     return 1.0 / seconds_per_byte
 
 
+def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int, threads: int) -> float:
+    """Seconds a token spends attending over `fill` cached positions in its CPU layers, as timed
+    here for this KV type (0 where it was not: the KV bytes read stand for it alone)."""
+    ns = dict(hw.memory.kv_costs).get(type_k)
+    if not ns or not fill or not cpu_layers:
+        return 0.0
+    return ns * 1e-9 * fill * cpu_layers * info.n_head * info.head_dim_k / thread_factor(hw, threads)
+
+
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
-             kv_read_gpu: int, kv_read_cpu: int, calibration: float | tuple = 1.0) -> SpeedEstimate:
-    """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token).
+             kv_read_gpu: int, kv_read_cpu: int, calibration: float | tuple = 1.0,
+             type_k: str = "f16", fill: int = 0) -> SpeedEstimate:
+    """Predicted decode and prefill tokens/s of one placement (kv_read_*: KV bytes read per token;
+    type_k and fill: the cache's type and how many positions it holds, for the attention's cost).
 
     gpu: a GpuInfo or a GpuSet; the GPUs run their layers one after the other, so their times add.
     calibration: (cpu, gpu) speed factors (Calibration.factor), or one for both.
@@ -250,7 +261,8 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
     bytes_cpu = sum(info.layer_bytes[i] for i in on_cpu) + (out_w if output_dev is None else 0)
     n_cpu_layers = len(on_cpu)
-    seconds_cpu = (bytes_cpu + kv_read_cpu) / cpu_rate(info, hw, threads) + n_cpu_layers * CPU_LAYER_S
+    seconds_cpu = ((bytes_cpu + kv_read_cpu) / cpu_rate(info, hw, threads) + n_cpu_layers * CPU_LAYER_S
+                   + kv_seconds(info, hw, type_k, fill, n_cpu_layers, threads))
 
     seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
     n_gpu_layers_total = info.n_layer - n_cpu_layers

@@ -11,9 +11,9 @@ import pytest
 
 from tandem.app.server import ServerThread
 from tandem.runtime.hardware import enginebench, probe
-from tandem.runtime.hardware.probe import with_engine_rates
+from tandem.runtime.hardware.probe import has_kv_costs, with_engine_rates, with_kv_costs
 from tandem.runtime.model_info import inspect_model
-from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate
+from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds
 from tandem.runtime.synth import write_model
 from tests.conftest import make_settings
 
@@ -85,7 +85,7 @@ def test_each_kind_is_timed_once_and_kept(tmp_path, monkeypatch, shapes):
     assert calls == [q80.key]
     # The speed model uses the timed rates for the model's types, and calibration from replies is
     # kept apart from predictions made on the numpy read.
-    untimed = replace(again, memory=replace(again.memory, engine_rates=()))
+    untimed = replace(again, memory=replace(again.memory, engine_rates=(), kv_costs=()))
     cores = again.cpu.physical_cores or 1
     assert cpu_rate(smol, again, cores) != pytest.approx(cpu_rate(smol, untimed, cores), rel=1e-3)
     assert calibration_key(again) != calibration_key(untimed)
@@ -110,6 +110,25 @@ def test_the_app_times_the_default_models_type_before_loading_it_and_shows_it(tm
         hw = client.get("/api/hardware").json()
         rates = {key.split("@")[0]: gbps for key, gbps in hw["memory"]["engine_rates"]}
         assert rates.get("Q4_1", 0) > 0 and rates.get("Q8_0", 0) > 0, hw["memory"]
+        assert {t for t, _ in hw["memory"]["kv_costs"]} == {"f16", "q8_0", "q4_0"}
         assert (tmp_path / enginebench.CACHE_FILE).exists()
         plan = client.get(f"/api/models/{MODEL}/plan").json()
         assert plan["loaded"] and plan["decode_tps"] > 0
+
+
+def test_the_cost_of_a_filled_cache_is_timed_per_kv_type_and_slows_long_contexts(tmp_path, shapes):
+    hw = probe(tmp_path)
+    assert not has_kv_costs(tmp_path)
+    timed = with_kv_costs(hw, tmp_path)
+    costs = dict(timed.memory.kv_costs)
+    assert set(costs) == {"f16", "q8_0", "q4_0"} and all(ns >= 0 for ns in costs.values())
+    assert has_kv_costs(tmp_path) and probe(tmp_path, engine_kinds=[]).memory.kv_costs == timed.memory.kv_costs
+    # The speed model charges each cached position of each CPU layer at the timed cost.
+    smol = shapes["smollm2"]
+    priced = replace(timed, memory=replace(timed.memory, kv_costs=(("f16", 1.0),)))  # 1 ns, to see it
+    extra = kv_seconds(smol, priced, "f16", 1000, smol.n_layer, timed.cpu.physical_cores or 1)
+    assert extra == pytest.approx(1e-9 * 1000 * smol.n_layer * smol.n_head * smol.head_dim_k)
+    assert kv_seconds(smol, priced, "q8_0", 1000, smol.n_layer, 1) == 0  # not timed: bytes alone
+    fast = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=2, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=0)
+    slow = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=2, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=1000)
+    assert slow.decode_tps < fast.decode_tps
