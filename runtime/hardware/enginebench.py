@@ -201,18 +201,12 @@ def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[
     """The readings of these kinds for this machine, llama.cpp build and thread count (by key):
     from data_dir's cache, the missing ones measured now and kept there. With remeasure, every
     kind the cache holds for this machine is measured again too."""
-    from tandem.runtime.hardware.bandwidth import read_cache, write_cache
+    from tandem.runtime.hardware.bandwidth import read_cache
 
     path = data_dir / CACHE_FILE if data_dir else None
-    prefix = f"{machine}:{build_id()}:{threads}:"
+    prefix = f"{machine}:{build_id()}:{threads}:weights:"
     cache = read_cache(path)
-    known: dict[str, EngineReading] = {}
-    for key, entry in cache.items():
-        if key.startswith(prefix) and isinstance(entry, dict):
-            try:
-                known[key[len(prefix):]] = EngineReading(**entry)
-            except TypeError:
-                pass  # written by another version: measured again
+    known = _kept(cache, prefix, EngineReading)
     wanted = {k.key: k for k in kinds}
     if remeasure:
         for key in known:
@@ -222,10 +216,29 @@ def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[
         if kind is None or not measurable(kind.quant) or (key in known and not remeasure):
             continue
         known[key] = measure(kind, threads, workdir=data_dir)
-        if path:
-            cache[prefix + key] = known[key].to_dict()
-            write_cache(path, cache)
+        _keep(path, cache, prefix + key, known[key])
     return known
+
+
+def _kept(cache: dict, prefix: str, kind: type) -> dict:
+    """The readings of one kind kept under `prefix` (by the rest of their key); an entry another
+    version wrote is left out (measured again)."""
+    known = {}
+    for key, entry in cache.items():
+        if key.startswith(prefix) and isinstance(entry, dict):
+            try:
+                known[key[len(prefix):]] = kind(**entry)
+            except TypeError:
+                pass
+    return known
+
+
+def _keep(path: Path | None, cache: dict, key: str, reading) -> None:
+    from tandem.runtime.hardware.bandwidth import write_cache
+
+    if path is not None:
+        cache[key] = reading.to_dict()
+        write_cache(path, cache)
 
 
 def parse_key(key: str) -> Kind | None:
@@ -321,22 +334,14 @@ def _measure_kv(type_k: str, threads: int, workdir: Path | None) -> KvReading:
 def cached_kv_costs(data_dir: Path | None, machine: str, threads: int, remeasure: bool = False) -> dict[str, KvReading]:
     """Every KV type's reading for this machine, llama.cpp build and thread count: from data_dir's
     cache, the missing ones measured now (about a second each) and kept there."""
-    from tandem.runtime.hardware.bandwidth import read_cache, write_cache
+    from tandem.runtime.hardware.bandwidth import read_cache
 
     path = data_dir / CACHE_FILE if data_dir else None
     prefix = f"{machine}:{build_id()}:{threads}:kv:"
     cache = read_cache(path)
-    known: dict[str, KvReading] = {}
+    known = {} if remeasure else _kept(cache, prefix, KvReading)
     for type_k in KV_TYPES:
-        entry = cache.get(prefix + type_k)
-        if isinstance(entry, dict) and not remeasure:
-            try:
-                known[type_k] = KvReading(**entry)
-                continue
-            except TypeError:
-                pass
-        known[type_k] = measure_kv(type_k, threads, workdir=data_dir)
-        if path:
-            cache[prefix + type_k] = known[type_k].to_dict()
-            write_cache(path, cache)
-    return known
+        if type_k not in known:
+            known[type_k] = measure_kv(type_k, threads, workdir=data_dir)
+            _keep(path, cache, prefix + type_k, known[type_k])
+    return {t: known[t] for t in KV_TYPES}
