@@ -128,8 +128,14 @@ def collect_llama() -> dict:
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info()
+    supports = bool(llama_cpp.llama_supports_gpu_offload())
+    if supports and llama_cpp.llama_supports_rpc():
+        # llama.cpp says yes for its RPC backend alone: this machine's GPUs need a GPU backend
+        from tandem.runtime.pool.rpc import local_devices
+
+        supports = any(d["type"] in ("gpu", "igpu") for d in local_devices())
     return {
-        "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "supports_gpu_offload": supports,
         "system_info": info.decode(errors="replace") if isinstance(info, bytes) else str(info),
     }
 

@@ -285,8 +285,8 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
     reasons.append(f"{threads} threads: one per physical core.")
     reasons.append("Flash attention on: a smaller compute buffer" + (" and the quantized V cache needs it." if kv != "f16" else "."))
     per_token = (speed.bytes_gpu + speed.bytes_cpu) / 1e9
-    reasons.append(f"Predicted {speed.decode_tps:.1f} tokens/s decode ({per_token:.2f} GB of weights read per token) "
-                   f"and {speed.prefill_tps:.0f} tokens/s prefill.")
+    reasons.append(f"Predicted {speed.decode_tps:.1f} tokens/s decode with {speed_fill(c['n_ctx'])} tokens in the "
+                   f"context ({per_token:.2f} GB of weights read per token) and {speed.prefill_tps:.0f} tokens/s prefill.")
     if calibration is not None and abs(speed.calibration - 1.0) > 1e-6:
         cpu, gpu = calibration.factor(model_key)
         parts = [f"CPU x{cpu:.2f}" if abs(cpu - 1) > 1e-6 else "", f"GPU x{gpu:.2f}" if abs(gpu - 1) > 1e-6 else ""]

@@ -80,6 +80,13 @@ def test_the_set_up_builds_the_engine_with_rpc_and_without_amx_kernels():
     # set-up builds without them, so no model here needs the guard that loads without them.
     assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
     assert guard_engine_build() is False
+    # llama.cpp counts its RPC backend as GPU offload; the probe asks for a GPU device, so that a
+    # machine whose build cannot drive its GPU is still told how to reinstall.
+    from tandem.runtime.hardware.probe import collect_llama
+
+    gpus = [d for d in rpc.local_devices() if d["type"] in ("gpu", "igpu")]
+    assert llama_cpp.llama_supports_gpu_offload()
+    assert collect_llama()["supports_gpu_offload"] is bool(gpus)
 
 
 def test_a_worker_advertises_its_devices_and_the_probe_measures_the_link(worker):
