@@ -55,7 +55,10 @@ def nvml_used(index: int = 0) -> int | None:
 BASELINE = nvml_used()  # before this process touches the GPU: later readings minus this = what it holds
 
 from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
+from tandem.app.report import engine_text, kv_text  # noqa: E402
 from tandem.runtime.hardware import probe  # noqa: E402
+from tandem.runtime.hardware.enginebench import kind_for, main_types  # noqa: E402
+from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs  # noqa: E402
 from tandem.runtime.model_info import inspect_model  # noqa: E402
 from tandem.runtime.planner import Calibration, plan_model  # noqa: E402
 from tandem.runtime.planner.search import predict_decode, predict_split  # noqa: E402
@@ -116,13 +119,16 @@ class Bench:
 
 
 def _measure(path: Path, load: dict, tokens: int, draft: dict | None) -> dict:
-    """Load, prefill a ~500-token prompt, decode `tokens` greedily (end of turn ignored)."""
+    """Load, prefill a ~500-token prompt, decode a few tokens unmeasured (a load's first tokens run
+    slower: pages, caches, clocks), then `tokens` greedily (end of turn ignored), measured."""
     before = nvml_used(load.get("main_gpu", 0))
     t0 = time.perf_counter()
     draft_params = LoadParams(path=Path(draft["path"]), **draft["load"]) if draft else None
     session = ModelWorker.open(LoadParams(path=path, **load), draft=draft_params)
     load_s = time.perf_counter() - t0
     try:
+        session.submit([{"role": "user", "content": PROMPT}], SamplingParams(temperature=0.0, max_tokens=8),
+                       speculative="off").result()
         r = session.submit([{"role": "user", "content": PROMPT}],
                            SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True),
                            speculative="draft" if draft else "off").result()
@@ -376,7 +382,9 @@ def main(argv=None) -> int:
     if args.reanalyze:
         return reanalyze(args.reanalyze, args.out if args.out != Path("gpu_validate.json") else None)
 
-    hw = probe(measure_bandwidth=True)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tandem-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    hw = probe(work, measure_bandwidth=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "hardware": hw.to_dict()
               if hasattr(hw, "to_dict") else asdict(hw), "nvidia_smi": nvidia_smi(), "baseline_vram_bytes": BASELINE,
               "runs": []}
@@ -393,9 +401,6 @@ def main(argv=None) -> int:
               f"free, PCIe {g.pcie_gen}.0 x{g.pcie_width}, power limit {g.power_limit_w} W")
     for row in report["nvidia_smi"]:
         print(f"GPU (nvidia-smi): {row}")
-    print(f"CPU: {hw.cpu.physical_cores} cores, {hw.memory.read_bandwidth_gbps} GB/s read (measured)", flush=True)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tandem-gpu-"))
-    work.mkdir(parents=True, exist_ok=True)
     bench = Bench(args.tokens, args.max_seconds)
 
     def save():  # after each step: a run cut short still leaves what it measured
@@ -410,6 +415,15 @@ def main(argv=None) -> int:
             write_model(path, preset(shape), fill="zeros" if shape != "tiny" else "random")
         models[shape] = (path, inspect_model(path))
         info = models[shape][1]
+        # the CPU side as the app predicts it: llama.cpp timed on this host (enginebench)
+        hw = with_engine_rates(hw, work, [kind_for(q, info) for q in main_types(info.tensor_types)])
+        if not hw.memory.kv_costs:
+            hw = with_kv_costs(hw, work)
+            print(f"CPU: {hw.cpu.physical_cores} cores, {hw.memory.read_bandwidth_gbps} GB/s read (numpy); "
+                  f"llama.cpp {engine_text(hw)}; filled cache {kv_text(hw)}", flush=True)
+        if shape == shapes[0]:  # the process's first model decodes slower: one load first, unmeasured
+            Bench(8, 600).measure(path, plan_model(info, hw, args.n_ctx).load_kwargs())
+        report["hardware"] = hw.to_dict()
         for budget in budgets:
             machine = with_budget(hw, budget)
             try:

@@ -17,6 +17,15 @@ from tandem.runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gb
 
 GIB = 1 << 30
 KV_CHOICES = ("f16", "q8_0", "q4_0")
+QUANT_BLOCK = 32  # a q8_0 or q4_0 cache quantizes each head's keys and values in blocks of 32
+
+
+def kv_choices(info: ModelInfo) -> tuple[str, ...]:
+    """The cache types llama.cpp can make for this model: a quantized cache needs head sizes that
+    are whole blocks (llama.cpp fails to create the context otherwise)."""
+    if info.head_dim_k % QUANT_BLOCK or info.head_dim_v % QUANT_BLOCK:
+        return ("f16",)
+    return KV_CHOICES
 # A quantized cache costs a little quality: it must be this much faster to be chosen over f16.
 KV_QUALITY = {"f16": 1.0, "q8_0": 0.97, "q4_0": 0.9}
 UBATCH_CHOICES = (512, 256)
@@ -133,7 +142,7 @@ def candidates(info: ModelInfo, hw: HardwareProfile, n_ctx: int, *, threads: int
     max_ngl = info.n_layer + 1 if gpu is not None else 0
     found = []
     for ngl in range(max_ngl, -1, -1):
-        for kv in KV_CHOICES:
+        for kv in kv_choices(info):
             for ubatch in UBATCH_CHOICES:
                 c = _evaluate(info, hw, gpu, n_ctx=n_ctx, ngl=ngl, kv=kv, ubatch=ubatch, threads=threads, cal=cal)
                 if c is not None:

@@ -247,6 +247,22 @@ def test_regression_guard_calibration_fitted_on_the_whole_h200_curve(shapes):
     assert single.apply(predicted[33][0], 1.0, "7b") != pytest.approx(curve[33], rel=0.3)
 
 
+def test_the_cache_type_follows_its_measured_cost_where_the_heads_allow_it(shapes, tmp_path):
+    """Where an f16 cache was timed slower to attend over than q8_0 (an AVX-512 Xeon: 0.70 against
+    0.29 ns), the plan takes q8_0 at a context it would fit in f16 too; never for a model whose
+    heads are not whole 32-value blocks (llama.cpp cannot make that cache)."""
+    from tandem.runtime.model_info import inspect_model
+    from tandem.runtime.synth import preset, write_model
+
+    hw = machine("dev-vm-epyc-2core")
+    timed = replace(hw, memory=replace(hw.memory, kv_costs=(("f16", 0.70), ("q8_0", 0.29), ("q4_0", 0.33))))
+    assert plan_model(shapes["smollm2"], hw, 4096).type_k == "f16"
+    chosen = plan_model(shapes["smollm2"], timed, 4096)
+    assert chosen.type_k == "q8_0" and any("fastest" in r for r in chosen.reasons)
+    tiny = inspect_model(write_model(tmp_path / "tiny.gguf", preset("tiny"), fill="zeros"))  # heads of 16
+    assert plan_model(tiny, timed, 2048).type_k == "f16"
+
+
 def test_three_plain_replies_bring_the_loaded_plans_prediction_to_their_median():
     """Convergence of calibration from replies: after three plain replies of the loaded plan, its
     prediction is their median, on the CPU as across a CPU/GPU split (the split's two factors
