@@ -150,6 +150,10 @@ def test_the_gate_answers_hostile_http_and_stray_bytes_without_falling_over(work
     assert exchange(b"POST /tandem/probe HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n").startswith(b"HTTP/1.1 413")
     assert exchange(b"\x01") == b""  # too short to be anything: closed
     assert exchange(b"\xff\xff\xff\xff garbage") == b""  # not a command llama.cpp knows: closed
+    # the gate frees its one RPC client slot just after both directions have closed
+    deadline = time.monotonic() + 10
+    while network.probe(endpoint, refresh=True).info["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert proc.poll() is None and network.probe(endpoint, refresh=True).info["busy"] is False
 
 
