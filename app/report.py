@@ -23,9 +23,7 @@ def engine_text(p: HardwareProfile) -> str:
     rates = p.memory.engine_rates
     if not rates:
         return "not timed yet (each weight type is timed when the first model holding it loads)"
-    scaling = (f"; with fewer threads x (threads / cores) ** {p.memory.thread_exponent}"
-               if p.memory.thread_exponent else "")
-    return ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in rates) + f" (timed on this machine, all cores{scaling})"
+    return ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in rates) + " (timed on this machine, all cores)"
 
 
 def kv_text(p: HardwareProfile) -> str:

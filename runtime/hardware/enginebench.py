@@ -220,20 +220,6 @@ def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[
     return known
 
 
-def thread_exponent(all_cores: dict, single: dict, cores: int) -> float | None:
-    """How decode speed scales with threads here: rate(threads) = rate(cores) x
-    (threads / cores) ** exponent, from kinds timed both with every core and with one (the
-    median over them), within 0.3-1.2; None without such a pair."""
-    import statistics
-
-    pairs = [(all_cores[k].rate_gbps, single[k].rate_gbps) for k in all_cores.keys() & single.keys()
-             if all_cores[k].rate_gbps > 0 and single[k].rate_gbps > 0]
-    if not pairs or cores < 2:
-        return None
-    exponent = statistics.median(math.log(a / s) / math.log(cores) for a, s in pairs)
-    return round(min(1.2, max(0.3, exponent)), 3)
-
-
 def _kept(cache: dict, prefix: str, kind: type) -> dict:
     """The readings of one kind kept under `prefix` (by the rest of their key); an entry another
     version wrote is left out (measured again)."""

@@ -290,29 +290,20 @@ def with_kv_costs(profile: HardwareProfile, data_dir: Path | None, remeasure: bo
 def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
                       remeasure: bool = False) -> HardwareProfile:
     """The profile with the rates llama.cpp's CPU kernels stream these kinds of layers at
-    (enginebench.Kind), and those measured before, at all physical cores; and how decode scales
-    with threads here: the first kind is also timed with one thread, once. A failure is one of the
-    profile's problems: the numpy reading and the fitted constants stand in."""
+    (enginebench.Kind), and those measured before, at all physical cores. A failure is one of the profile's problems: the numpy
+    reading and the fitted constants stand in."""
     from dataclasses import replace
 
-    from tandem.runtime.hardware.enginebench import cached_rates, thread_exponent
+    from tandem.runtime.hardware.enginebench import cached_rates
 
-    machine = profile.machine_id or "unknown"
     threads = profile.cpu.physical_cores or os.cpu_count() or 1
     try:
-        readings = cached_rates(data_dir, machine, threads, kinds, remeasure=remeasure)
-        exponent = None
-        if threads > 1 and readings:
-            single = cached_rates(data_dir, machine, 1, [], remeasure=remeasure)
-            if not set(single) & set(readings) and kinds:
-                single = cached_rates(data_dir, machine, 1, kinds[:1])
-            exponent = thread_exponent(readings, single, threads)
+        readings = cached_rates(data_dir, profile.machine_id or "unknown", threads, kinds, remeasure=remeasure)
     except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
         problem = f"engine_rates: {type(err).__name__}: {err}"
         return replace(profile, problems=(*profile.problems, problem))
     rates = tuple(sorted((key, r.rate_gbps) for key, r in readings.items()))
-    return replace(profile, memory=replace(profile.memory, engine_rates=rates,
-                                           thread_exponent=exponent or profile.memory.thread_exponent))
+    return replace(profile, memory=replace(profile.memory, engine_rates=rates))
 
 
 def load_profile(path: Path) -> HardwareProfile:

@@ -34,8 +34,6 @@ class MemoryInfo:
     # (KV cache type, ns) a decoded token costs llama.cpp's CPU per cached position, layer and
     # query dimension (n_head x head_dim), timed at all physical cores (hardware.enginebench).
     kv_costs: tuple[tuple[str, float], ...] = ()
-    # decode rate with t threads = rate with every core x (t / cores) ** this, as timed here
-    thread_exponent: float | None = None
 
     def engine_rate(self, key: str) -> float | None:
         return next((gbps for k, gbps in self.engine_rates if k == key), None)

@@ -178,10 +178,9 @@ def calibration_key(hw: HardwareProfile) -> str | None:
 def thread_factor(hw: HardwareProfile, threads: int) -> float:
     """Below one thread per core, decode turns compute-bound per thread (dequantize, multiply), not
     bandwidth-bound: it scales as (threads / cores) ** 0.75 on both the H200 host (4/8/16 threads)
-    and a 2-core EPYC VM, whatever a one-thread memory read alone would reach; as (t / cores) **
-    the exponent timed here where llama.cpp was timed with one thread and with every core."""
+    and a 2-core EPYC VM, whatever a one-thread memory read alone would reach."""
     cores = hw.cpu.physical_cores or threads
-    return min(1.0, threads / cores) ** (hw.memory.thread_exponent or THREAD_EXPONENT)
+    return min(1.0, threads / cores) ** THREAD_EXPONENT
 
 
 def _quant(key: str) -> str:

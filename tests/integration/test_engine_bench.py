@@ -13,7 +13,7 @@ from tandem.app.server import ServerThread
 from tandem.runtime.hardware import enginebench, probe
 from tandem.runtime.hardware.probe import has_kv_costs, with_engine_rates, with_kv_costs
 from tandem.runtime.model_info import inspect_model
-from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds, thread_factor
+from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds
 from tandem.runtime.synth import write_model
 from tests.conftest import make_settings
 
@@ -83,14 +83,10 @@ def test_each_kind_is_timed_once_and_kept(tmp_path, monkeypatch, shapes):
     assert again.memory.engine_rate(q41.key) == rate and again.memory.engine_rate(q80.key) > 0
     assert probe(tmp_path, engine_kinds=[]).memory.engine_rates == again.memory.engine_rates
     assert calls == [q80.key]
-    # how decode scales with threads: the first kind was timed with one thread too, once
-    cores = again.cpu.physical_cores or 1
-    if cores > 1:
-        assert 0.3 <= again.memory.thread_exponent <= 1.2
-        assert thread_factor(again, 1) == pytest.approx((1 / cores) ** again.memory.thread_exponent)
     # The speed model uses the timed rates for the model's types, and calibration from replies is
     # kept apart from predictions made on the numpy read.
     untimed = replace(again, memory=replace(again.memory, engine_rates=(), kv_costs=()))
+    cores = again.cpu.physical_cores or 1
     assert cpu_rate(smol, again, cores) != pytest.approx(cpu_rate(smol, untimed, cores), rel=1e-3)
     assert calibration_key(again) != calibration_key(untimed)
 
