@@ -15,7 +15,8 @@ class HardwareService:
         self.settings = settings
         self._profile: HardwareProfile | None = None
         self._lock = threading.Lock()
-        self._untimed: set[str] = set()
+        self._untimed: set[str] = set()  # kinds llama.cpp could not be timed on
+        self._kv_untimed = False
 
     def profile(self, refresh: bool = False, remeasure: bool = False) -> HardwareProfile:
         """refresh: probe again; remeasure: measure the memory bandwidth (and the engine's rates
@@ -37,7 +38,7 @@ class HardwareService:
             return profile
         missing = [k for k in (kind_for(q, info) for q in main_types(info.tensor_types))
                    if profile.memory.engine_rate(k.key) is None and k.key not in self._untimed]
-        kv_missing = not profile.memory.kv_costs and "kv" not in self._untimed
+        kv_missing = not profile.memory.kv_costs and not self._kv_untimed
         if not missing and not kv_missing:
             return profile
         with self._lock:
@@ -45,8 +46,7 @@ class HardwareService:
             timed = with_engine_rates(current, self.settings.data_dir, missing) if missing else current
             if kv_missing:
                 timed = with_kv_costs(timed, self.settings.data_dir)
-                if not timed.memory.kv_costs:
-                    self._untimed.add("kv")
+                self._kv_untimed = not timed.memory.kv_costs
             # a kind that could not be timed is said once (the profile's problems), then the
             # fitted constants serve for it
             self._untimed.update(k.key for k in missing if timed.memory.engine_rate(k.key) is None)

@@ -331,15 +331,19 @@ def _measure_kv(type_k: str, threads: int, workdir: Path | None) -> KvReading:
                      seconds=round(time.perf_counter() - started, 2), build=build_id())
 
 
-def cached_kv_costs(data_dir: Path | None, machine: str, threads: int, remeasure: bool = False) -> dict[str, KvReading]:
+def cached_kv_costs(data_dir: Path | None, machine: str, threads: int, remeasure: bool = False,
+                    measure: bool = True) -> dict[str, KvReading]:
     """Every KV type's reading for this machine, llama.cpp build and thread count: from data_dir's
-    cache, the missing ones measured now (about a second each) and kept there."""
+    cache, the missing ones measured now (about a second each) and kept there. measure=False:
+    the cached readings only, none unless every type is cached."""
     from tandem.runtime.hardware.bandwidth import read_cache
 
     path = data_dir / CACHE_FILE if data_dir else None
     prefix = f"{machine}:{build_id()}:{threads}:kv:"
     cache = read_cache(path)
     known = {} if remeasure else _kept(cache, prefix, KvReading)
+    if not measure and not all(t in known for t in KV_TYPES):
+        return {}
     for type_k in KV_TYPES:
         if type_k not in known:
             known[type_k] = measure_kv(type_k, threads, workdir=data_dir)

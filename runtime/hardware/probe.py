@@ -257,32 +257,28 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
     profile = build_profile(raw, gbps)
     if measure_bandwidth and engine_kinds is not None:
         profile = with_engine_rates(profile, data_dir, engine_kinds, remeasure=remeasure)
-        if engine_kinds or remeasure or has_kv_costs(data_dir):
-            profile = with_kv_costs(profile, data_dir, remeasure=remeasure)
+        # timed with the first kinds timed; otherwise only read when kept
+        profile = with_kv_costs(profile, data_dir, remeasure=remeasure, measure=bool(engine_kinds) or remeasure)
     return profile
 
 
-def has_kv_costs(data_dir: Path | None) -> bool:
-    """Whether KV costs were timed into this data folder's cache (then reading them is free)."""
-    from tandem.runtime.hardware.bandwidth import read_cache
-    from tandem.runtime.hardware.enginebench import CACHE_FILE
-
-    return data_dir is not None and any(":kv:" in k for k in read_cache(data_dir / CACHE_FILE))
-
-
-def with_kv_costs(profile: HardwareProfile, data_dir: Path | None, remeasure: bool = False) -> HardwareProfile:
+def with_kv_costs(profile: HardwareProfile, data_dir: Path | None, remeasure: bool = False,
+                  measure: bool = True) -> HardwareProfile:
     """The profile with what attending over a filled cache of each KV type costs llama.cpp's CPU
-    here (timed once per machine and build, about a second a type). A failure is one of the
-    profile's problems: the fitted KV read cost stands in."""
+    here (timed once per machine and build, about a second a type; measure=False: only when kept
+    in data_dir). A failure is one of the profile's problems: the fitted KV read cost stands in."""
     from dataclasses import replace
 
     from tandem.runtime.hardware.enginebench import cached_kv_costs
 
     threads = profile.cpu.physical_cores or os.cpu_count() or 1
     try:
-        readings = cached_kv_costs(data_dir, profile.machine_id or "unknown", threads, remeasure=remeasure)
+        readings = cached_kv_costs(data_dir, profile.machine_id or "unknown", threads, remeasure=remeasure,
+                                   measure=measure)
     except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
         return replace(profile, problems=(*profile.problems, f"kv_costs: {type(err).__name__}: {err}"))
+    if not readings:
+        return profile
     costs = tuple((t, r.ns_per_position) for t, r in readings.items())
     return replace(profile, memory=replace(profile.memory, kv_costs=costs))
 

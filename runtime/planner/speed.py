@@ -220,10 +220,6 @@ def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
     total = sum(info.tensor_types.values())
     if not hw.memory.engine_rates or not total:
         return host_bandwidth(hw, threads) * cpu_efficiency(info)
-    return _cpu_rate(info, hw, threads, total)
-
-
-def _cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int, total: int) -> float:
     base = host_bandwidth(hw, threads)
     factor = thread_factor(hw, threads)
     seconds_per_byte = 0.0

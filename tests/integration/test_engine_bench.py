@@ -11,7 +11,7 @@ import pytest
 
 from tandem.app.server import ServerThread
 from tandem.runtime.hardware import enginebench, probe
-from tandem.runtime.hardware.probe import has_kv_costs, with_engine_rates, with_kv_costs
+from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds
 from tandem.runtime.synth import write_model
@@ -118,11 +118,11 @@ def test_the_app_times_the_default_models_type_before_loading_it_and_shows_it(tm
 
 def test_the_cost_of_a_filled_cache_is_timed_per_kv_type_and_slows_long_contexts(tmp_path, shapes):
     hw = probe(tmp_path)
-    assert not has_kv_costs(tmp_path)
+    assert probe(tmp_path, engine_kinds=[]).memory.kv_costs == ()  # nothing kept: reading it times nothing
     timed = with_kv_costs(hw, tmp_path)
     costs = dict(timed.memory.kv_costs)
     assert set(costs) == {"f16", "q8_0", "q4_0"} and all(ns >= 0 for ns in costs.values())
-    assert has_kv_costs(tmp_path) and probe(tmp_path, engine_kinds=[]).memory.kv_costs == timed.memory.kv_costs
+    assert probe(tmp_path, engine_kinds=[]).memory.kv_costs == timed.memory.kv_costs
     # The speed model charges each cached position of each CPU layer at the timed cost.
     smol = shapes["smollm2"]
     priced = replace(timed, memory=replace(timed.memory, kv_costs=(("f16", 1.0),)))  # 1 ns, to see it
