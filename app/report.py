@@ -18,20 +18,29 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
+def _threads_label(key: str) -> tuple[str, str]:
+    """"Q4_1@576x1536x9x3x30/t1" -> ("Q4_1@576x1536x9x3x30", " with 1 thread"): a reading timed
+    at another thread count than every physical core."""
+    base, _, count = key.partition("/t")
+    return base, (f" with {count} thread{'' if count == '1' else 's'}" if count else "")
+
+
 def engine_text(p: HardwareProfile) -> str:
     """The rates llama.cpp's CPU kernels streamed each weight type at, as timed on this machine."""
     rates = p.memory.engine_rates
     if not rates:
         return "not timed yet (each weight type is timed when the first model holding it loads)"
-    return ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in rates) + " (timed on this machine, all cores)"
+    shown = (f"{kind_label(base)} {gbps} GB/s{threads}" for base, threads, gbps in
+             ((*_threads_label(k), gbps) for k, gbps in rates))
+    return ", ".join(shown) + " (timed on this machine, all cores unless said)"
 
 
 def kv_text(p: HardwareProfile) -> str:
     """What a cached position costs a decoded token per KV cache type, as timed on this machine."""
     if not p.memory.kv_costs:
         return "not timed yet (timed when the first model loads)"
-    return ", ".join(f"{t} {ns:.2f} ns" for t, ns in p.memory.kv_costs) + \
-        " per position, layer and query dimension (timed on this machine, all cores)"
+    shown = (f"{t} {ns:.2f} ns{threads}" for t, threads, ns in ((*_threads_label(k), ns) for k, ns in p.memory.kv_costs))
+    return ", ".join(shown) + " per position, layer and query dimension (timed on this machine, all cores unless said)"
 
 
 def kind_label(key: str) -> str:

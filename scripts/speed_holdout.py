@@ -12,6 +12,8 @@ up with one reply, then measured with --replies greedy replies (decode tokens/s 
 Reported per row, against the median measured:
 - uncalibrated: the planner's prediction with nothing measured here, on the host bandwidth the
   engine micro-benchmark timed (hardware.enginebench) and, beside it, on the numpy read alone;
+  the rows with fewer threads than cores on timings made at that thread count, as the app times
+  a plan made with Settings' thread count;
 - calibrated, held out: the planner's plan row's replies (the first --replies plain replies a
   person would get) calibrate the model as the app does (Calibration.from_records), and every
   other row of that model is scored with that calibration - rows it never saw;
@@ -40,6 +42,7 @@ from tandem.runtime import embedded
 from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
 from tandem.runtime.hardware import probe
 from tandem.runtime.hardware.enginebench import kind_for, main_types
+from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner import Calibration, plan_model
 from tandem.runtime.planner.search import predict_split
@@ -122,13 +125,19 @@ def main(argv=None) -> int:
     paths = model_paths(names, workdir)
     infos = {name: inspect_model(path) for name, path in paths.items()}
     t0 = time.perf_counter()
-    hw = probe(workdir, engine_kinds=[kind_for(q, i) for i in infos.values() for q in main_types(i.tensor_types)])
+    kinds = [kind_for(q, i) for i in infos.values() for q in main_types(i.tensor_types)]
+    hw = probe(workdir, engine_kinds=kinds)
     timing_s = time.perf_counter() - t0
+    # the rows with fewer threads than cores are predicted as the app predicts a plan made with
+    # that thread count (Settings' threads): from timings at that count
+    for threads in range(1, hw.cpu.physical_cores or 1):
+        hw = with_kv_costs(with_engine_rates(hw, workdir, kinds, threads=threads), workdir, threads=threads)
+    fewer_s = time.perf_counter() - t0 - timing_s
     numpy_hw = replace(hw, memory=replace(hw.memory, engine_rates=(), kv_costs=()))
     cores = hw.cpu.physical_cores or 1
     print(f"{hw.cpu.brand}, {cores} cores; numpy read {hw.memory.read_bandwidth_gbps} GB/s; llama.cpp's CPU "
           f"kernels {engine_text(hw)}; filled cache {kv_text(hw)} (probe and engine micro-benchmark: "
-          f"{timing_s:.1f} s)", flush=True)
+          f"{timing_s:.1f} s; at fewer threads {fewer_s:.1f} s)", flush=True)
     fills = sorted({r["fill"] for r in saved["rows"]}) if saved else [int(f) for f in args.fill.split(",")]
     ctx = saved.get("ctx", 4096) if saved else args.ctx
     bases = {name: replace(plan_model(info, hw, ctx), speculative="none") for name, info in infos.items()}
@@ -205,7 +214,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.write_text(json.dumps({
             "hardware": hw.to_dict(), "command": " ".join(sys.argv), "ctx": ctx, "rows": rows,
-            "engine_timing": {"seconds": round(timing_s, 1), "rates": hw.memory.engine_rates,
+            "engine_timing": {"seconds": round(timing_s, 1), "fewer_threads_seconds": round(fewer_s, 1), "rates": hw.memory.engine_rates,
                               "kv_costs": hw.memory.kv_costs},
             "summary": summary, "plan_vs_best": choice}, indent=1))
     return 0

@@ -8,6 +8,12 @@ import { modelHref, modelLabel, modelTitle, speedBasis } from "./names.js";
 export { size };
 
 
+// "Q4_0@...x16/t1" -> ["Q4_0@...x16", " with 1 thread"]: a reading timed at another thread count.
+function withThreads(key) {
+  const [base, count] = key.split("/t");
+  return [base, count ? ` with ${count} thread${count === "1" ? "" : "s"}` : ""];
+}
+
 function card(title, rows) {
   const box = el("div", "hw-card");
   box.append(el("h3", "", title));
@@ -119,9 +125,15 @@ export async function renderHardware(view, loadedModelId) {
     ["Total", size(m.total_bytes)],
     ["Available", size(m.available_bytes), "Memory programs can take now without pushing others out: what a plan may use on the CPU."],
     ["Read bandwidth", m.read_bandwidth_gbps ? `${m.read_bandwidth_gbps} GB/s (measured)` : "not measured", "How fast the CPU reads memory. Writing a token reads every weight once, so on the CPU this sets the speed."],
-    ["llama.cpp's CPU speed", (m.engine_rates || []).length ? m.engine_rates.map(([k, gbps]) => `${k.split("@")[0]} in ${(k.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s`).join(" · ") + " (measured on this machine)" : "not measured yet: speeds are estimated from the read bandwidth",
+    ["llama.cpp's CPU speed", (m.engine_rates || []).length ? m.engine_rates.map(([key, gbps]) => {
+      const [k, threads] = withThreads(key);
+      return `${k.split("@")[0]} in ${(k.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s${threads}`;
+    }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet: speeds are estimated from the read bandwidth",
      "How fast llama.cpp's own CPU kernels stream each weight type, timed on a test slice of layers when the first model holding that type loads. Speed predictions for the CPU rest on these."],
-    ["Long-context cost", (m.kv_costs || []).length ? m.kv_costs.map(([t, ns]) => `${t} cache ${ns.toFixed(2)} ns`).join(" · ") + " (measured on this machine)" : "not measured yet",
+    ["Long-context cost", (m.kv_costs || []).length ? m.kv_costs.map(([key, ns]) => {
+      const [t, threads] = withThreads(key);
+      return `${t} cache ${ns.toFixed(2)} ns${threads}`;
+    }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet",
      "What each token already in the conversation adds to writing the next one, per KV cache type (per position, layer and query dimension). The planner picks the cache type that is fastest at the context you use."],
     ["Swap", size(m.swap_total_bytes)],
   ]));

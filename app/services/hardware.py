@@ -6,7 +6,7 @@ import threading
 
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
-from tandem.runtime.hardware.enginebench import kind_for, main_types
+from tandem.runtime.hardware.enginebench import kind_for, main_types, thread_suffix
 from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
 
 
@@ -15,8 +15,7 @@ class HardwareService:
         self.settings = settings
         self._profile: HardwareProfile | None = None
         self._lock = threading.Lock()
-        self._untimed: set[str] = set()  # kinds llama.cpp could not be timed on
-        self._kv_untimed = False
+        self._untimed: set[str] = set()  # kinds and attention shapes llama.cpp could not be timed on
 
     def profile(self, refresh: bool = False, remeasure: bool = False) -> HardwareProfile:
         """refresh: probe again; remeasure: measure the memory bandwidth (and the engine's rates
@@ -32,23 +31,33 @@ class HardwareService:
 
     def for_model(self, info) -> HardwareProfile:
         """The profile with llama.cpp's rates for the kinds of layers that decide this model's CPU
-        speed (a ModelInfo): each not timed on this machine yet is timed now (seconds, once)."""
+        speed (a ModelInfo) and the cost of attending over a filled cache, at every physical core
+        and at the thread count of Settings when it is another: each not timed on this machine yet
+        is timed now (seconds, once)."""
         profile = self.profile()
         if not self.settings.engine_bench or self.settings.hardware_profile is not None:
             return profile
-        missing = [k for k in (kind_for(q, info) for q in main_types(info.tensor_types))
-                   if profile.memory.engine_rate(k.key) is None and k.key not in self._untimed]
-        kv_missing = not profile.memory.kv_costs and not self._kv_untimed
-        if not missing and not kv_missing:
+        cores = profile.cpu.physical_cores or 1
+        counts = sorted({cores, self.settings.n_threads or cores})
+        for threads in counts:
+            profile = self._timed(info, profile, threads, thread_suffix(threads, cores))
+        return profile
+
+    def _timed(self, info, profile: HardwareProfile, threads: int, suffix: str) -> HardwareProfile:
+        kinds = [k for k in (kind_for(q, info) for q in main_types(info.tensor_types))
+                 if profile.memory.engine_rate(k.key + suffix) is None and k.key + suffix not in self._untimed]
+        kv_missing = "kv" + suffix not in self._untimed and "f16" + suffix not in dict(profile.memory.kv_costs)
+        if not kinds and not kv_missing:
             return profile
         with self._lock:
             current = self._profile or profile
-            timed = with_engine_rates(current, self.settings.data_dir, missing) if missing else current
+            timed = with_engine_rates(current, self.settings.data_dir, kinds, threads=threads) if kinds else current
             if kv_missing:
-                timed = with_kv_costs(timed, self.settings.data_dir)
-                self._kv_untimed = not timed.memory.kv_costs
-            # a kind that could not be timed is said once (the profile's problems), then the
-            # fitted constants serve for it
-            self._untimed.update(k.key for k in missing if timed.memory.engine_rate(k.key) is None)
+                timed = with_kv_costs(timed, self.settings.data_dir, threads=threads)
+                if "f16" + suffix not in dict(timed.memory.kv_costs):
+                    self._untimed.add("kv" + suffix)
+            # what could not be timed is said once (the profile's problems), then the fitted
+            # constants serve for it
+            self._untimed.update(k.key + suffix for k in kinds if timed.memory.engine_rate(k.key + suffix) is None)
             self._profile = timed
             return timed

@@ -349,3 +349,9 @@ def cached_kv_costs(data_dir: Path | None, machine: str, threads: int, remeasure
             known[type_k] = measure_kv(type_k, threads, workdir=data_dir)
             _keep(path, cache, prefix + type_k, known[type_k])
     return {t: known[t] for t in KV_TYPES}
+
+
+def thread_suffix(threads: int, cores: int) -> str:
+    """What a reading's key ends with in a profile when it was timed at other than every physical
+    core (a plan made with Settings' thread count is predicted from timings at that count)."""
+    return "" if threads == cores else f"/t{threads}"

@@ -262,16 +262,36 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
     return profile
 
 
+def _merged(kept: tuple, readings: dict, suffix: str) -> tuple:
+    """A profile's (key, value) readings with those of one thread count (`suffix`) replaced."""
+    others = tuple(e for e in kept if _suffix_of(e[0]) != suffix)
+    return tuple(sorted(others + tuple((key + suffix, value) for key, value in readings.items())))
+
+
+def _suffix_of(key: str) -> str:
+    at = key.rfind("/t")
+    return key[at:] if at >= 0 else ""
+
+
+def _threads(profile: HardwareProfile, threads: int | None) -> tuple[int, str]:
+    from tandem.runtime.hardware.enginebench import thread_suffix
+
+    cores = profile.cpu.physical_cores or os.cpu_count() or 1
+    threads = threads or cores
+    return threads, thread_suffix(threads, cores)
+
+
 def with_kv_costs(profile: HardwareProfile, data_dir: Path | None, remeasure: bool = False,
-                  measure: bool = True) -> HardwareProfile:
+                  measure: bool = True, threads: int | None = None) -> HardwareProfile:
     """The profile with what attending over a filled cache of each KV type costs llama.cpp's CPU
-    here (timed once per machine and build, about a second a type; measure=False: only when kept
-    in data_dir). A failure is one of the profile's problems: the fitted KV read cost stands in."""
+    here at `threads` (default: every physical core; timed once per machine, build and thread
+    count, about a second a type; measure=False: only when kept in data_dir). A failure is one of
+    the profile's problems: the fitted KV read cost stands in."""
     from dataclasses import replace
 
     from tandem.runtime.hardware.enginebench import cached_kv_costs
 
-    threads = profile.cpu.physical_cores or os.cpu_count() or 1
+    threads, suffix = _threads(profile, threads)
     try:
         readings = cached_kv_costs(data_dir, profile.machine_id or "unknown", threads, remeasure=remeasure,
                                    measure=measure)
@@ -279,26 +299,27 @@ def with_kv_costs(profile: HardwareProfile, data_dir: Path | None, remeasure: bo
         return replace(profile, problems=(*profile.problems, f"kv_costs: {type(err).__name__}: {err}"))
     if not readings:
         return profile
-    costs = tuple((t, r.ns_per_position) for t, r in readings.items())
+    costs = _merged(profile.memory.kv_costs, {t: r.ns_per_position for t, r in readings.items()}, suffix)
     return replace(profile, memory=replace(profile.memory, kv_costs=costs))
 
 
 def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
-                      remeasure: bool = False) -> HardwareProfile:
+                      remeasure: bool = False, threads: int | None = None) -> HardwareProfile:
     """The profile with the rates llama.cpp's CPU kernels stream these kinds of layers at
-    (enginebench.Kind), and those measured before, at all physical cores. A failure is one of the profile's problems: the numpy
-    reading and the fitted constants stand in."""
+    (enginebench.Kind), and those measured before, at `threads` (default: every physical core;
+    other counts are kept under keys ending in "/tN"). A failure is one of the profile's
+    problems: the numpy reading and the fitted constants stand in."""
     from dataclasses import replace
 
     from tandem.runtime.hardware.enginebench import cached_rates
 
-    threads = profile.cpu.physical_cores or os.cpu_count() or 1
+    threads, suffix = _threads(profile, threads)
     try:
         readings = cached_rates(data_dir, profile.machine_id or "unknown", threads, kinds, remeasure=remeasure)
     except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
         problem = f"engine_rates: {type(err).__name__}: {err}"
         return replace(profile, problems=(*profile.problems, problem))
-    rates = tuple(sorted((key, r.rate_gbps) for key, r in readings.items()))
+    rates = _merged(profile.memory.engine_rates, {k: r.rate_gbps for k, r in readings.items()}, suffix)
     return replace(profile, memory=replace(profile.memory, engine_rates=rates))
 
 

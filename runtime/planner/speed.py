@@ -3,8 +3,8 @@
 time per token = sum over devices of (bytes read per token / effective bandwidth)
                  + per-layer kernel overhead on each device + a hand-off when split + a base cost.
 CPU rate = the rate llama.cpp's own decode streamed each weight type at on this machine, in layers
-of the model's shape (hardware.enginebench, timed once per kind) x a thread factor (fewer threads
-than physical cores read less); for a type not timed: the host bandwidth (the one the timed rates
+of the model's shape (hardware.enginebench, timed once per kind and thread count; at a thread count
+not timed, the all-core rate x a thread factor: fewer threads read less); for a type not timed: the host bandwidth (the one the timed rates
 imply, else numpy's read) x a fitted per-type efficiency. GPU bandwidth comes from a table of cards,
 or from NVML's memory bus width and clock.
 """
@@ -187,11 +187,22 @@ def _quant(key: str) -> str:
     return key.split("@", 1)[0]
 
 
+def _all_cores(entries) -> list:
+    """The readings timed at every physical core (keys without a "/tN" thread count)."""
+    return [(k, v) for k, v in entries if "/t" not in k]
+
+
+def _suffix(hw: HardwareProfile, threads: int) -> str:
+    from tandem.runtime.hardware.enginebench import thread_suffix
+
+    return thread_suffix(threads, hw.cpu.physical_cores or threads)
+
+
 def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
     """Bytes/s of memory bandwidth the speed model counts with `threads` threads: where llama.cpp's
     rates were timed here, the bandwidth they imply (each rate / its type's fitted efficiency, the
     median over the kinds timed), else the numpy read."""
-    rates = hw.memory.engine_rates
+    rates = _all_cores(hw.memory.engine_rates)
     if rates:
         full = statistics.median(gbps / CPU_TYPE_EFFICIENCY.get(_quant(k), DEFAULT_CPU_EFFICIENCY) for k, gbps in rates)
     else:
@@ -199,18 +210,24 @@ def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
     return full * 1e9 * thread_factor(hw, threads)
 
 
-def type_rate(info: ModelInfo, hw: HardwareProfile, quant: str) -> float | None:
-    """GB/s llama.cpp streamed this model's layers of one weight type at, all cores: timed in its
-    own shape, else in another shape (the median), else None."""
+def type_rate(info: ModelInfo, hw: HardwareProfile, quant: str, threads: int | None = None) -> float | None:
+    """GB/s llama.cpp streams this model's layers of one weight type at with `threads` threads
+    (default: every physical core): timed at that count in its own shape; else timed at every core
+    in its own shape, else in another shape (the median), times the thread factor; else None."""
     from tandem.runtime.hardware.enginebench import kind_for, measurable
 
     if not measurable(quant):
         return None
-    own = hw.memory.engine_rate(kind_for(quant, info).key)
+    key = kind_for(quant, info).key
+    suffix = _suffix(hw, threads) if threads else ""
+    if suffix and hw.memory.engine_rate(key + suffix):
+        return hw.memory.engine_rate(key + suffix)
+    factor = thread_factor(hw, threads) if threads else 1.0
+    own = hw.memory.engine_rate(key)
     if own:
-        return own
-    others = [gbps for k, gbps in hw.memory.engine_rates if _quant(k) == quant and gbps]
-    return statistics.median(others) if others else None
+        return own * factor
+    others = [gbps for k, gbps in _all_cores(hw.memory.engine_rates) if _quant(k) == quant and gbps]
+    return statistics.median(others) * factor if others else None
 
 
 def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
@@ -221,22 +238,28 @@ def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
     if not hw.memory.engine_rates or not total:
         return host_bandwidth(hw, threads) * cpu_efficiency(info)
     base = host_bandwidth(hw, threads)
-    factor = thread_factor(hw, threads)
     seconds_per_byte = 0.0
     for quant, nbytes in info.tensor_types.items():
-        timed = type_rate(info, hw, quant)
-        rate = timed * 1e9 * factor if timed else base * CPU_TYPE_EFFICIENCY.get(quant, DEFAULT_CPU_EFFICIENCY)
+        timed = type_rate(info, hw, quant, threads)
+        rate = timed * 1e9 if timed else base * CPU_TYPE_EFFICIENCY.get(quant, DEFAULT_CPU_EFFICIENCY)
         seconds_per_byte += nbytes / total / rate
     return 1.0 / seconds_per_byte
 
 
 def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int, threads: int) -> float:
     """Seconds a token spends attending over `fill` cached positions in its CPU layers, as timed
-    here for this KV type (0 where it was not: the KV bytes read stand for it alone)."""
-    ns = dict(hw.memory.kv_costs).get(type_k)
+    here for this KV type at this thread count, else at every core over the thread factor (0
+    where it was not timed: the KV bytes read stand for it alone)."""
+    costs = dict(hw.memory.kv_costs)
+    suffix = _suffix(hw, threads)
+    if suffix and type_k + suffix in costs:
+        ns = costs[type_k + suffix]
+    else:
+        ns = costs.get(type_k)
+        ns = ns / thread_factor(hw, threads) if ns else None
     if not ns or not fill or not cpu_layers:
         return 0.0
-    return ns * 1e-9 * fill * cpu_layers * info.n_head * info.head_dim_k / thread_factor(hw, threads)
+    return ns * 1e-9 * fill * cpu_layers * info.n_head * info.head_dim_k
 
 
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,

@@ -9,6 +9,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
+from tandem.app.report import engine_text, kv_text
 from tandem.app.server import ServerThread
 from tandem.runtime.hardware import enginebench, probe
 from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
@@ -132,3 +133,39 @@ def test_the_cost_of_a_filled_cache_is_timed_per_kv_type_and_slows_long_contexts
     fast = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=2, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=0)
     slow = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=2, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=1000)
     assert slow.decode_tps < fast.decode_tps
+
+
+def test_a_plan_with_fewer_threads_is_predicted_from_timings_at_that_count(tmp_path, shapes, monkeypatch):
+    """Settings' thread count below the cores: the app times the model's kinds and the KV costs at
+    that count too (kept under keys ending in /tN), and the speed model uses them for such a plan
+    instead of the all-core timings scaled by a fitted thread factor."""
+    from tandem.app.services.hardware import HardwareService
+    from tandem.runtime.planner.speed import thread_factor, type_rate
+
+    cores = probe(tmp_path).cpu.physical_cores or 1
+    if cores < 2:
+        pytest.skip("one core: every plan runs at every core")
+    smol = shapes["smollm2"]
+    service = HardwareService(make_settings(tmp_path, engine_bench=True, n_threads=1))
+    hw = service.for_model(smol)
+    rates = dict(hw.memory.engine_rates)
+    costs = dict(hw.memory.kv_costs)
+    q41 = enginebench.kind_for("Q4_1", smol).key
+    assert rates[q41] > 0 and rates[q41 + "/t1"] > 0
+    assert {"f16", "f16/t1", "q8_0/t1", "q4_0/t1"} <= set(costs)
+    assert type_rate(smol, hw, "Q4_1", 1) == rates[q41 + "/t1"]
+    assert type_rate(smol, hw, "Q4_1", cores) == rates[q41]
+    one = estimate(smol, hw, n_gpu_layers=0, gpu=None, threads=1, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=1000)
+    scaled = replace(hw, memory=replace(hw.memory, engine_rates=tuple((k, v) for k, v in rates.items() if "/t" not in k),
+                                        kv_costs=tuple((k, v) for k, v in costs.items() if "/t" not in k)))
+    assert type_rate(smol, scaled, "Q4_1", 1) == pytest.approx(rates[q41] * thread_factor(scaled, 1))
+    fallback = estimate(smol, scaled, n_gpu_layers=0, gpu=None, threads=1, kv_read_gpu=0, kv_read_cpu=0, type_k="f16",
+                        fill=1000)
+    assert one.decode_tps != pytest.approx(fallback.decode_tps, rel=1e-3)
+    # kept: a new service (the app started again) times nothing and reads them back
+    again = HardwareService(make_settings(tmp_path, engine_bench=True, n_threads=1))
+    for name in ("measure", "measure_kv"):
+        monkeypatch.setattr(enginebench, name, lambda *a, **k: pytest.fail("timed again"))
+    back = again.for_model(smol)
+    assert dict(back.memory.engine_rates) == rates and dict(back.memory.kv_costs) == costs
+    assert "with 1 thread" in engine_text(back) and "with 1 thread" in kv_text(back)
