@@ -64,7 +64,7 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     from tandem.runtime.hardware import load_profile, probe
     from tandem.runtime.model_info import inspect_model
     from tandem.runtime.planner import Calibration, candidates, plan_model
-    from tandem.runtime.hardware.enginebench import kind_for, main_types
+    from tandem.runtime.hardware.enginebench import kv_kind, model_kinds
     from tandem.app.report import engine_text
     from tandem.runtime.planner.speed import calibration_key, cpu_rate
     from tandem.runtime.planner.dryrun import LogCapture
@@ -72,8 +72,8 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
 
     info = inspect_model(model)
     hw = (load_profile(settings.hardware_profile) if settings.hardware_profile
-          else probe(settings.data_dir, engine_kinds=[kind_for(q, info) for q in main_types(info.tensor_types)]
-                     if settings.engine_bench else None))
+          else probe(settings.data_dir, engine_kinds=model_kinds(info) if settings.engine_bench else None,
+                     kv_kinds=[kv_kind(info)]))
     store = Store(settings.db_path)
     model_key = model_id_for(model)
     calibration = Calibration.from_records(store.measurements(calibration_key(hw)))

@@ -36,11 +36,17 @@ def engine_text(p: HardwareProfile) -> str:
 
 
 def kv_text(p: HardwareProfile) -> str:
-    """What a cached position costs a decoded token per KV cache type, as timed on this machine."""
+    """What a cached position costs a decoded token per KV cache type, as timed on this machine in
+    each kind of layers."""
     if not p.memory.kv_costs:
         return "not timed yet (timed when the first model loads)"
-    shown = (f"{t} {ns:.2f} ns{threads}" for t, threads, ns in ((*_threads_label(k), ns) for k, ns in p.memory.kv_costs))
-    return ", ".join(shown) + " per position, layer and query dimension (timed on this machine, all cores unless said)"
+    groups: dict[str, list[str]] = {}
+    for key, ns in p.memory.kv_costs:
+        base, threads = _threads_label(key)
+        kv_type, _, kind = base.partition("@")
+        groups.setdefault(f"in {kind_label(kind)}{threads}", []).append(f"{kv_type} {ns:.0f} ns")
+    return "; ".join(f"{', '.join(v)} {where}" for where, v in groups.items()) + \
+        " per cached position and layer (timed on this machine, all cores unless said)"
 
 
 def kind_label(key: str) -> str:

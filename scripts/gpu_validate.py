@@ -57,8 +57,8 @@ BASELINE = nvml_used()  # before this process touches the GPU: later readings mi
 from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams  # noqa: E402
 from tandem.app.report import engine_text, kv_text  # noqa: E402
 from tandem.runtime.hardware import probe  # noqa: E402
-from tandem.runtime.hardware.enginebench import kind_for, main_types  # noqa: E402
-from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs  # noqa: E402
+from tandem.runtime.hardware.enginebench import kv_kind, model_kinds  # noqa: E402
+from tandem.runtime.hardware.probe import with_engine_rates  # noqa: E402
 from tandem.runtime.model_info import inspect_model  # noqa: E402
 from tandem.runtime.planner import Calibration, plan_model  # noqa: E402
 from tandem.runtime.planner.search import predict_decode, predict_split  # noqa: E402
@@ -416,9 +416,9 @@ def main(argv=None) -> int:
         models[shape] = (path, inspect_model(path))
         info = models[shape][1]
         # the CPU side as the app predicts it: llama.cpp timed on this host (enginebench)
-        hw = with_engine_rates(hw, work, [kind_for(q, info) for q in main_types(info.tensor_types)])
-        if not hw.memory.kv_costs:
-            hw = with_kv_costs(hw, work)
+        first_timed = not hw.memory.engine_rates
+        hw = with_engine_rates(hw, work, model_kinds(info), kv_kinds=[kv_kind(info)])
+        if first_timed:
             print(f"CPU: {hw.cpu.physical_cores} cores, {hw.memory.read_bandwidth_gbps} GB/s read (numpy); "
                   f"llama.cpp {engine_text(hw)}; filled cache {kv_text(hw)}", flush=True)
         if shape == shapes[0]:  # the process's first model decodes slower: one load first, unmeasured

@@ -41,8 +41,8 @@ from tandem.app.report import engine_text, kv_text
 from tandem.runtime import embedded
 from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
 from tandem.runtime.hardware import probe
-from tandem.runtime.hardware.enginebench import kind_for, main_types
-from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
+from tandem.runtime.hardware.enginebench import kv_kind, model_kinds
+from tandem.runtime.hardware.probe import with_engine_rates
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner import Calibration, plan_model
 from tandem.runtime.planner.search import predict_split
@@ -125,13 +125,14 @@ def main(argv=None) -> int:
     paths = model_paths(names, workdir)
     infos = {name: inspect_model(path) for name, path in paths.items()}
     t0 = time.perf_counter()
-    kinds = [kind_for(q, i) for i in infos.values() for q in main_types(i.tensor_types)]
-    hw = probe(workdir, engine_kinds=kinds)
+    kinds = [k for i in infos.values() for k in model_kinds(i)]
+    kv_kinds = [kv_kind(i) for i in infos.values()]
+    hw = probe(workdir, engine_kinds=kinds, kv_kinds=kv_kinds)
     timing_s = time.perf_counter() - t0
     # the rows with fewer threads than cores are predicted as the app predicts a plan made with
     # that thread count (Settings' threads): from timings at that count
     for threads in range(1, hw.cpu.physical_cores or 1):
-        hw = with_kv_costs(with_engine_rates(hw, workdir, kinds, threads=threads), workdir, threads=threads)
+        hw = with_engine_rates(hw, workdir, kinds, threads=threads, kv_kinds=kv_kinds)
     fewer_s = time.perf_counter() - t0 - timing_s
     numpy_hw = replace(hw, memory=replace(hw.memory, engine_rates=(), kv_costs=()))
     cores = hw.cpu.physical_cores or 1

@@ -131,10 +131,11 @@ export async function renderHardware(view, loadedModelId) {
     }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet: speeds are estimated from the read bandwidth",
      "How fast llama.cpp's own CPU kernels stream each weight type, timed on a test slice of layers when the first model holding that type loads. Speed predictions for the CPU rest on these."],
     ["Long-context cost", (m.kv_costs || []).length ? m.kv_costs.map(([key, ns]) => {
-      const [t, threads] = withThreads(key);
-      return `${t} cache ${ns.toFixed(2)} ns${threads}`;
+      const [k, threads] = withThreads(key);
+      const [t, quant, dims] = k.split("@");
+      return `${t} cache ${Math.round(ns)} ns (${quant} in ${(dims || "").split("x")[0]}-wide layers${threads})`;
     }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet",
-     "What each token already in the conversation adds to writing the next one, per KV cache type (per position, layer and query dimension). The planner picks the cache type that is fastest at the context you use."],
+     "What each token already in the conversation adds to writing the next one, per KV cache type (per cached position and layer), timed in the model's own layers when it first loads. The planner picks the cache type that is fastest at the context you use."],
     ["Swap", size(m.swap_total_bytes)],
   ]));
   if (!hw.gpus.length) grid.append(card("GPU", [["Found", "none"]]));

@@ -6,8 +6,8 @@ import threading
 
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
-from tandem.runtime.hardware.enginebench import kind_for, main_types, thread_suffix
-from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
+from tandem.runtime.hardware.enginebench import kv_kind, model_kinds, thread_suffix
+from tandem.runtime.hardware.probe import with_engine_rates
 
 
 class HardwareService:
@@ -44,20 +44,22 @@ class HardwareService:
         return profile
 
     def _timed(self, info, profile: HardwareProfile, threads: int, suffix: str) -> HardwareProfile:
-        kinds = [k for k in (kind_for(q, info) for q in main_types(info.tensor_types))
+        costs = dict(profile.memory.kv_costs)
+        kv = kv_kind(info)
+        if kv is not None and (f"f16@{kv.key}{suffix}" in costs or f"kv:{kv.key}{suffix}" in self._untimed):
+            kv = None
+        kinds = [k for k in model_kinds(info)
                  if profile.memory.engine_rate(k.key + suffix) is None and k.key + suffix not in self._untimed]
-        kv_missing = "kv" + suffix not in self._untimed and "f16" + suffix not in dict(profile.memory.kv_costs)
-        if not kinds and not kv_missing:
+        if not kinds and kv is None:
             return profile
         with self._lock:
             current = self._profile or profile
-            timed = with_engine_rates(current, self.settings.data_dir, kinds, threads=threads) if kinds else current
-            if kv_missing:
-                timed = with_kv_costs(timed, self.settings.data_dir, threads=threads)
-                if "f16" + suffix not in dict(timed.memory.kv_costs):
-                    self._untimed.add("kv" + suffix)
+            timed = with_engine_rates(current, self.settings.data_dir, kinds, threads=threads,
+                                      kv_kinds=[kv] if kv else [])
             # what could not be timed is said once (the profile's problems), then the fitted
             # constants serve for it
             self._untimed.update(k.key + suffix for k in kinds if timed.memory.engine_rate(k.key + suffix) is None)
+            if kv is not None and f"f16@{kv.key}{suffix}" not in dict(timed.memory.kv_costs):
+                self._untimed.add(f"kv:{kv.key}{suffix}")
             self._profile = timed
             return timed

@@ -17,6 +17,9 @@ The slice's file is sparse (its weights read as zeros: written instantly) and lo
 mmap, so every layer is its own memory: llama.cpp's kernels take as long on zero blocks as on
 random ones (Q4_0, Q4_1, Q4_K and Q8_0 slices measured both ways agree within 3%).
 
+In the slice of a model's main type the decode is also timed with a filled cache of each KV type
+(see "the cost of attending over a filled cache" below).
+
 Kept per machine, llama.cpp build, thread count, type and shape in the data folder beside the
 numpy reading: a kind costs its seconds once, when the first model that holds it is loaded.
 """
@@ -54,6 +57,19 @@ def main_types(tensor_types: dict[str, int]) -> list[str]:
     that a slice can be written in."""
     total = sum(tensor_types.values()) or 1
     return sorted(t for t, b in tensor_types.items() if b / total >= MIN_SHARE and measurable(t))
+
+
+def model_kinds(info) -> list["Kind"]:
+    """The kinds that decide a model's CPU speed (a ModelInfo), the type holding most of its
+    bytes first: the cost of its attention over a filled cache is timed in that one."""
+    types = sorted(main_types(info.tensor_types), key=lambda t: -info.tensor_types[t])
+    return [kind_for(t, info) for t in types]
+
+
+def kv_kind(info) -> "Kind | None":
+    """The kind a model's KV costs are timed in (model_kinds' first), None if it has none."""
+    kinds = model_kinds(info)
+    return kinds[0] if kinds else None
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,9 @@ class EngineReading:
     threads: int
     seconds: float  # what the measurement cost, loading the slice included
     build: str
+    # KV cache type -> ns a decoded token spends per cached position and layer of this slice (see
+    # "the cost of attending over a filled cache" below); None when not timed with it
+    kv_ns: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -148,7 +167,7 @@ def rate_from(seconds_per_token: float, layers: int, layer_bytes: int, output_by
     return (layers * layer_bytes + output_bytes) / streaming / 1e9
 
 
-def measure(kind: Kind, threads: int, workdir: Path | None = None) -> EngineReading:
+def measure(kind: Kind, threads: int, workdir: Path | None = None, kv: bool = False) -> EngineReading:
     """Write the slice, decode WARMUP_TOKENS then ROUNDS x ROUND_TOKENS one at a time with
     `threads` threads, and derive the rate from the fastest round.
 
@@ -157,10 +176,10 @@ def measure(kind: Kind, threads: int, workdir: Path | None = None) -> EngineRead
     (SmolLM2 at 2 threads: 34 tokens/s after a benchmark left its team in the caller's thread,
     120 otherwise)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-engine-bench") as pool:
-        return pool.submit(_measure, kind, threads, workdir).result()
+        return pool.submit(_measure, kind, threads, workdir, kv).result()
 
 
-def _measure(kind: Kind, threads: int, workdir: Path | None) -> EngineReading:
+def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -> EngineReading:
     import llama_cpp
 
     from tandem.runtime.engine.model import guard_engine_build
@@ -173,7 +192,8 @@ def _measure(kind: Kind, threads: int, workdir: Path | None) -> EngineReading:
         path = write_model(Path(tmp) / "slice.gguf", spec, fill="zeros")
         guard_engine_build()
         llm = llama_cpp.Llama(str(path), n_ctx=64, n_batch=16, n_ubatch=16, n_threads=threads,
-                              n_threads_batch=threads, n_gpu_layers=0, use_mmap=False, verbose=False)
+                              n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, use_mmap=False,
+                              verbose=False)
         try:
             decoder = NativeDecoder(llm)
             token = 1000
@@ -187,35 +207,43 @@ def _measure(kind: Kind, threads: int, workdir: Path | None) -> EngineReading:
                     decoder.decode([token])
                     token += 1
                 per_token = min(per_token, (time.perf_counter() - t0) / ROUND_TOKENS)
+            kv_ns = _kv_costs(llm, kind, threads, per_token, Path(tmp)) if kv else None
         finally:
             llm.close()
     one_layer = layer_bytes(spec) // kind.layers
     rate = rate_from(per_token, kind.layers, one_layer, output_bytes(spec))
     return EngineReading(key=kind.key, quant=kind.quant, rate_gbps=round(rate, 2), seconds_per_token=per_token,
                          layers=kind.layers, slice_bytes=kind.layers * one_layer + output_bytes(spec),
-                         threads=threads, seconds=round(time.perf_counter() - started, 2), build=build_id())
+                         threads=threads, seconds=round(time.perf_counter() - started, 2), build=build_id(),
+                         kv_ns=kv_ns)
 
 
 def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[Kind],
-                 remeasure: bool = False) -> dict[str, EngineReading]:
+                 remeasure: bool = False, kv_kinds: list[Kind] = ()) -> dict[str, EngineReading]:
     """The readings of these kinds for this machine, llama.cpp build and thread count (by key):
-    from data_dir's cache, the missing ones measured now and kept there. With remeasure, every
-    kind the cache holds for this machine is measured again too."""
+    from data_dir's cache, the missing ones measured now and kept there; those of kv_kinds with
+    their KV costs (one kept without them is measured again). With remeasure, every kind the
+    cache holds for this machine is measured again too (with its KV costs if it had them)."""
     from tandem.runtime.hardware.bandwidth import read_cache
 
     path = data_dir / CACHE_FILE if data_dir else None
-    prefix = f"{machine}:{build_id()}:{threads}:weights:"
+    prefix = f"{machine}:{build_id()}:{threads}:{WEIGHTS}:"
     cache = read_cache(path)
     known = _kept(cache, prefix, EngineReading)
-    wanted = {k.key: k for k in kinds}
+    wanted = {k.key: k for k in (*kinds, *kv_kinds)}
+    with_kv = {k.key for k in kv_kinds}
     if remeasure:
-        for key in known:
-            if key not in wanted:
-                wanted[key] = parse_key(key)
+        for key, reading in known.items():
+            wanted.setdefault(key, parse_key(key))
+            if reading.kv_ns:
+                with_kv.add(key)
     for key, kind in wanted.items():
-        if kind is None or not measurable(kind.quant) or (key in known and not remeasure):
+        if kind is None or not measurable(kind.quant):
             continue
-        known[key] = measure(kind, threads, workdir=data_dir)
+        kept = known.get(key)
+        if kept is not None and not remeasure and (kept.kv_ns or key not in with_kv):
+            continue
+        known[key] = measure(kind, threads, workdir=data_dir, kv=key in with_kv)
         _keep(path, cache, prefix + key, known[key])
     return known
 
@@ -254,101 +282,102 @@ def parse_key(key: str) -> Kind | None:
 # --- the cost of attending over a filled cache, per KV cache type
 #
 # Decoding with a filled context adds, per token, attention over every cached position in every
-# layer; on a CPU that is arithmetic more than memory traffic, and its price depends on the
-# cache's type (llama.cpp's CPU flash attention converts an f16 cache element by element: on an
-# AVX-512 Xeon, SmolLM2 at 1,100 cached tokens decodes at 55 tokens/s with an f16 cache and 93
-# with q8_0). It is timed on a small slice (8 layers of 8 heads of 64) at KV_FILL cached tokens
-# against an empty cache, and kept per query-head dimension: seconds per cached position, layer
-# and query dimension (n_head x head_dim), which the speed model multiplies out for any model.
+# layer, at a price that depends on the cache's type (llama.cpp's CPU flash attention converts an
+# f16 cache element by element: on an AVX-512 Xeon, SmolLM2 at 1,100 cached tokens decodes at 55
+# tokens/s with an f16 cache and 93 with q8_0) and on the layers around it: where the weights
+# stream from memory much of that arithmetic costs nothing (a Llama-3.2-1B shape on that Xeon: a
+# q8_0 cache of 1,024 tokens slowed decode by 0%, f16 by 25%; the same attention between small
+# feed-forwards by 20% and 60%). So it is timed in the slice the weights were timed in - the
+# model's own layers, up to 1 GiB - with the cache filled: a cheap model with the same cache
+# shape (as many layers, the key/value heads only, a token-sized feed-forward) evaluates KV_FILL
+# tokens, its cache is saved and loaded into a context of the slice (the cache's contents do not
+# change the time), and decode is timed against the slice's empty-cache time. About a second a
+# type for a 1B model on 2 cores, once per machine, build and kind.
 KV_TYPES = ("f16", "q8_0", "q4_0")
-KV_SHAPE = (512, 1408, 8, 2)  # n_embd, n_ff, n_head, n_head_kv: head_dim 64
-KV_LAYERS = 8
 KV_FILL = 768
+KV_FF = 256
+KV_WARMUP, KV_ROUNDS, KV_ROUND_TOKENS = 2, 3, 4
+WEIGHTS = "weights2"  # the cache's entries since the KV costs are timed with the weights
 
 
-@dataclass(frozen=True)
-class KvReading:
-    type_k: str
-    ns_per_position: float  # nanoseconds per cached position x layer x query dimension
-    empty_s: float  # seconds per token with an empty cache
-    filled_s: float  # with KV_FILL positions cached
-    threads: int
-    seconds: float
-    build: str
+def _kv_costs(llm, kind: Kind, threads: int, empty_s: float, tmp: Path) -> dict[str, float] | None:
+    """ns per cached position and layer of the loaded slice `llm`, per KV type (None where no
+    cheap model can take the cache's shape)."""
+    from tandem.runtime.synth import SynthSpec, write_model
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def measure_kv(type_k: str, threads: int, workdir: Path | None = None) -> KvReading:
-    """Time decode with an empty and a filled cache of this type (in a thread that ends)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-engine-bench") as pool:
-        return pool.submit(_measure_kv, type_k, threads, workdir).result()
-
-
-def _fastest_token(decoder, token: int) -> tuple[float, int]:
-    best = math.inf
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        for _ in range(ROUND_TOKENS):
-            decoder.decode([token])
-            token += 1
-        best = min(best, (time.perf_counter() - t0) / ROUND_TOKENS)
-    return best, token
+    head_dim = kind.n_embd // kind.n_head
+    try:
+        spec = SynthSpec(n_layer=kind.layers, n_embd=kind.n_head_kv * head_dim, n_head=kind.n_head_kv,
+                         n_head_kv=kind.n_head_kv, n_ff=KV_FF, n_ctx_train=KV_FILL + 256, quant="Q4_0",
+                         name="tandem-kv-fill")
+    except ValueError:
+        return None
+    cheap = write_model(tmp / "fill.gguf", spec, fill="zeros")
+    out = {}
+    for type_k in KV_TYPES:
+        filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads))
+        out[type_k] = round(max(0.0, filled - empty_s) / (KV_FILL * kind.layers) * 1e9, 1)
+    return out
 
 
-def _measure_kv(type_k: str, threads: int, workdir: Path | None) -> KvReading:
+def _filled_state(path: Path, type_k: str, threads: int) -> bytes:
+    """The saved cache of KV_FILL tokens evaluated by the model at `path`."""
     import llama_cpp
 
-    from tandem.runtime.engine.model import guard_engine_build
     from tandem.runtime.engine.native import NativeDecoder
     from tandem.runtime.engine.params import KV_TYPES as GGML_KV
-    from tandem.runtime.synth import write_model
 
-    started = time.perf_counter()
-    kind = Kind("Q4_0", *KV_SHAPE, layers=KV_LAYERS)
-    n_embd, _, n_head, _ = KV_SHAPE
-    with tempfile.TemporaryDirectory(prefix="tandem-engine-bench-", dir=workdir) as tmp:
-        path = write_model(Path(tmp) / "kv.gguf", kind.spec(), fill="zeros")
-        guard_engine_build()
-        llm = llama_cpp.Llama(str(path), n_ctx=KV_FILL + 128, n_batch=256, n_ubatch=256, n_threads=threads,
-                              n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, type_k=GGML_KV[type_k],
-                              type_v=GGML_KV[type_k], use_mmap=False, verbose=False)
-        try:
-            decoder = NativeDecoder(llm)
-            token = 1000
-            decoder.decode(list(range(token, token + WARMUP_TOKENS)))
-            token += WARMUP_TOKENS
-            empty, token = _fastest_token(decoder, token)
-            decoder.prefill(decoder.cached + list(range(token, token + KV_FILL)))
-            token += KV_FILL
-            filled, token = _fastest_token(decoder, token)
-        finally:
-            llm.close()
-    positions = KV_FILL + ROUNDS * ROUND_TOKENS  # between the two rounds' mean fills
-    ns = max(0.0, filled - empty) / (positions * KV_LAYERS * n_embd) * 1e9
-    return KvReading(type_k=type_k, ns_per_position=round(ns, 4), empty_s=empty, filled_s=filled, threads=threads,
-                     seconds=round(time.perf_counter() - started, 2), build=build_id())
+    llm = llama_cpp.Llama(str(path), n_ctx=KV_FILL + 64, n_batch=256, n_ubatch=256, n_threads=threads,
+                          n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, type_k=GGML_KV[type_k],
+                          type_v=GGML_KV[type_k], use_mmap=False, verbose=False)
+    try:
+        decoder = NativeDecoder(llm)
+        decoder.prefill(list(range(1000, 1000 + KV_FILL)))
+        return bytes(decoder.state())
+    finally:
+        llm.close()
 
 
-def cached_kv_costs(data_dir: Path | None, machine: str, threads: int, remeasure: bool = False,
-                    measure: bool = True) -> dict[str, KvReading]:
-    """Every KV type's reading for this machine, llama.cpp build and thread count: from data_dir's
-    cache, the missing ones measured now (about a second each) and kept there. measure=False:
-    the cached readings only, none unless every type is cached."""
-    from tandem.runtime.hardware.bandwidth import read_cache
+def _filled_decode(llm, type_k: str, threads: int, state: bytes) -> float:
+    """Seconds per token of the loaded model `llm` decoding after `state`, in a context of its own
+    with a cache of this type: the fastest of KV_ROUNDS rounds."""
+    import ctypes
 
-    path = data_dir / CACHE_FILE if data_dir else None
-    prefix = f"{machine}:{build_id()}:{threads}:kv:"
-    cache = read_cache(path)
-    known = {} if remeasure else _kept(cache, prefix, KvReading)
-    if not measure and not all(t in known for t in KV_TYPES):
-        return {}
-    for type_k in KV_TYPES:
-        if type_k not in known:
-            known[type_k] = measure_kv(type_k, threads, workdir=data_dir)
-            _keep(path, cache, prefix + type_k, known[type_k])
-    return {t: known[t] for t in KV_TYPES}
+    import llama_cpp
+
+    from tandem.runtime.engine.params import KV_TYPES as GGML_KV
+
+    params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+    params.n_ctx = KV_FILL + 64
+    params.n_batch = params.n_ubatch = 64
+    params.n_threads = params.n_threads_batch = threads
+    params.type_k = params.type_v = GGML_KV[type_k]
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if not ctx:
+        raise RuntimeError(f"llama.cpp could not make a context with a {type_k} cache")
+    try:
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), 0) != len(state):
+            raise RuntimeError(f"llama.cpp refused the filled {type_k} cache")
+        token = (llama_cpp.llama_token * 1)(2000)
+
+        def step():
+            token[0] += 1
+            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(token, 1))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc} with a filled {type_k} cache")
+
+        for _ in range(KV_WARMUP):
+            step()
+        best = math.inf
+        for _ in range(KV_ROUNDS):
+            t0 = time.perf_counter()
+            for _ in range(KV_ROUND_TOKENS):
+                step()
+            best = min(best, (time.perf_counter() - t0) / KV_ROUND_TOKENS)
+        return best
+    finally:
+        llama_cpp.llama_free(ctx)
 
 
 def thread_suffix(threads: int, cores: int) -> str:

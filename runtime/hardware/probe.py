@@ -238,10 +238,11 @@ def build_engine(llama: dict | None, gpus: list) -> EngineBuild:
 
 
 def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasure: bool = False,
-          engine_kinds: list | None = None) -> HardwareProfile:
+          engine_kinds: list | None = None, kv_kinds: list = ()) -> HardwareProfile:
     """This machine's profile. The bandwidth is measured once per machine and cached in data_dir;
     engine_kinds (enginebench.Kind): also the rates llama.cpp's CPU kernels stream these at
-    (measured once per machine, build and kind), with those timed here before."""
+    (measured once per machine, build and kind), with those timed here before; kv_kinds: those
+    also timed with a filled cache of each KV type."""
     raw = collect_raw(data_dir)
     gbps = None
     if measure_bandwidth:
@@ -256,9 +257,7 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
             raw["errors"]["bandwidth"] = f"{type(err).__name__}: {err}"
     profile = build_profile(raw, gbps)
     if measure_bandwidth and engine_kinds is not None:
-        profile = with_engine_rates(profile, data_dir, engine_kinds, remeasure=remeasure)
-        # timed with the first kinds timed; otherwise only read when kept
-        profile = with_kv_costs(profile, data_dir, remeasure=remeasure, measure=bool(engine_kinds) or remeasure)
+        profile = with_engine_rates(profile, data_dir, engine_kinds, remeasure=remeasure, kv_kinds=kv_kinds)
     return profile
 
 
@@ -281,46 +280,28 @@ def _threads(profile: HardwareProfile, threads: int | None) -> tuple[int, str]:
     return threads, thread_suffix(threads, cores)
 
 
-def with_kv_costs(profile: HardwareProfile, data_dir: Path | None, remeasure: bool = False,
-                  measure: bool = True, threads: int | None = None) -> HardwareProfile:
-    """The profile with what attending over a filled cache of each KV type costs llama.cpp's CPU
-    here at `threads` (default: every physical core; timed once per machine, build and thread
-    count, about a second a type; measure=False: only when kept in data_dir). A failure is one of
-    the profile's problems: the fitted KV read cost stands in."""
-    from dataclasses import replace
-
-    from tandem.runtime.hardware.enginebench import cached_kv_costs
-
-    threads, suffix = _threads(profile, threads)
-    try:
-        readings = cached_kv_costs(data_dir, profile.machine_id or "unknown", threads, remeasure=remeasure,
-                                   measure=measure)
-    except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
-        return replace(profile, problems=(*profile.problems, f"kv_costs: {type(err).__name__}: {err}"))
-    if not readings:
-        return profile
-    costs = _merged(profile.memory.kv_costs, {t: r.ns_per_position for t, r in readings.items()}, suffix)
-    return replace(profile, memory=replace(profile.memory, kv_costs=costs))
-
-
 def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
-                      remeasure: bool = False, threads: int | None = None) -> HardwareProfile:
+                      remeasure: bool = False, threads: int | None = None, kv_kinds: list = ()) -> HardwareProfile:
     """The profile with the rates llama.cpp's CPU kernels stream these kinds of layers at
-    (enginebench.Kind), and those measured before, at `threads` (default: every physical core;
-    other counts are kept under keys ending in "/tN"). A failure is one of the profile's
-    problems: the numpy reading and the fitted constants stand in."""
+    (enginebench.Kind) and what a filled cache of each KV type costs in the kv_kinds, and those
+    measured before, at `threads` (default: every physical core; other counts are kept under
+    keys ending in "/tN"). A failure is one of the profile's problems: the numpy reading and the
+    fitted constants stand in."""
     from dataclasses import replace
 
     from tandem.runtime.hardware.enginebench import cached_rates
 
     threads, suffix = _threads(profile, threads)
     try:
-        readings = cached_rates(data_dir, profile.machine_id or "unknown", threads, kinds, remeasure=remeasure)
+        readings = cached_rates(data_dir, profile.machine_id or "unknown", threads, kinds, remeasure=remeasure,
+                                kv_kinds=[k for k in kv_kinds if k is not None])
     except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
         problem = f"engine_rates: {type(err).__name__}: {err}"
         return replace(profile, problems=(*profile.problems, problem))
     rates = _merged(profile.memory.engine_rates, {k: r.rate_gbps for k, r in readings.items()}, suffix)
-    return replace(profile, memory=replace(profile.memory, engine_rates=rates))
+    kv = {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
+    costs = _merged(profile.memory.kv_costs, kv, suffix)
+    return replace(profile, memory=replace(profile.memory, engine_rates=rates, kv_costs=costs))
 
 
 def load_profile(path: Path) -> HardwareProfile:

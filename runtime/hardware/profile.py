@@ -31,8 +31,9 @@ class MemoryInfo:
     # model prefers them to the numpy reading.
     engine_rates: tuple[tuple[str, float], ...] = ()
 
-    # (KV cache type, ns) a decoded token costs llama.cpp's CPU per cached position, layer and
-    # query dimension (n_head x head_dim), timed at all physical cores (hardware.enginebench).
+    # ("KV type@kind", ns) a decoded token costs llama.cpp's CPU per cached position and layer with
+    # a filled cache of that type, timed in that kind of layers (hardware.enginebench).
+    # Both: at all physical cores; a key ending in "/tN" was timed with N threads.
     kv_costs: tuple[tuple[str, float], ...] = ()
 
     def engine_rate(self, key: str) -> float | None:

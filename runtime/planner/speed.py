@@ -246,20 +246,34 @@ def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
     return 1.0 / seconds_per_byte
 
 
-def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int, threads: int) -> float:
-    """Seconds a token spends attending over `fill` cached positions in its CPU layers, as timed
-    here for this KV type at this thread count, else at every core over the thread factor (0
-    where it was not timed: the KV bytes read stand for it alone)."""
+def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int,
+               threads: int) -> float | None:
+    """Seconds a token spends attending over `fill` cached positions in its CPU layers (the KV
+    bytes read included), from llama.cpp's decode timed with a cache of this type filled: in the
+    model's own layers (at this thread count, else at every core over the thread factor), else in
+    other layers scaled by query dimension (n_head x head_dim; the median); None where nothing of
+    this type was timed."""
+    from tandem.runtime.hardware.enginebench import kv_kind, parse_key
+
     costs = dict(hw.memory.kv_costs)
+    kind = kv_kind(info)
+    own = f"{type_k}@{kind.key}" if kind else None
     suffix = _suffix(hw, threads)
-    if suffix and type_k + suffix in costs:
-        ns = costs[type_k + suffix]
+    if own and suffix and own + suffix in costs:
+        ns = costs[own + suffix]
+    elif own in costs:
+        ns = costs[own] / thread_factor(hw, threads)
     else:
-        ns = costs.get(type_k)
-        ns = ns / thread_factor(hw, threads) if ns else None
-    if not ns or not fill or not cpu_layers:
-        return 0.0
-    return ns * 1e-9 * fill * cpu_layers * info.n_head * info.head_dim_k
+        per_dim = []
+        for key, value in _all_cores(hw.memory.kv_costs):
+            kv_type, _, kind_key = key.partition("@")
+            other = parse_key(kind_key)
+            if kv_type == type_k and other is not None:
+                per_dim.append(value / other.n_embd)  # a slice's query dimension is its width
+        if not per_dim:
+            return None
+        ns = statistics.median(per_dim) * info.n_head * info.head_dim_k / thread_factor(hw, threads)
+    return ns * 1e-9 * fill * cpu_layers
 
 
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
@@ -280,8 +294,10 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
     bytes_cpu = sum(info.layer_bytes[i] for i in on_cpu) + (out_w if output_dev is None else 0)
     n_cpu_layers = len(on_cpu)
-    seconds_cpu = ((bytes_cpu + kv_read_cpu) / cpu_rate(info, hw, threads) + n_cpu_layers * CPU_LAYER_S
-                   + kv_seconds(info, hw, type_k, fill, n_cpu_layers, threads))
+    attention = kv_seconds(info, hw, type_k, fill, n_cpu_layers, threads)
+    if attention is None:  # not timed: the KV bytes read, at the weights' rate
+        attention = kv_read_cpu / cpu_rate(info, hw, threads)
+    seconds_cpu = bytes_cpu / cpu_rate(info, hw, threads) + n_cpu_layers * CPU_LAYER_S + attention
 
     seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
     n_gpu_layers_total = info.n_layer - n_cpu_layers

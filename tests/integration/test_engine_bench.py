@@ -12,7 +12,7 @@ import pytest
 from tandem.app.report import engine_text, kv_text
 from tandem.app.server import ServerThread
 from tandem.runtime.hardware import enginebench, probe
-from tandem.runtime.hardware.probe import with_engine_rates, with_kv_costs
+from tandem.runtime.hardware.probe import with_engine_rates
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds
 from tandem.runtime.synth import write_model
@@ -56,7 +56,7 @@ def test_the_timing_runs_in_a_thread_that_ends(tmp_path, monkeypatch):
     thread makes every later model's decode wait passively."""
     seen = {}
 
-    def fake(kind, threads, workdir):
+    def fake(kind, threads, workdir, kv):
         seen["thread"] = threading.current_thread()
         return "reading"
 
@@ -111,28 +111,39 @@ def test_the_app_times_the_default_models_type_before_loading_it_and_shows_it(tm
         hw = client.get("/api/hardware").json()
         rates = {key.split("@")[0]: gbps for key, gbps in hw["memory"]["engine_rates"]}
         assert rates.get("Q4_1", 0) > 0 and rates.get("Q8_0", 0) > 0, hw["memory"]
-        assert {t for t, _ in hw["memory"]["kv_costs"]} == {"f16", "q8_0", "q4_0"}
+        assert {t.split("@")[0] for t, _ in hw["memory"]["kv_costs"]} == {"f16", "q8_0", "q4_0"}
         assert (tmp_path / enginebench.CACHE_FILE).exists()
         plan = client.get(f"/api/models/{MODEL}/plan").json()
         assert plan["loaded"] and plan["decode_tps"] > 0
 
 
-def test_the_cost_of_a_filled_cache_is_timed_per_kv_type_and_slows_long_contexts(tmp_path, shapes):
+def test_the_cost_of_a_filled_cache_is_timed_per_kv_type_in_the_models_own_layers(tmp_path, shapes):
+    """The slice of the model's main type is decoded again with a filled cache of each KV type
+    (the cache made by a cheap model of the same cache shape and loaded into the slice); the
+    speed model charges each cached position of each CPU layer at that cost, and prices a model
+    of another shape from it per query dimension."""
+    smol = shapes["smollm2"]
+    kind = enginebench.kv_kind(smol)
+    assert kind == enginebench.kind_for("Q4_1", smol)  # its main type, in its own shape
     hw = probe(tmp_path)
     assert probe(tmp_path, engine_kinds=[]).memory.kv_costs == ()  # nothing kept: reading it times nothing
-    timed = with_kv_costs(hw, tmp_path)
+    timed = with_engine_rates(hw, tmp_path, [kind], kv_kinds=[kind])
     costs = dict(timed.memory.kv_costs)
-    assert set(costs) == {"f16", "q8_0", "q4_0"} and all(ns >= 0 for ns in costs.values())
+    assert set(costs) == {f"{t}@{kind.key}" for t in enginebench.KV_TYPES} and all(ns >= 0 for ns in costs.values())
+    assert not list(tmp_path.glob("tandem-engine-bench-*")), "the slice and the cheap model are removed"
     assert probe(tmp_path, engine_kinds=[]).memory.kv_costs == timed.memory.kv_costs
-    # The speed model charges each cached position of each CPU layer at the timed cost.
-    smol = shapes["smollm2"]
-    priced = replace(timed, memory=replace(timed.memory, kv_costs=(("f16", 1.0),)))  # 1 ns, to see it
-    extra = kv_seconds(smol, priced, "f16", 1000, smol.n_layer, timed.cpu.physical_cores or 1)
-    assert extra == pytest.approx(1e-9 * 1000 * smol.n_layer * smol.n_head * smol.head_dim_k)
-    assert kv_seconds(smol, priced, "q8_0", 1000, smol.n_layer, 1) == 0  # not timed: bytes alone
-    fast = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=2, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=0)
-    slow = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=2, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=1000)
-    assert slow.decode_tps < fast.decode_tps
+    cores = timed.cpu.physical_cores or 1
+    priced = replace(timed, memory=replace(timed.memory, kv_costs=((f"f16@{kind.key}", 100.0),)))
+    extra = kv_seconds(smol, priced, "f16", 1000, smol.n_layer, cores)
+    assert extra == pytest.approx(100e-9 * 1000 * smol.n_layer)
+    assert kv_seconds(smol, priced, "q8_0", 1000, smol.n_layer, cores) is None  # not timed: the KV bytes alone
+    big = shapes["1b"]
+    per_dim = 100.0 / kind.n_embd * big.n_head * big.head_dim_k
+    assert kv_seconds(big, priced, "f16", 1000, 4, cores) == pytest.approx(per_dim * 1e-9 * 1000 * 4)
+    fast = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=cores, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=0)
+    slow = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=cores, kv_read_gpu=0, kv_read_cpu=0, type_k="f16",
+                    fill=1000)
+    assert 1 / slow.decode_tps - 1 / fast.decode_tps == pytest.approx(extra, rel=1e-6)
 
 
 def test_a_plan_with_fewer_threads_is_predicted_from_timings_at_that_count(tmp_path, shapes, monkeypatch):
@@ -152,7 +163,7 @@ def test_a_plan_with_fewer_threads_is_predicted_from_timings_at_that_count(tmp_p
     costs = dict(hw.memory.kv_costs)
     q41 = enginebench.kind_for("Q4_1", smol).key
     assert rates[q41] > 0 and rates[q41 + "/t1"] > 0
-    assert {"f16", "f16/t1", "q8_0/t1", "q4_0/t1"} <= set(costs)
+    assert {f"{t}@{q41}{s}" for t in enginebench.KV_TYPES for s in ("", "/t1")} == set(costs)
     assert type_rate(smol, hw, "Q4_1", 1) == rates[q41 + "/t1"]
     assert type_rate(smol, hw, "Q4_1", cores) == rates[q41]
     one = estimate(smol, hw, n_gpu_layers=0, gpu=None, threads=1, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=1000)
@@ -164,8 +175,7 @@ def test_a_plan_with_fewer_threads_is_predicted_from_timings_at_that_count(tmp_p
     assert one.decode_tps != pytest.approx(fallback.decode_tps, rel=1e-3)
     # kept: a new service (the app started again) times nothing and reads them back
     again = HardwareService(make_settings(tmp_path, engine_bench=True, n_threads=1))
-    for name in ("measure", "measure_kv"):
-        monkeypatch.setattr(enginebench, name, lambda *a, **k: pytest.fail("timed again"))
+    monkeypatch.setattr(enginebench, "measure", lambda *a, **k: pytest.fail("timed again"))
     back = again.for_model(smol)
     assert dict(back.memory.engine_rates) == rates and dict(back.memory.kv_costs) == costs
     assert "with 1 thread" in engine_text(back) and "with 1 thread" in kv_text(back)

@@ -248,14 +248,18 @@ def test_regression_guard_calibration_fitted_on_the_whole_h200_curve(shapes):
 
 
 def test_the_cache_type_follows_its_measured_cost_where_the_heads_allow_it(shapes, tmp_path):
-    """Where an f16 cache was timed slower to attend over than q8_0 (an AVX-512 Xeon: 0.70 against
-    0.29 ns), the plan takes q8_0 at a context it would fit in f16 too; never for a model whose
-    heads are not whole 32-value blocks (llama.cpp cannot make that cache)."""
+    """Where an f16 cache was timed slower to attend over than q8_0 (SmolLM2's layers on an
+    AVX-512 Xeon: 503 against 147 ns per position and layer), the plan takes q8_0 at a context it
+    would fit in f16 too; never for a model whose heads are not whole 32-value blocks (llama.cpp
+    cannot make that cache; priced from SmolLM2's timing per query dimension)."""
+    from tandem.runtime.hardware.enginebench import kv_kind
     from tandem.runtime.model_info import inspect_model
     from tandem.runtime.synth import preset, write_model
 
     hw = machine("dev-vm-epyc-2core")
-    timed = replace(hw, memory=replace(hw.memory, kv_costs=(("f16", 0.70), ("q8_0", 0.29), ("q4_0", 0.33))))
+    kind = kv_kind(shapes["smollm2"]).key
+    timed = replace(hw, memory=replace(hw.memory, kv_costs=((f"f16@{kind}", 503.0), (f"q8_0@{kind}", 147.0),
+                                                            (f"q4_0@{kind}", 250.0))))
     assert plan_model(shapes["smollm2"], hw, 4096).type_k == "f16"
     chosen = plan_model(shapes["smollm2"], timed, 4096)
     assert chosen.type_k == "q8_0" and any("fastest" in r for r in chosen.reasons)
