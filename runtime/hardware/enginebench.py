@@ -27,6 +27,7 @@ numpy reading: a kind costs its seconds once, when the first model that holds it
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import tempfile
 import time
@@ -34,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CACHE_FILE = "engine-bench.json"
 # Without a model to copy: a Llama-3.2-1B layer (n_embd 2048, GQA 32/8 heads, n_ff 8192).
@@ -235,13 +238,13 @@ def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[
     if remeasure:
         for key, reading in known.items():
             wanted.setdefault(key, parse_key(key))
-            if reading.kv_ns:
+            if reading.kv_ns is not None:
                 with_kv.add(key)
     for key, kind in wanted.items():
         if kind is None or not measurable(kind.quant):
             continue
         kept = known.get(key)
-        if kept is not None and not remeasure and (kept.kv_ns or key not in with_kv):
+        if kept is not None and not remeasure and (kept.kv_ns is not None or key not in with_kv):
             continue
         known[key] = measure(kind, threads, workdir=data_dir, kv=key in with_kv)
         _keep(path, cache, prefix + key, known[key])
@@ -300,9 +303,10 @@ KV_WARMUP, KV_ROUNDS, KV_ROUND_TOKENS = 2, 3, 4
 WEIGHTS = "weights2"  # the cache's entries since the KV costs are timed with the weights
 
 
-def _kv_costs(llm, kind: Kind, threads: int, empty_s: float, tmp: Path) -> dict[str, float] | None:
-    """ns per cached position and layer of the loaded slice `llm`, per KV type (None where no
-    cheap model can take the cache's shape)."""
+def _kv_costs(llm, kind: Kind, threads: int, empty_s: float, tmp: Path) -> dict[str, float]:
+    """ns per cached position and layer of the loaded slice `llm`, per KV type llama.cpp can make
+    for its heads (a quantized cache needs whole 32-value blocks); empty where no cheap model can
+    take the cache's shape or llama.cpp failed (said in the log: the KV bytes read stand in)."""
     from tandem.runtime.synth import SynthSpec, write_model
 
     head_dim = kind.n_embd // kind.n_head
@@ -311,11 +315,15 @@ def _kv_costs(llm, kind: Kind, threads: int, empty_s: float, tmp: Path) -> dict[
                          n_head_kv=kind.n_head_kv, n_ff=KV_FF, n_ctx_train=KV_FILL + 256, quant="Q4_0",
                          name="tandem-kv-fill")
     except ValueError:
-        return None
+        return {}
     cheap = write_model(tmp / "fill.gguf", spec, fill="zeros")
     out = {}
-    for type_k in KV_TYPES:
-        filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads))
+    for type_k in KV_TYPES if head_dim % 32 == 0 else KV_TYPES[:1]:
+        try:
+            filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads))
+        except (RuntimeError, ValueError) as err:
+            log.warning("the %s cache could not be timed in %s: %s", type_k, kind.key, err)
+            continue
         out[type_k] = round(max(0.0, filled - empty_s) / (KV_FILL * kind.layers) * 1e9, 1)
     return out
 
