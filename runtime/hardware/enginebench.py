@@ -172,7 +172,8 @@ def rate_from(seconds_per_token: float, layers: int, layer_bytes: int, output_by
 
 def measure(kind: Kind, threads: int, workdir: Path | None = None, kv: bool = False) -> EngineReading:
     """Write the slice, decode WARMUP_TOKENS then ROUNDS x ROUND_TOKENS one at a time with
-    `threads` threads, and derive the rate from the fastest round.
+    `threads` threads, and derive the rate from the fastest round; kv: then time each KV cache
+    type filled in the same slice (the reading's kv_ns).
 
     Runs in a thread of its own that ends with it: llama.cpp's OpenMP team lives as long as the
     thread that computed, and a second live team makes every later model's decode wait passively
@@ -288,25 +289,29 @@ def parse_key(key: str) -> Kind | None:
 # layer, at a price that depends on the cache's type (llama.cpp's CPU flash attention converts an
 # f16 cache element by element: on an AVX-512 Xeon, SmolLM2 at 1,100 cached tokens decodes at 55
 # tokens/s with an f16 cache and 93 with q8_0) and on the layers around it: where the weights
-# stream from memory much of that arithmetic costs nothing (a Llama-3.2-1B shape on that Xeon: a
-# q8_0 cache of 1,024 tokens slowed decode by 0%, f16 by 25%; the same attention between small
-# feed-forwards by 20% and 60%). So it is timed in the slice the weights were timed in - the
-# model's own layers, up to 1 GiB - with the cache filled: a cheap model with the same cache
-# shape (as many layers, the key/value heads only, a token-sized feed-forward) evaluates KV_FILL
-# tokens, its cache is saved and loaded into a context of the slice (the cache's contents do not
-# change the time), and decode is timed against the slice's empty-cache time. About a second a
-# type for a 1B model on 2 cores, once per machine, build and kind.
+# stream from memory much of that arithmetic costs nothing. In a Llama-3.2-1B shape on that Xeon
+# (2 threads, 1,024 cached tokens) a q8_0 cache added nothing to a token's time and an f16 cache
+# 1.3 us per cached position and layer; the same 16 layers with a token-sized feed-forward took
+# 0.5 and 1.7 us, and a small fixed slice scaled by query dimension (how this was timed before)
+# said 0.5 and 1.4. So it is timed in the slice the weights were timed in - the model's own
+# layers, up to 1 GiB - with the cache filled: a cheap model with the same cache shape (as many
+# layers, the key/value heads only, a token-sized feed-forward) evaluates KV_FILL tokens, its
+# cache is saved and loaded into a context of the slice (the cache's contents do not change the
+# time), and decode is timed in rounds that alternate between that cache and an empty one. Once
+# per machine, build and kind, with the weights.
 KV_TYPES = ("f16", "q8_0", "q4_0")
 KV_FILL = 768
 KV_FF = 256
-KV_WARMUP, KV_ROUNDS, KV_ROUND_TOKENS = 2, 3, 4
+KV_ROUNDS, KV_MAX_ROUNDS, KV_ROUND_TOKENS = 2, 8, 4
+KV_SECONDS = 0.6  # what the rounds of one type may take, at least KV_ROUNDS of them
 WEIGHTS = "weights2"  # the cache's entries since the KV costs are timed with the weights
 
 
-def _kv_costs(llm, kind: Kind, threads: int, empty_s: float, tmp: Path) -> dict[str, float]:
-    """ns per cached position and layer of the loaded slice `llm`, per KV type llama.cpp can make
-    for its heads (a quantized cache needs whole 32-value blocks); empty where no cheap model can
-    take the cache's shape or llama.cpp failed (said in the log: the KV bytes read stand in)."""
+def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dict[str, float]:
+    """ns per cached position and layer of the loaded slice `llm` (which decodes a token in about
+    `per_token` seconds), per KV type llama.cpp can make for its heads (a quantized cache needs
+    whole 32-value blocks); empty where no cheap model can take the cache's shape or llama.cpp
+    failed (said in the log: the KV bytes read stand in)."""
     from tandem.runtime.synth import SynthSpec, write_model
 
     head_dim = kind.n_embd // kind.n_head
@@ -317,14 +322,18 @@ def _kv_costs(llm, kind: Kind, threads: int, empty_s: float, tmp: Path) -> dict[
     except ValueError:
         return {}
     cheap = write_model(tmp / "fill.gguf", spec, fill="zeros")
+    # rounds: as many as fit KV_SECONDS a type, at least KV_ROUNDS (a small model's tokens are
+    # quick, and a shared machine's noise is larger against them)
+    per_round = 2 * (1 + KV_ROUND_TOKENS) * per_token * 1.5
+    rounds = max(KV_ROUNDS, min(KV_MAX_ROUNDS, int(KV_SECONDS / max(per_round, 1e-6))))
     out = {}
     for type_k in KV_TYPES if head_dim % 32 == 0 else KV_TYPES[:1]:
         try:
-            filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads))
+            empty, filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads), rounds)
         except (RuntimeError, ValueError) as err:
             log.warning("the %s cache could not be timed in %s: %s", type_k, kind.key, err)
             continue
-        out[type_k] = round(max(0.0, filled - empty_s) / (KV_FILL * kind.layers) * 1e9, 1)
+        out[type_k] = round(max(0.0, filled - empty) / (KV_FILL * kind.layers) * 1e9, 1)
     return out
 
 
@@ -346,9 +355,10 @@ def _filled_state(path: Path, type_k: str, threads: int) -> bytes:
         llm.close()
 
 
-def _filled_decode(llm, type_k: str, threads: int, state: bytes) -> float:
-    """Seconds per token of the loaded model `llm` decoding after `state`, in a context of its own
-    with a cache of this type: the fastest of KV_ROUNDS rounds."""
+def _filled_decode(llm, type_k: str, threads: int, state: bytes, rounds: int) -> tuple[float, float]:
+    """(empty, filled): seconds per token of the loaded model `llm` in a context of its own with a
+    cache of this type, empty and holding `state`; rounds alternate between the two (a shared
+    machine's drift falls on both), the fastest of each."""
     import ctypes
 
     import llama_cpp
@@ -364,26 +374,28 @@ def _filled_decode(llm, type_k: str, threads: int, state: bytes) -> float:
     if not ctx:
         raise RuntimeError(f"llama.cpp could not make a context with a {type_k} cache")
     try:
+        memory = llama_cpp.llama_get_memory(ctx)
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), 0) != len(state):
-            raise RuntimeError(f"llama.cpp refused the filled {type_k} cache")
         token = (llama_cpp.llama_token * 1)(2000)
 
         def step():
             token[0] += 1
             rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(token, 1))
             if rc != 0:
-                raise RuntimeError(f"llama_decode returned {rc} with a filled {type_k} cache")
+                raise RuntimeError(f"llama_decode returned {rc} with a {type_k} cache")
 
-        for _ in range(KV_WARMUP):
-            step()
-        best = math.inf
-        for _ in range(KV_ROUNDS):
-            t0 = time.perf_counter()
-            for _ in range(KV_ROUND_TOKENS):
-                step()
-            best = min(best, (time.perf_counter() - t0) / KV_ROUND_TOKENS)
-        return best
+        best = {False: math.inf, True: math.inf}
+        for _ in range(rounds):
+            for filled in (False, True):
+                llama_cpp.llama_memory_clear(memory, True)
+                if filled and llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), 0) != len(state):
+                    raise RuntimeError(f"llama.cpp refused the filled {type_k} cache")
+                step()  # unmeasured: the first token after the cache changed
+                t0 = time.perf_counter()
+                for _ in range(KV_ROUND_TOKENS):
+                    step()
+                best[filled] = min(best[filled], (time.perf_counter() - t0) / KV_ROUND_TOKENS)
+        return best[False], best[True]
     finally:
         llama_cpp.llama_free(ctx)
 
