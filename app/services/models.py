@@ -408,7 +408,9 @@ class ModelService:
 
     def _start_pooled(self, model: dict, plan: Plan) -> PooledWorker:
         return PooledWorker.open(LoadParams(path=Path(model["path"]), **plan.load_kwargs()),
-                                 max_queue=self.settings.max_queue, max_reply=self.settings.max_reply_tokens)
+                                 max_queue=self.settings.max_queue, max_reply=self.settings.max_reply_tokens,
+                                 saved_states=self.settings.context_cache_dir if self.settings.context_cache_mb else None,
+                                 saved_cap_bytes=self.settings.context_cache_mb * 1024 * 1024)
 
     def record(self, loaded: ServedModel, stats: ReplyStats, source: str) -> None:
         """Keep the measured decode speed of a plain reply for the planner's calibration. A reply

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from tandem.runtime.engine import Failed, ReplyStream, SamplingParams
 from tandem.runtime.engine.context import POLICIES, ContextPolicy
@@ -54,10 +55,12 @@ class PooledWorker:
 
     @classmethod
     def open(cls, params: LoadParams, max_queue: int = 16, max_reply: int = 8192,
-             load_timeout_s: float = 600.0, stall_s: float = 120.0) -> "PooledWorker":
+             load_timeout_s: float = 600.0, stall_s: float = 120.0, saved_states: Path | None = None,
+             saved_cap_bytes: int | None = None) -> "PooledWorker":
         """Start a pool host and load the model there; ModelLoadError when it cannot (the workers'
         own words included). stall_s: a reply that sends nothing for this long (a worker gone
-        without a reset, e.g. a pulled cable) ends the host, and with it the reply."""
+        without a reset, e.g. a pulled cable) ends the host, and with it the reply. saved_states,
+        saved_cap_bytes: where the host keeps conversations' caches, as ModelWorker.open."""
         t0 = time.perf_counter()
         # ggml's abort would attach a debugger for a backtrace: its last words are enough
         env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
@@ -70,7 +73,8 @@ class PooledWorker:
         threading.Thread(target=self._read_stderr, daemon=True).start()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         spec = {"params": {**asdict(params), "path": str(params.path)}, "max_queue": max_queue,
-                "max_reply": max_reply}
+                "max_reply": max_reply, "saved_states": str(saved_states) if saved_states else None,
+                "saved_cap_bytes": saved_cap_bytes}
         try:
             self._send(spec)
         except (OSError, ValueError):
@@ -125,8 +129,18 @@ class PooledWorker:
             raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}, got {speculative!r}")
         if isinstance(overflow, str) and overflow not in POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(POLICIES)}, got {overflow!r}")
-        stream = ReplyStream(loop)
         policy = ContextPolicy(overflow) if isinstance(overflow, str) else overflow
+        return self._request(loop, {"op": "submit", "messages": list(messages),
+                                    "sampling": asdict(sampling or SamplingParams()), "policy": asdict(policy),
+                                    "key": key, "evicted": list(evicted), "speculative": speculative, "raw": raw,
+                                    "tools": list(tools) if tools else None})
+
+    def embed(self, texts: list[str], loop=None, truncate: bool = False) -> ReplyStream:
+        """Embeddings from the pooled model (the pool host's ModelWorker.embed)."""
+        return self._request(loop, {"op": "embed", "texts": [str(t) for t in texts], "truncate": bool(truncate)})
+
+    def _request(self, loop, msg: dict) -> ReplyStream:
+        stream = ReplyStream(loop)
         rid = next(self._ids)
         with self._lock:  # registered before the host can end, or refused: never left without an end
             if self.closed:
@@ -136,15 +150,7 @@ class PooledWorker:
             self._last_event = max(self._last_event, time.monotonic())
         stream.on_end(lambda: self._drop(rid))
         stream.on_cancel(lambda: self._send({"op": "cancel", "id": rid}, quiet=True))
-        self._send({"op": "submit", "id": rid, "messages": list(messages), "sampling": asdict(sampling or SamplingParams()),
-                    "policy": asdict(policy), "key": key, "evicted": list(evicted), "speculative": speculative,
-                    "raw": raw, "tools": list(tools) if tools else None}, quiet=True)
-        return stream
-
-    def embed(self, texts: list[str], loop=None, truncate: bool = False) -> ReplyStream:
-        stream = ReplyStream(loop)
-        stream.emit(Failed(PoolFailure(
-            "Embeddings are not offered for a model pooled across machines; use a model that runs on this machine.")))
+        self._send({**msg, "id": rid}, quiet=True)
         return stream
 
     def complete(self, messages: list[dict], sampling: SamplingParams | None = None):

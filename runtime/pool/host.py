@@ -4,9 +4,11 @@ process (runtime.pool.client.PooledWorker) and spoken to over its stdin and stdo
 It is a process of its own because ggml-rpc ends the process that uses it when a worker goes away
 mid-graph: here that ends this host, and the main process reports it and carries on.
 
-stdin, one JSON object a line: first the spec {"params": LoadParams fields, "max_queue", "max_reply"};
-then {"op": "submit", "id", "messages", "sampling", "policy", "key", "evicted", "speculative", "raw",
-"tools"}, {"op": "cancel", "id"}, {"op": "forget", "key"}. End of input: unload and exit.
+stdin, one JSON object a line: first the spec {"params": LoadParams fields, "max_queue", "max_reply",
+"saved_states": a directory for conversations' saved caches or null, "saved_cap_bytes"}; then
+{"op": "submit", "id", "messages", "sampling", "policy", "key", "evicted", "speculative", "raw",
+"tools"}, {"op": "embed", "id", "texts", "truncate"}, {"op": "cancel", "id"}, {"op": "forget", "key"}.
+End of input: unload (saving the caches) and exit.
 stdout: {"op": "ready", "n_ctx", "metadata", "supports_tools", "load_s"} or {"op": "error", "error"},
 then {"op": "event", "id", "event"} for each event of each request.
 """
@@ -18,6 +20,7 @@ import os
 import sys
 import threading
 from dataclasses import fields
+from pathlib import Path
 
 
 def main() -> int:
@@ -32,6 +35,7 @@ def main() -> int:
             out.flush()
 
     from tandem.runtime.engine import Failed, LoadParams, ModelWorker, SamplingParams
+    from tandem.runtime.engine.worker import DEFAULT_STATE_CAP
     from tandem.runtime.errors import InvalidSampling, RuntimeFailure
     from tandem.runtime.engine.context import ContextPolicy
     from tandem.runtime.pool.wire import encode_error, encode_event
@@ -40,9 +44,11 @@ def main() -> int:
     p = dict(spec.get("params") or {})
     if p.get("tensor_split"):
         p["tensor_split"] = tuple(p["tensor_split"])
+    saved = spec.get("saved_states")
     try:
         worker = ModelWorker.open(LoadParams(**p), max_queue=spec.get("max_queue", 16),
-                                  max_reply=spec.get("max_reply", 8192))
+                                  max_reply=spec.get("max_reply", 8192), saved_states=Path(saved) if saved else None,
+                                  saved_cap_bytes=int(spec.get("saved_cap_bytes") or DEFAULT_STATE_CAP))
     except BaseException as err:  # noqa: BLE001 - every load failure is reported, then the host ends
         send({"op": "error", "error": encode_error(err)})
         return 1
@@ -72,6 +78,16 @@ def main() -> int:
             failure = err if isinstance(err, RuntimeFailure) else InvalidSampling(f"Refused by the pooled model: {err}")
             send({"op": "event", "id": rid, "event": encode_event(Failed(failure))})
             return
+        start(rid, stream)
+
+    def embed(msg: dict) -> None:
+        texts = msg.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            send({"op": "event", "id": msg["id"], "event": encode_event(Failed(InvalidSampling("texts: a list of strings")))})
+            return
+        start(msg["id"], worker.embed(texts, truncate=bool(msg.get("truncate"))))
+
+    def start(rid: int, stream) -> None:
         streams[rid] = stream
         t = threading.Thread(target=relay, args=(rid, stream), daemon=True)
         relays.append(t)
@@ -83,6 +99,8 @@ def main() -> int:
             op = msg.get("op")
             if op == "submit":
                 submit(msg)
+            elif op == "embed":
+                embed(msg)
             elif op == "cancel":
                 stream = streams.get(msg.get("id"))
                 if stream is not None:

@@ -17,6 +17,8 @@ import pytest
 
 from tandem.app.server import ServerThread
 from tandem.runtime.engine import Failed, Finished, LoadParams, ModelWorker, SamplingParams
+from tandem.runtime.engine.stream import Embedded
+from tandem.runtime.engine.kvstate import state_path
 from tandem.runtime.errors import ModelLoadError
 from tandem.runtime.pool import network, rpc
 from tandem.runtime.pool.client import PooledWorker
@@ -171,6 +173,43 @@ def test_a_model_split_across_this_machine_and_a_worker_writes_the_same_greedy_t
     finally:
         pooled.close()
     assert pooled.closed and pooled._proc.poll() is not None  # the pool host ended with it
+
+
+def embedded(stream) -> Embedded:
+    events = list(stream)
+    assert isinstance(events[-1], Embedded), events[-1]
+    return events[-1]
+
+
+def test_a_pooled_model_embeds_and_keeps_conversations_caches(worker, model_path, tmp_path):
+    """What a local model serves besides chat: embeddings (the same vectors as this machine alone
+    computes) and conversations' caches saved when another takes the model, restored on return."""
+    _, endpoint = worker
+    texts = ["The river runs down to the sea.", "Share prices fell sharply today."]
+    local = ModelWorker.open(LoadParams(model_path, n_ctx=1024, n_threads=1))
+    try:
+        alone = embedded(local.embed(texts))
+    finally:
+        local.close()
+    pooled = PooledWorker.open(LoadParams(model_path, n_ctx=1024, n_threads=1, n_gpu_layers=15, rpc=(endpoint,)),
+                               saved_states=tmp_path)
+    reply = SamplingParams(temperature=0.0, max_tokens=24)
+    a = [{"role": "user", "content": "List three facts about Mars."}]
+    try:
+        got = embedded(pooled.embed(texts))
+        assert got.prompt_tokens == alone.prompt_tokens
+        for mine, theirs in zip(got.vectors, alone.vectors):
+            assert sum(x * y for x, y in zip(mine, theirs)) == pytest.approx(1.0, abs=1e-3)
+        bad = list(pooled.embed(["x" * 200_000]))[-1]  # longer than the model reads: refused, the model stays
+        assert isinstance(bad, Failed) and bad.error.code == "context_overflow"
+        first = pooled.submit(a, reply, key="a").result()
+        a += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And one about Venus."}]
+        pooled.submit([{"role": "user", "content": "Hi"}], reply, key="b").result()  # b takes the model: a is saved
+        assert state_path(tmp_path, "a").exists()
+        back = pooled.submit(a, reply, key="a").result()
+    finally:
+        pooled.close()
+    assert back.stats.restored_tokens > 0 and back.stats.cached_tokens > first.stats.prompt_tokens
 
 
 def test_a_pooled_reply_can_be_stopped_and_the_model_closed_mid_reply(worker, model_path):
