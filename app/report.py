@@ -40,13 +40,16 @@ def kv_text(p: HardwareProfile) -> str:
     each kind of layers."""
     if not p.memory.kv_costs:
         return "not timed yet (timed when the first model loads)"
-    groups: dict[str, list[str]] = {}
+    order = ("f16", "q8_0", "q4_0")
+    groups: dict[str, list[tuple[str, float]]] = {}
     for key, ns in p.memory.kv_costs:
         base, threads = _threads_label(key)
         kv_type, _, kind = base.partition("@")
-        groups.setdefault(f"in {kind_label(kind)}{threads}", []).append(f"{kv_type} {ns:.0f} ns")
-    return "; ".join(f"{', '.join(v)} {where}" for where, v in groups.items()) + \
-        " per cached position and layer (timed on this machine, all cores unless said)"
+        groups.setdefault(f"{kind_label(kind)}{threads}", []).append((kv_type, ns))
+    shown = (f"{where}: " + ", ".join(f"{t} {ns:.0f} ns" for t, ns in
+                                      sorted(rows, key=lambda r: order.index(r[0]) if r[0] in order else 9))
+             for where, rows in groups.items())
+    return "; ".join(shown) + " per cached position and layer (timed on this machine, all cores unless said)"
 
 
 def kind_label(key: str) -> str:

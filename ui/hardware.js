@@ -14,6 +14,23 @@ function withThreads(key) {
   return [base, count ? ` with ${count} thread${count === "1" ? "" : "s"}` : ""];
 }
 
+// [["f16@Q4_1@576x...x30", 488], ...] -> "Q4_1 in 576-wide layers: f16 488 ns · q8_0 145 ns ..."
+function kvCosts(costs) {
+  const order = ["f16", "q8_0", "q4_0"];
+  const groups = new Map();
+  for (const [key, ns] of costs) {
+    const [k, threads] = withThreads(key);
+    const [type, quant, dims] = k.split("@");
+    const where = `${quant} in ${(dims || "").split("x")[0]}-wide layers${threads}`;
+    if (!groups.has(where)) groups.set(where, []);
+    groups.get(where).push([type, ns]);
+  }
+  const parts = [...groups].map(([where, rows]) => `${where}: ` + rows
+    .sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0]))
+    .map(([type, ns]) => `${type} ${Math.round(ns)} ns`).join(" · "));
+  return parts.join("; ") + " per cached position and layer (measured on this machine, all cores unless said)";
+}
+
 function card(title, rows) {
   const box = el("div", "hw-card");
   box.append(el("h3", "", title));
@@ -130,11 +147,7 @@ export async function renderHardware(view, loadedModelId) {
       return `${k.split("@")[0]} in ${(k.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s${threads}`;
     }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet: speeds are estimated from the read bandwidth",
      "How fast llama.cpp's own CPU kernels stream each weight type, timed on a test slice of layers when the first model holding that type loads. Speed predictions for the CPU rest on these."],
-    ["Long-context cost", (m.kv_costs || []).length ? m.kv_costs.map(([key, ns]) => {
-      const [k, threads] = withThreads(key);
-      const [t, quant, dims] = k.split("@");
-      return `${t} cache ${Math.round(ns)} ns (${quant} in ${(dims || "").split("x")[0]}-wide layers${threads})`;
-    }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet",
+    ["Long-context cost", (m.kv_costs || []).length ? kvCosts(m.kv_costs) : "not measured yet",
      "What each token already in the conversation adds to writing the next one, per KV cache type (per cached position and layer), timed in the model's own layers when it first loads. The planner picks the cache type that is fastest at the context you use."],
     ["Swap", size(m.swap_total_bytes)],
   ]));
