@@ -6,8 +6,9 @@
 
 For each model (the built-in SmolLM2 Q4_1 and synthetic Llama-1B- and 3B-shaped Q4_0 files) every
 CPU plan of the sweep - KV cache type (f16, q8_0, q4_0) x threads (1 .. physical cores) x context
-fill (a short prompt, and one that fills --fill tokens of the cache) - is loaded for real, warmed
-up with one reply, then measured with --replies greedy replies (decode tokens/s of each).
+fill (a short prompt, and one that fills --fill tokens of the cache) - is measured with --replies
+greedy replies (decode tokens/s of each), round-robin: each round loads every row of a model and
+fill in turn, warms it up with a short reply and measures one.
 
 Reported per row, against the median measured:
 - uncalibrated: the planner's prediction with nothing measured here, on the host bandwidth the
@@ -72,7 +73,8 @@ def filler(n_tokens: int) -> str:
 
 
 def measure(path: Path, plan, fill: int, tokens: int, replies: int) -> list[tuple[float, int]]:
-    """(decode tokens/s, mean cache fill while decoding) of each measured reply."""
+    """(decode tokens/s, mean cache fill while decoding) of each measured reply, in one load after
+    a warm-up reply."""
     worker = ModelWorker.open(LoadParams(path, **plan.load_kwargs()))
     try:
         ask = [{"role": "user", "content": (filler(fill) + "\n\n" if fill else "") + PROMPT}]
@@ -149,16 +151,24 @@ def main(argv=None) -> int:
         measure(path, bases[name], 0, 32, 1)
         for name, path in paths.items():
             for fill in fills:
-                for label, p in variants(bases[name], cores):
-                    t0 = time.perf_counter()
-                    got = measure(path, p, fill, args.tokens, args.replies)
-                    if not got:
+                # round-robin: each round loads every row of this model and fill for one reply, so
+                # a shared machine's slower minutes fall on all rows alike
+                rrows = variants(bases[name], cores)
+                got = {label: [] for label, _ in rrows}
+                spent = {label: 0.0 for label, _ in rrows}
+                for _ in range(args.replies):
+                    for label, p in rrows:
+                        t0 = time.perf_counter()
+                        got[label] += measure(path, p, fill, args.tokens, 1)
+                        spent[label] += time.perf_counter() - t0
+                for label, p in rrows:
+                    if not got[label]:
                         continue
                     row = {"model": name, "row": label, "fill": fill, "type_k": p.type_k, "threads": p.n_threads,
-                           "measured": [round(v, 2) for v, _ in got],
-                           "mean_fill": round(statistics.median(f for _, f in got)),
-                           "measured_tps": statistics.median(v for v, _ in got),
-                           "seconds": round(time.perf_counter() - t0, 1)}
+                           "measured": [round(v, 2) for v, _ in got[label]],
+                           "mean_fill": round(statistics.median(f for _, f in got[label])),
+                           "measured_tps": statistics.median(v for v, _ in got[label]),
+                           "seconds": round(spent[label], 1)}
                     rows.append(row)
                     print(f"{name:8} {label:18} fill {fill:5}: measured {row['measured_tps']:7.1f}", flush=True)
     print()
