@@ -45,6 +45,8 @@ def kv_text(p: HardwareProfile) -> str:
     for key, ns in p.memory.kv_costs:
         base, threads = _threads_label(key)
         kv_type, _, kind = base.partition("@")
+        if not kind:  # a profile saved by an older version
+            continue
         groups.setdefault(f"{kind_label(kind)}{threads}", []).append((kv_type, ns))
     shown = (f"{where}: " + ", ".join(f"{t} {ns:.0f} ns" for t, ns in
                                       sorted(rows, key=lambda r: order.index(r[0]) if r[0] in order else 9))

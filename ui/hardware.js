@@ -19,6 +19,7 @@ function kvCosts(costs) {
   const order = ["f16", "q8_0", "q4_0"];
   const groups = new Map();
   for (const [key, ns] of costs) {
+    if (!key.includes("@")) continue;  // a profile saved by an older version
     const [k, threads] = withThreads(key);
     const [type, quant, dims] = k.split("@");
     const where = `${quant} in ${(dims || "").split("x")[0]}-wide layers${threads}`;

@@ -6,7 +6,7 @@ import threading
 
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
-from tandem.runtime.hardware.enginebench import kv_kind, model_kinds, thread_suffix
+from tandem.runtime.hardware.enginebench import cores_of, kv_kind, model_kinds, thread_suffix
 from tandem.runtime.hardware.probe import with_engine_rates
 
 
@@ -37,7 +37,7 @@ class HardwareService:
         profile = self.profile()
         if not self.settings.engine_bench or self.settings.hardware_profile is not None:
             return profile
-        cores = profile.cpu.physical_cores or 1
+        cores = cores_of(profile)
         counts = sorted({cores, self.settings.n_threads or cores})
         for threads in counts:
             profile = self._timed(info, profile, threads, thread_suffix(threads, cores))

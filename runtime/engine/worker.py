@@ -25,7 +25,7 @@ from tandem.runtime.engine.generate import Request, generate
 from tandem.runtime.engine.kvstate import KVStateStore, binding_for
 from tandem.runtime.engine.model import LoadedModel
 from tandem.runtime.engine.params import LoadParams, SamplingParams
-from tandem.runtime.engine.stream import Embedded, Failed, Finished, Queued, ReplyStats, ReplyStream
+from tandem.runtime.engine.stream import Embedded, Failed, Finished, Progress, Queued, ReplyStats, ReplyStream
 from tandem.runtime.errors import ContextOverflow, EngineClosed, Interrupted, ModelLoadError, QueueFull, RuntimeFailure
 from tandem.runtime.gguf import check_model_file
 
@@ -334,8 +334,16 @@ class ModelWorker:
         if req.stream.cancelled:
             req.stream.emit(Finished("", "cancelled", _empty_stats(req)))
             return
+        done = [0]
+
+        def between() -> bool:  # before each text: how many are done (a pooled model's host shows it lives)
+            if done[0]:
+                req.stream.emit(Progress(done[0], len(req.texts)))
+            done[0] += 1
+            return req.stream.cancelled
+
         try:
-            vectors, n_tokens = self._model.embed(req.texts, lambda: req.stream.cancelled, req.truncate)
+            vectors, n_tokens = self._model.embed(req.texts, between, req.truncate)
         except Interrupted:
             req.stream.emit(Finished("", "cancelled", _empty_stats(req)))
         except RuntimeFailure as err:

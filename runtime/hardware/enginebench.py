@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tandem.runtime.errors import RuntimeFailure
+
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "engine-bench.json"
@@ -211,11 +213,11 @@ def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -
                     decoder.decode([token])
                     token += 1
                 per_token = min(per_token, (time.perf_counter() - t0) / ROUND_TOKENS)
+            one_layer = layer_bytes(spec) // kind.layers
+            rate = rate_from(per_token, kind.layers, one_layer, output_bytes(spec))  # too fast: nothing more
             kv_ns = _kv_costs(llm, kind, threads, per_token, Path(tmp)) if kv else None
         finally:
             llm.close()
-    one_layer = layer_bytes(spec) // kind.layers
-    rate = rate_from(per_token, kind.layers, one_layer, output_bytes(spec))
     return EngineReading(key=kind.key, quant=kind.quant, rate_gbps=round(rate, 2), seconds_per_token=per_token,
                          layers=kind.layers, slice_bytes=kind.layers * one_layer + output_bytes(spec),
                          threads=threads, seconds=round(time.perf_counter() - started, 2), build=build_id(),
@@ -317,7 +319,7 @@ def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dic
     head_dim = kind.n_embd // kind.n_head
     try:
         spec = SynthSpec(n_layer=kind.layers, n_embd=kind.n_head_kv * head_dim, n_head=kind.n_head_kv,
-                         n_head_kv=kind.n_head_kv, n_ff=KV_FF, n_ctx_train=KV_FILL + 256, quant="Q4_0",
+                         n_head_kv=kind.n_head_kv, n_ff=KV_FF, n_ctx_train=KV_FILL + 256, quant="F16",
                          name="tandem-kv-fill")
     except ValueError:
         return {}
@@ -327,14 +329,20 @@ def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dic
     per_round = 2 * (1 + KV_ROUND_TOKENS) * per_token * 1.5
     rounds = max(KV_ROUNDS, min(KV_MAX_ROUNDS, int(KV_SECONDS / max(per_round, 1e-6))))
     out = {}
-    for type_k in KV_TYPES if head_dim % 32 == 0 else KV_TYPES[:1]:
+    for type_k in kv_types(head_dim, head_dim):
         try:
             empty, filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads), rounds)
-        except (RuntimeError, ValueError) as err:
+        except (RuntimeError, ValueError, RuntimeFailure) as err:
             log.warning("the %s cache could not be timed in %s: %s", type_k, kind.key, err)
             continue
         out[type_k] = round(max(0.0, filled - empty) / (KV_FILL * kind.layers) * 1e9, 1)
     return out
+
+
+def kv_types(head_dim_k: int, head_dim_v: int) -> tuple[str, ...]:
+    """The cache types llama.cpp can make for heads of these sizes: a quantized cache needs whole
+    blocks of 32 values (it fails to create the context otherwise)."""
+    return KV_TYPES if not head_dim_k % 32 and not head_dim_v % 32 else KV_TYPES[:1]
 
 
 def _filled_state(path: Path, type_k: str, threads: int) -> bytes:
@@ -398,6 +406,11 @@ def _filled_decode(llm, type_k: str, threads: int, state: bytes, rounds: int) ->
         return best[False], best[True]
     finally:
         llama_cpp.llama_free(ctx)
+
+
+def cores_of(profile) -> int:
+    """The thread count timings are made at unless told (a plan's default: every physical core)."""
+    return profile.cpu.physical_cores or 1
 
 
 def thread_suffix(threads: int, cores: int) -> str:

@@ -273,9 +273,9 @@ def _suffix_of(key: str) -> str:
 
 
 def _threads(profile: HardwareProfile, threads: int | None) -> tuple[int, str]:
-    from tandem.runtime.hardware.enginebench import thread_suffix
+    from tandem.runtime.hardware.enginebench import cores_of, thread_suffix
 
-    cores = profile.cpu.physical_cores or os.cpu_count() or 1
+    cores = cores_of(profile)
     threads = threads or cores
     return threads, thread_suffix(threads, cores)
 

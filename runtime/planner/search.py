@@ -16,16 +16,14 @@ from tandem.runtime.planner.plan import Plan
 from tandem.runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gbps
 
 GIB = 1 << 30
-KV_CHOICES = ("f16", "q8_0", "q4_0")
-QUANT_BLOCK = 32  # a q8_0 or q4_0 cache quantizes each head's keys and values in blocks of 32
 
 
 def kv_choices(info: ModelInfo) -> tuple[str, ...]:
     """The cache types llama.cpp can make for this model: a quantized cache needs head sizes that
     are whole blocks (llama.cpp fails to create the context otherwise)."""
-    if info.head_dim_k % QUANT_BLOCK or info.head_dim_v % QUANT_BLOCK:
-        return ("f16",)
-    return KV_CHOICES
+    from tandem.runtime.hardware.enginebench import kv_types
+
+    return kv_types(info.head_dim_k, info.head_dim_v)
 # A quantized cache costs a little quality: it must be this much faster to be chosen over f16.
 KV_QUALITY = {"f16": 1.0, "q8_0": 0.97, "q4_0": 0.9}
 UBATCH_CHOICES = (512, 256)

@@ -193,9 +193,9 @@ def _all_cores(entries) -> list:
 
 
 def _suffix(hw: HardwareProfile, threads: int) -> str:
-    from tandem.runtime.hardware.enginebench import thread_suffix
+    from tandem.runtime.hardware.enginebench import cores_of, thread_suffix
 
-    return thread_suffix(threads, hw.cpu.physical_cores or threads)
+    return thread_suffix(threads, cores_of(hw))
 
 
 def host_bandwidth(hw: HardwareProfile, threads: int) -> float:
@@ -246,33 +246,47 @@ def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
     return 1.0 / seconds_per_byte
 
 
-def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int,
-               threads: int) -> float | None:
-    """Seconds a token spends attending over `fill` cached positions in its CPU layers (the KV
-    bytes read included), from llama.cpp's decode timed with a cache of this type filled: in the
-    model's own layers (at this thread count, else at every core over the thread factor), else in
-    other layers scaled by query dimension (n_head x head_dim; the median); None where nothing of
-    this type was timed."""
+def kv_ns(info: ModelInfo, hw: HardwareProfile, type_k: str, threads: int) -> float | None:
+    """Nanoseconds a decoded token spends per cached position and CPU layer with a cache of this
+    type, from llama.cpp's decode timed with it filled: in the model's main kind of layers (at this
+    thread count, else at every core over the thread factor), else in other kinds (the median);
+    scaled by query dimension (n_head x head_dim) where the timed layers' differ from the model's
+    (a slice in the standard shape, heads of another size than n_embd / n_head); None where this
+    type was not timed."""
     from tandem.runtime.hardware.enginebench import kv_kind, parse_key
 
     costs = dict(hw.memory.kv_costs)
     kind = kv_kind(info)
     own = f"{type_k}@{kind.key}" if kind else None
     suffix = _suffix(hw, threads)
+    query_dim = info.n_head * info.head_dim_k
     if own and suffix and own + suffix in costs:
-        ns = costs[own + suffix]
-    elif own in costs:
-        ns = costs[own] / thread_factor(hw, threads)
-    else:
-        per_dim = []
-        for key, value in _all_cores(hw.memory.kv_costs):
-            kv_type, _, kind_key = key.partition("@")
-            other = parse_key(kind_key)
-            if kv_type == type_k and other is not None:
-                per_dim.append(value / other.n_embd)  # a slice's query dimension is its width
-        if not per_dim:
-            return None
-        ns = statistics.median(per_dim) * info.n_head * info.head_dim_k / thread_factor(hw, threads)
+        return costs[own + suffix] * query_dim / kind.n_embd
+    if own in costs:
+        return costs[own] * query_dim / kind.n_embd / thread_factor(hw, threads)
+    per_dim = []
+    for key, value in _all_cores(hw.memory.kv_costs):
+        kv_type, _, kind_key = key.partition("@")
+        other = parse_key(kind_key)
+        if kv_type == type_k and other is not None:
+            per_dim.append(value / other.n_embd)  # a slice's query dimension is its width
+    if not per_dim:
+        return None
+    return statistics.median(per_dim) * query_dim / thread_factor(hw, threads)
+
+
+def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int,
+               threads: int) -> float | None:
+    """Seconds a token spends attending over `fill` cached positions in its CPU layers (the KV
+    bytes read included), at kv_ns's cost; None unless every cache type the model can have was
+    timed (the KV bytes read then stand for it, so that the types the planner compares are priced
+    alike)."""
+    from tandem.runtime.hardware.enginebench import kv_types
+
+    priced = {t: kv_ns(info, hw, t, threads) for t in kv_types(info.head_dim_k, info.head_dim_v)}
+    ns = priced.get(type_k)
+    if ns is None or any(v is None for v in priced.values()):
+        return None
     return ns * 1e-9 * fill * cpu_layers
 
 

@@ -267,6 +267,24 @@ def test_the_cache_type_follows_its_measured_cost_where_the_heads_allow_it(shape
     assert plan_model(tiny, timed, 2048).type_k == "f16"
 
 
+def test_a_timed_kv_cost_is_scaled_by_query_dimension_for_heads_the_slice_does_not_have(shapes):
+    """The slice has n_embd / n_head-wide heads; a model with wider ones (Qwen3, Gemma) pays per
+    query dimension, and a model whose cache types are not all timed pays by KV bytes for each."""
+    from tandem.runtime.hardware.enginebench import kv_kind
+    from tandem.runtime.planner.speed import kv_seconds
+
+    smol = shapes["smollm2"]
+    kind = kv_kind(smol).key
+    hw = machine("dev-vm-epyc-2core")
+    cores = hw.cpu.physical_cores
+    timed = replace(hw, memory=replace(hw.memory, kv_costs=((f"f16@{kind}", 100.0), (f"q8_0@{kind}", 30.0),
+                                                            (f"q4_0@{kind}", 50.0))))
+    wide = replace(smol, head_dim_k=128, head_dim_v=128)  # 9 heads of 128 against the slice's 9 of 64
+    assert kv_kind(wide).key == kind
+    assert kv_seconds(wide, timed, "q8_0", 1000, 4, cores) == pytest.approx(2 * kv_seconds(smol, timed, "q8_0", 1000, 4, cores))
+    assert kv_seconds(smol, timed, "q8_0", 1000, 4, cores) == pytest.approx(30e-9 * 1000 * 4)
+
+
 def test_three_plain_replies_bring_the_loaded_plans_prediction_to_their_median():
     """Convergence of calibration from replies: after three plain replies of the loaded plan, its
     prediction is their median, on the CPU as across a CPU/GPU split (the split's two factors
