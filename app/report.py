@@ -21,7 +21,10 @@ def size(n: int | None) -> str:
 def _threads_label(key: str) -> tuple[str, str]:
     """"Q4_1@576x1536x9x3x30/t1" -> ("Q4_1@576x1536x9x3x30", " with 1 thread"): a reading timed
     at another thread count than every physical core."""
-    base, _, count = key.partition("/t")
+    from tandem.runtime.hardware.enginebench import split_suffix
+
+    base, suffix = split_suffix(key)
+    count = suffix[2:]
     return base, (f" with {count} thread{'' if count == '1' else 's'}" if count else "")
 
 

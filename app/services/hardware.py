@@ -15,7 +15,7 @@ class HardwareService:
         self.settings = settings
         self._profile: HardwareProfile | None = None
         self._lock = threading.Lock()
-        self._untimed: set[str] = set()  # kinds and attention shapes llama.cpp could not be timed on
+        self._untimed: set[str] = set()  # kinds (and "kv:" + kind for their KV costs) llama.cpp could not time
 
     def profile(self, refresh: bool = False, remeasure: bool = False) -> HardwareProfile:
         """refresh: probe again; remeasure: measure the memory bandwidth (and the engine's rates

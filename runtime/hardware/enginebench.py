@@ -303,7 +303,7 @@ def parse_key(key: str) -> Kind | None:
 # per machine, build and kind, with the weights.
 KV_TYPES = ("f16", "q8_0", "q4_0")
 KV_FILL = 768
-KV_FF = 256
+KV_FF = 256  # the cheap model's feed-forward width: it only fills the cache
 KV_ROUNDS, KV_MAX_ROUNDS, KV_ROUND_TOKENS = 2, 8, 4
 KV_SECONDS = 0.6  # what the rounds of one type may take, at least KV_ROUNDS of them
 WEIGHTS = "weights2"  # the cache's entries since the KV costs are timed with the weights
@@ -417,3 +417,9 @@ def thread_suffix(threads: int, cores: int) -> str:
     """What a reading's key ends with in a profile when it was timed at other than every physical
     core (a plan made with Settings' thread count is predicted from timings at that count)."""
     return "" if threads == cores else f"/t{threads}"
+
+
+def split_suffix(key: str) -> tuple[str, str]:
+    """A profile's reading key and its thread_suffix: ("Q4_1@...x30", "/t1"), or ("...", "")."""
+    base, mark, count = key.rpartition("/t")
+    return (base, mark + count) if mark else (key, "")

@@ -263,13 +263,10 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
 
 def _merged(kept: tuple, readings: dict, suffix: str) -> tuple:
     """A profile's (key, value) readings with those of one thread count (`suffix`) replaced."""
-    others = tuple(e for e in kept if _suffix_of(e[0]) != suffix)
+    from tandem.runtime.hardware.enginebench import split_suffix
+
+    others = tuple(e for e in kept if split_suffix(e[0])[1] != suffix)
     return tuple(sorted(others + tuple((key + suffix, value) for key, value in readings.items())))
-
-
-def _suffix_of(key: str) -> str:
-    at = key.rfind("/t")
-    return key[at:] if at >= 0 else ""
 
 
 def _threads(profile: HardwareProfile, threads: int | None) -> tuple[int, str]:

@@ -3,9 +3,10 @@
 time per token = sum over devices of (bytes read per token / effective bandwidth)
                  + per-layer kernel overhead on each device + a hand-off when split + a base cost.
 CPU rate = the rate llama.cpp's own decode streamed each weight type at on this machine, in layers
-of the model's shape (hardware.enginebench, timed once per kind and thread count; at a thread count
-not timed, the all-core rate x a thread factor: fewer threads read less); for a type not timed: the host bandwidth (the one the timed rates
-imply, else numpy's read) x a fitted per-type efficiency. GPU bandwidth comes from a table of cards,
+of the model's shape (hardware.enginebench, timed once per kind and thread count; at a thread
+count not timed, the all-core rate x a thread factor: fewer threads read less); for a type not
+timed: the host bandwidth (the one the timed rates imply, else numpy's read) x a fitted per-type
+efficiency. GPU bandwidth comes from a table of cards,
 or from NVML's memory bus width and clock.
 """
 
@@ -189,7 +190,9 @@ def _quant(key: str) -> str:
 
 def _all_cores(entries) -> list:
     """The readings timed at every physical core (keys without a "/tN" thread count)."""
-    return [(k, v) for k, v in entries if "/t" not in k]
+    from tandem.runtime.hardware.enginebench import split_suffix
+
+    return [(k, v) for k, v in entries if not split_suffix(k)[1]]
 
 
 def _suffix(hw: HardwareProfile, threads: int) -> str:
@@ -308,10 +311,11 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
     bytes_cpu = sum(info.layer_bytes[i] for i in on_cpu) + (out_w if output_dev is None else 0)
     n_cpu_layers = len(on_cpu)
+    rate = cpu_rate(info, hw, threads)
     attention = kv_seconds(info, hw, type_k, fill, n_cpu_layers, threads)
     if attention is None:  # not timed: the KV bytes read, at the weights' rate
-        attention = kv_read_cpu / cpu_rate(info, hw, threads)
-    seconds_cpu = bytes_cpu / cpu_rate(info, hw, threads) + n_cpu_layers * CPU_LAYER_S + attention
+        attention = kv_read_cpu / rate
+    seconds_cpu = bytes_cpu / rate + n_cpu_layers * CPU_LAYER_S + attention
 
     seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
     n_gpu_layers_total = info.n_layer - n_cpu_layers
