@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tandem.app.config import Settings
+from tandem.runtime.hardware import energy
 
 PROMPT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle."
 GIB = 1 << 30
@@ -115,6 +116,10 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
     # cores), round-robin over `runs` rounds so that the machine's drift hits every row alike.
     reported: list[dict] = [{} for _ in rows]
     measured: list[list[tuple[float, int]]] = [[] for _ in rows]
+    joules: list[list[float]] = [[] for _ in rows]
+    counters = energy.meter()
+    print("energy: " + (", ".join(counters.sources) + " (whole devices: other programs count too)" if counters.available
+                        else "not counted here (no readable RAPL package counter or NVML energy counter)"))
     sampling = SamplingParams(temperature=0.0, max_tokens=tokens)
     # the first model a process measures decodes 10-15% slower (page faults, caches, clocks): the
     # plan, the first row, would be understated; one whole unmeasured reply first
@@ -136,8 +141,11 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
                 session.close()
             if done.stats.decode_tps:
                 measured[i].append((done.stats.decode_tps, done.stats.prompt_tokens + done.stats.completion_tokens // 2))
+            if done.stats.joules_per_token is not None:
+                joules[i].append(done.stats.joules_per_token)
 
     table = []
+    jpt_rows = [statistics.median(j) if j else None for j in joules]
     for (label, p), rep, values in zip(rows, reported, measured):
         tps = statistics.median(v for v, _ in values) if values else None
         fill = round(statistics.median(f for _, f in values)) if values else 1
@@ -157,13 +165,14 @@ def run_bench(settings: Settings, model: Path | None = None, tokens: int = 128, 
         return f"{(a - b) / b:+.0%}" if a and b else "-"
 
     print(f"{'row':<26}{'predicted':>10}{'calibr.':>9}{'measured':>10}{'err':>6}{'err cal':>8}"
-          f"{'pred MiB':>10}{'llama MiB':>10}{'mem err':>8}{'roofline':>9}")
-    for label, raw, cal, tps, pmem, lmem in table:
+          f"{'pred MiB':>10}{'llama MiB':>10}{'mem err':>8}{'roofline':>9}" + (f"{'J/token':>9}" if any(j is not None for j in jpt_rows) else ""))
+    for (label, raw, cal, tps, pmem, lmem), jpt in zip(table, jpt_rows):
         d = label == "library defaults"
         print(f"{label:<26}{'-' if d else f'{raw:.1f}':>10}{'-' if d else f'{cal:.1f}':>9}"
               f"{f'{tps:.1f}' if tps else '-':>10}{'-' if d else pct(raw, tps):>6}{'-' if d else pct(cal, tps):>8}"
               f"{f'{pmem / 2**20:.0f}' if pmem else '-':>10}{lmem / 2**20:>10.0f}"
-              f"{f'{(pmem - lmem) / lmem:+.1%}' if pmem else '-':>8}{f'{tps / roofline:.0%}' if tps and roofline else '-':>9}")
+              f"{f'{(pmem - lmem) / lmem:+.1%}' if pmem else '-':>8}{f'{tps / roofline:.0%}' if tps and roofline else '-':>9}"
+              + (f"{f'{jpt:.3f}' if jpt is not None else '-':>9}" if any(j is not None for j in jpt_rows) else ""))
     plan_tps, default_tps = table[0][3], table[-1][3]
     best = max((r[3] for r in table[:-1] if r[3]), default=None)
     if plan_tps and best:

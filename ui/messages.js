@@ -45,6 +45,16 @@ export function stats(m) {
     );
   }
   if (m.completion_tokens != null) parts.push(`${m.completion_tokens} tokens`);
+  const joules = [m.energy_cpu_j, m.energy_gpu_j].filter((j) => j != null);
+  if (joules.length && m.completion_tokens) {
+    const total = joules.reduce((a, b) => a + b, 0);
+    const perToken = total / m.completion_tokens;
+    parts.push(`${perToken < 10 ? perToken.toFixed(2) : perToken.toFixed(0)} J/token`);
+    const sides = [m.energy_cpu_j != null ? `CPU package ${m.energy_cpu_j.toFixed(1)} J` : null,
+      m.energy_gpu_j != null ? `GPU ${m.energy_gpu_j.toFixed(1)} J` : null].filter(Boolean).join(", ");
+    help.push(`Energy: ${total.toFixed(1)} J for this reply (${sides}), as the hardware counts it; ` +
+      "other programs running meanwhile are included.");
+  }
   if (m.ttft_s != null) {
     parts.push(`started in ${seconds(m.ttft_s)}`);
     const read = m.prompt_tokens ? ` (${m.prompt_tokens} tokens)` : "";

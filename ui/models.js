@@ -70,7 +70,8 @@ function where(plan, info) {
   const g = plan.n_gpu_layers;
   if (plan.pool) {  // layers on other machines over llama.cpp RPC
     const n = info ? ` of ${info.n_layer}` : "";
-    return { short: "Pooled", long: `Pooled: ${plan.pool.n_layers}${n} layers on other machines` };
+    const mine = plan.pool.local_gpu_layers ? `, ${plan.pool.local_gpu_layers} on this GPU` : "";
+    return { short: "Pooled", long: `Pooled: ${plan.pool.n_layers}${n} layers on other machines${mine}` };
   }
   if (!g) return { short: "CPU", long: "CPU only" };
   // n_gpu_layers counts the output layer too: all on the GPU is n_layer + 1
@@ -684,7 +685,8 @@ function choices(root, plan, info, names) {
   const grid = el("div", "choices");
   const w = where(plan, info);
   const gpu = plan.gpu_index != null ? names[`GPU${plan.gpu_index}`] : null;
-  const pooled = plan.pool ? plan.pool.workers.map((x) => `${x.n_layers} on ${x.endpoint}`).join(", ") + ", the rest here" : null;
+  const pooled = plan.pool ? plan.pool.workers.map((x) => `${x.n_layers} on ${x.endpoint}`).join(", ")
+    + (plan.pool.local_gpu_layers ? `, ${plan.pool.local_gpu_layers} on ${gpu || "this GPU"}, the rest on this CPU` : ", the rest here") : null;
   grid.append(choiceTile(root, "placement", "Where it runs", w.long,
     pooled || gpu || (plan.n_gpu_layers ? null : "no layer on a GPU")));
   const cal = plan.calibration && Math.abs(plan.calibration - 1) > 1e-3 ? ` · calibrated x${plan.calibration.toFixed(2)}` : "";

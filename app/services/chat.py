@@ -314,6 +314,8 @@ class ChatService:
                     completion_tokens=stats.completion_tokens, ttft_s=stats.ttft_s, decode_tps=stats.decode_tps,
                     predicted_tps=reply.model.plan.decode_tps,
                 )
+                if stats.energy_j is not None:
+                    fields.update(energy_cpu_j=stats.energy_cpu_j, energy_gpu_j=stats.energy_gpu_j)
                 if stats.drafted_tokens:
                     fields.update(spec_source=stats.spec_source, drafted_tokens=stats.drafted_tokens,
                                   accepted_tokens=stats.accepted_tokens)

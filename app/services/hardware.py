@@ -27,7 +27,16 @@ class HardwareService:
                 else:
                     self._profile = probe(self.settings.data_dir, remeasure=remeasure,
                                           engine_kinds=[] if self.settings.engine_bench else None)
+                    self._profile = self._at_settings_threads(self._profile, remeasure)
             return self._profile
+
+    def _at_settings_threads(self, profile: HardwareProfile, remeasure: bool) -> HardwareProfile:
+        """The timings kept for Settings' thread count when it is below the cores (measured
+        again with remeasure), beside the all-core ones the probe read."""
+        cores, threads = cores_of(profile), self.settings.n_threads
+        if not self.settings.engine_bench or not threads or threads == cores:
+            return profile
+        return with_engine_rates(profile, self.settings.data_dir, [], remeasure=remeasure, threads=threads)
 
     def for_model(self, info) -> HardwareProfile:
         """The profile with llama.cpp's rates for the kinds of layers that decide this model's CPU

@@ -14,7 +14,8 @@ from tandem.app.errors import InvalidRequest, NotFound
 
 DEFAULT_TITLE = "New chat"
 REPLY_FIELDS = ("status", "finish_reason", "model_id", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tps",
-                "evicted_ids", "evicted_tokens", "spec_source", "drafted_tokens", "accepted_tokens", "predicted_tps")
+                "evicted_ids", "evicted_tokens", "spec_source", "drafted_tokens", "accepted_tokens", "predicted_tps",
+                "energy_cpu_j", "energy_gpu_j")
 # Per-conversation settings; None means "the app's default".
 SETTING_FIELDS = ("model_id", "context_policy", "system_prompt", "temperature", "top_p", "max_tokens")
 LEAF = object()  # add_message's parent default: the end of the active branch
@@ -342,7 +343,7 @@ class ConversationStore:
 _STATUSES = {"complete", "stopped", "error", "interrupted"}
 _FINISHES = {"stop", "length", "cancelled", "error", "interrupted"}
 _COUNTS = ("prompt_tokens", "completion_tokens", "evicted_tokens", "drafted_tokens", "accepted_tokens")
-_RATES = ("ttft_s", "decode_tps", "predicted_tps")
+_RATES = ("ttft_s", "decode_tps", "predicted_tps", "energy_cpu_j", "energy_gpu_j")
 _BIG = 2**53
 
 

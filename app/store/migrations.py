@@ -194,6 +194,12 @@ def m013_pool_workers(db: Database) -> None:
     db["pool_workers"].create({"endpoint": str, "added_at": str}, pk="endpoint")
 
 
+def m014_reply_energy(db: Database) -> None:
+    """The joules a reply used where the machine counts them (RAPL, NVML): CPU package and GPUs."""
+    for column in ("energy_cpu_j", "energy_gpu_j"):
+        db["messages"].add_column(column, float)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_conversations,
     m002_reply_stats,
@@ -208,6 +214,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     m011_api_key_hash,
     m012_remotes,
     m013_pool_workers,
+    m014_reply_energy,
 ]
 
 

@@ -22,6 +22,7 @@ from tandem.runtime.engine.stream import (Failed, Finished, Progress, ReplyStats
                                           TokenLogprob)
 from tandem.runtime.engine.text import StopMatcher, Utf8Stream
 from tandem.runtime.errors import ContextOverflow, Interrupted, InvalidSampling, RuntimeFailure
+from tandem.runtime.hardware import energy
 
 log = logging.getLogger("tandem")
 
@@ -115,6 +116,8 @@ class _Reply:
         stream, sampling, policy, n_ctx = req.stream, req.sampling, req.context, model.n_ctx
         messages, tokens, dropped, evicted_tokens, shift, sink, prompt_stops = self.fit()
         n_prompt = len(tokens)
+        counters = energy.meter()
+        at_start = counters.read() if counters.available else None
         applied = "drop_turns" if policy.policy == "sink_window" and not shift else policy.policy
         stream.emit(Started(n_prompt, dropped, evicted_tokens, applied))
         restored = self.take_cache(req.key)
@@ -208,7 +211,8 @@ class _Reply:
         self.show(self.stops.flush())
         stats = _stats(req, self.t_start, len(tokens_in), self.n_out, self.t_first, self.t_last, cached,
                        evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored,
-                       spec_source=spec.source, drafted_tokens=spec.drafted, accepted_tokens=spec.accepted)
+                       spec_source=spec.source, drafted_tokens=spec.drafted, accepted_tokens=spec.accepted,
+                       **_energy(at_start, counters))
         stream.emit(Finished("".join(self.pieces), self.finish, stats, tuple(later_dropped), tuple(self.generated),
                              None if self.logprobs is None else tuple(self.logprobs)))
 
@@ -278,6 +282,14 @@ def cut_for_reply(model: LoadedModel, messages, tokens, sink, need, reply_start)
     if need <= 0 or sink + need >= len(model.decoder.cached):
         return None
     return need, []
+
+
+def _energy(at_start, counters) -> dict:
+    """The reply's joules (ReplyStats fields), where this machine counts them."""
+    if at_start is None:
+        return {}
+    used = energy.between(at_start, counters.read())
+    return {"energy_cpu_j": used.cpu_j, "energy_gpu_j": used.gpu_j}
 
 
 def _stats(req: Request, t_start: float, n_prompt: int, n_out: int, t_first, t_last, cached, **extra) -> ReplyStats:

@@ -248,7 +248,7 @@ def _open_llama(p: LoadParams):
     guard_engine_build()
     limit_llama_templates()  # creating a Llama compiles the file's chat templates
     try:
-        with _rpc_devices(p.rpc):
+        with _rpc_devices(p.rpc, p.rpc_local_gpu):
             return llama_cpp.Llama(
                 **_llama_kwargs(p), offload_kqv=p.offload_kqv, swa_full=p.swa_full,
                 tensor_split=list(p.tensor_split) if p.tensor_split else None,
@@ -264,10 +264,11 @@ _DEVICE_ARRAYS: list = []  # kept alive for as long as the process: llama.cpp ke
 
 
 @contextlib.contextmanager
-def _rpc_devices(endpoints: tuple[str, ...]):
+def _rpc_devices(endpoints: tuple[str, ...], local_gpu: int | None = None):
     """While a Llama is made, its model parameters list the workers' devices (llama.cpp's low-level
-    `devices`, as llama-server's --rpc does): the offloaded layers go to them, the rest stay on
-    this CPU. llama-cpp-python does not expose the field, so its defaults are wrapped."""
+    `devices`, as llama-server's --rpc does), then this machine's GPU when it keeps layers: the
+    offloaded layers go to them in that order, the rest stay on this CPU. llama-cpp-python does
+    not expose the field, so its defaults are wrapped."""
     if not endpoints:
         yield
         return
@@ -275,7 +276,7 @@ def _rpc_devices(endpoints: tuple[str, ...]):
 
     from tandem.runtime.pool import rpc
 
-    arr, _ = rpc.device_array(list(endpoints))
+    arr, _ = rpc.device_array(list(endpoints), local_gpu)
     _DEVICE_ARRAYS.append(arr)
     original = lc.llama_model_default_params
 

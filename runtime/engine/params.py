@@ -33,6 +33,9 @@ class LoadParams:
     # ggml-rpc workers (host:port) whose devices take the offloaded layers: only ever loaded in a
     # pool host process (runtime.pool.host), as a failed connection ends the process
     rpc: tuple[str, ...] = ()
+    # with workers: this machine's GPU (its index among the GPUs llama.cpp sees) listed after them,
+    # so that it keeps the last offloaded layers; None: the workers and this CPU only
+    rpc_local_gpu: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

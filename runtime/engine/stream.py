@@ -30,10 +30,25 @@ class ReplyStats:
     spec_source: str = "none"  # speculative decoding: none, prompt_lookup or draft:<model>
     drafted_tokens: int = 0  # tokens proposed by the draft source and verified
     accepted_tokens: int = 0  # of those, the ones the model agreed with
+    # joules the CPU package (RAPL) and the GPUs (NVML) used during the reply, whole devices; None
+    # where this machine does not let them be read (runtime.hardware.energy)
+    energy_cpu_j: float | None = None
+    energy_gpu_j: float | None = None
 
     @property
     def acceptance(self) -> float | None:
         return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
+
+    @property
+    def energy_j(self) -> float | None:
+        parts = [j for j in (self.energy_cpu_j, self.energy_gpu_j) if j is not None]
+        return sum(parts) if parts else None
+
+    @property
+    def joules_per_token(self) -> float | None:
+        """The reply's energy (its prompt's reading included) per token it wrote."""
+        e = self.energy_j
+        return e / self.completion_tokens if e is not None and self.completion_tokens else None
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +66,9 @@ class ReplyStats:
             "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 4),
             "decode_tps": None if self.decode_tps is None else round(self.decode_tps, 2),
             "total_s": round(self.total_s, 4),
+            "energy_cpu_j": None if self.energy_cpu_j is None else round(self.energy_cpu_j, 3),
+            "energy_gpu_j": None if self.energy_gpu_j is None else round(self.energy_gpu_j, 3),
+            "joules_per_token": None if self.joules_per_token is None else round(self.joules_per_token, 4),
         }
 
 

@@ -57,6 +57,7 @@ class Plan:
             "main_gpu": self.gpu_index or 0,
             "tensor_split": self.tensor_split,
             "rpc": tuple(self.pool["endpoints"]) if self.pool else (),
+            "rpc_local_gpu": (self.gpu_index or 0) if self.pool and self.pool.get("local_gpu_layers") else None,
         }
 
     def to_dict(self) -> dict:

@@ -1,8 +1,11 @@
-"""Pooling: the last layers of a model on other machines' devices over llama.cpp's RPC backend.
+"""Pooling: a model's CPU layers moved to other machines' devices over llama.cpp's RPC backend.
 
-A token's time with k layers on a worker = this machine's time for its layers + the worker's time
-for its layers + the network: the hidden state goes to the worker and comes back once per token
-(per worker), each a round trip of ggml-rpc commands, plus the bytes at the link's bandwidth.
+The layers llama.cpp offloads are the last ones, given to its devices in list order: the workers
+take the layers just before those this machine's GPU holds (none without a GPU), so a token runs
+this CPU's layers, then each worker's, then this GPU's. A token's time with k layers on workers =
+this machine's time for its layers + the workers' time for theirs + the network: the hidden state
+goes to each worker and comes back once per token, a round trip of ggml-rpc commands, plus the
+bytes at the link's bandwidth.
 The plan pools only when that is faster than this machine alone, or when the model does not fit
 here at all (or when the person asked for it).
 """
@@ -99,13 +102,16 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     pays or is needed), "always" (pool whenever it fits). layers: how many layers the workers take
     (None: the planner's choice)."""
     reasons: list[str] = []
-    if base.n_gpu_layers:
-        return None, ["This machine's GPU takes layers: pooling is planned for models that run on the CPU here."]
     if not links:
         return None, []
+    n = info.n_layer
+    g = min(base.n_gpu_layers, n)  # this machine's GPU keeps its layers (the last g)
+    if base.tensor_split and sum(1 for share in base.tensor_split if share > 0) > 1:
+        return None, ["This machine splits the model over several GPUs: pooling is planned with one GPU here at most."]
+    if g >= n:
+        return None, ["All of this model's layers run on this machine's GPU: pooling has nothing to take from the CPU."]
     from tandem.runtime.planner.search import predict_split
 
-    n = info.n_layer
     kv_type = base.type_k
     per_layer_kv = [kv_bytes(info, [i], base.n_ctx, kv_type, base.type_v, base.n_ubatch) for i in range(n)]
     kv_read = [kv_bytes(info, [i], fill, "f16", "f16") for i in range(n)]
@@ -114,7 +120,8 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     cpu_mem = next(m for m in base.memory if m.device == "CPU")
     cpu_capacity = hw.memory.available_bytes
     best = None
-    options = range(1, n + 1) if layers is None else [max(1, min(n, layers))]
+    cpu_layers = n - g
+    options = range(1, cpu_layers + 1) if layers is None else [max(1, min(cpu_layers, layers))]
     # each worker's share of the pooled layers: by the memory it has free
     usable = []
     for link in links:
@@ -123,13 +130,13 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
         usable.append(max(0, free - max(512 * MIB, int(free * WORKER_MARGIN_FRACTION))))
     total_usable = sum(usable) or 1
     for k in options:
-        moved = list(range(n - k, n))
+        moved = list(range(cpu_layers - k, cpu_layers))
         # contiguous slices, one per worker, in order, sized by usable memory
-        slices, start = [], n - k
+        slices, start = [], cpu_layers - k
         for w, u in enumerate(usable):
-            take = round(k * u / total_usable) if w < len(usable) - 1 else (n - start)
-            slices.append(list(range(start, min(n, start + take))))
-            start = min(n, start + take)
+            take = round(k * u / total_usable) if w < len(usable) - 1 else (cpu_layers - start)
+            slices.append(list(range(start, min(cpu_layers, start + take))))
+            start = min(cpu_layers, start + take)
         need_ok = True
         t_workers = 0.0
         workers = []
@@ -166,31 +173,38 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     tps, k, workers, local_total, removed, t_local, t_workers = best
     net_ms = sum(w["network_ms"] for w in workers)
     where = ", ".join(f"{w['n_layers']} on {w['endpoint']}" for w in workers)
+    gpu_note = f"; this machine's GPU keeps its {_layers(g)}" if g else ""
     if mode != "always" and local_fits and tps < base_tps * POOL_GAIN:
         return None, [f"Pooling is not used: {_layers(k)} on the workers ({where}) would decode at {tps:.1f} tok/s "
                       f"against {base_tps:.1f} here alone (the network costs {net_ms:.2f} ms a token)."]
     why = ("it does not fit this machine alone" if not local_fits else
            "you asked for pooling (TANDEM_POOL=always)" if mode == "always" and tps < base_tps * POOL_GAIN else
            f"it is faster than this machine alone ({base_tps:.1f} tok/s)")
-    reasons.append(f"Pooled over llama.cpp RPC: {k} of {n} layers on other machines ({where}), because {why}; "
-                   f"predicted {tps:.1f} tok/s, of which the network costs {net_ms:.2f} ms a token.")
-    cpu_new = replace(cpu_mem, weights=cpu_mem.weights - sum(info.layer_bytes[i] for i in range(n - k, n)),
-                      kv=cpu_mem.kv - (removed - sum(info.layer_bytes[i] for i in range(n - k, n))),
+    reasons.append(f"Pooled over llama.cpp RPC: {k} of {n} layers on other machines ({where}){gpu_note}, because "
+                   f"{why}; predicted {tps:.1f} tok/s, of which the network costs {net_ms:.2f} ms a token.")
+    moved_weights = sum(info.layer_bytes[i] for i in range(cpu_layers - k, cpu_layers))
+    cpu_new = replace(cpu_mem, weights=cpu_mem.weights - moved_weights, kv=cpu_mem.kv - (removed - moved_weights),
                       capacity=cpu_capacity)
+    gpu_mem = tuple(m for m in base.memory if m.device != "CPU")  # this machine's GPU: as planned
     remote_mem = tuple(DeviceMemory(f"worker {w['endpoint']}", w["need_bytes"], 0, 0, 0, 0, w["usable_bytes"])
                        for w in workers)
-    # llama.cpp gives layer j to the first device whose running share exceeds j / k: the counts
-    # themselves as proportions place each slice exactly
-    split = tuple(float(w["n_layers"]) for w in workers) if len(workers) > 1 else None
+    # llama.cpp gives the j-th offloaded layer to the first device (the workers in order, then
+    # this GPU) whose running share exceeds j / (k + g): the counts themselves as proportions
+    # place each slice exactly
+    counts = [float(w["n_layers"]) for w in workers] + ([float(g)] if g else [])
+    split = tuple(counts) if len(counts) > 1 else None
     pool = {"workers": workers, "n_layers": k, "endpoints": [w["endpoint"] for w in workers],
+            "local_gpu_layers": g, "local_gpu": base.gpu_index if g else None,
             "local_tps": round(base_tps, 2), "predicted_tps": round(tps, 2), "network_ms": round(net_ms, 3),
             "local_seconds": t_local, "worker_seconds": t_workers, "tensor_split": split, "mode": mode}
     # this machine's calibration applies to its own share of a token's time
     calibrated_tps = 1.0 / (max(1e-6, t_local) / (base.calibration or 1.0) + t_workers)
     # the pool's reason replaces this machine's placement alone ("All 30 layers on the CPU ..."),
     # and its drafting (a pooled model decodes plainly); its speed and memory are this machine's alone
-    kept = tuple(r + " (this machine alone)" if r.startswith(("Predicted ", "CPU: ")) else r for r in base.reasons
+    kept = tuple(r + " (this machine alone)" if r.startswith(("Predicted ", "CPU: ")) else
+                 r.replace("; the rest on the CPU", "; the rest on the CPU and the workers") for r in base.reasons
                  if not (r.startswith("All ") and "on the CPU" in r) and "peculative" not in r and "draft" not in r)
-    return replace(base, n_gpu_layers=k, gpu_index=None, tensor_split=split, memory=(cpu_new,) + remote_mem,
+    return replace(base, n_gpu_layers=g + k, gpu_index=base.gpu_index if g else None, tensor_split=split,
+                   memory=(cpu_new,) + gpu_mem + remote_mem,
                    decode_tps=round(calibrated_tps, 2), reasons=tuple(reasons) + kept, pool=pool,
                    speculative="none", draft=None), reasons

@@ -117,10 +117,24 @@ def serve(endpoint: str, n_threads: int, cache_dir: str | None = None, device_na
                                       n_threads, len(chosen), arr)
 
 
-def device_array(endpoints: list[str]):
-    """A NULL-terminated array of the workers' ggml devices, for llama_model_params.devices.
-    Connects to each worker: a failure aborts this process (call it only in a pool host)."""
+def local_gpu_device(lib, index: int):
+    """This machine's `index`-th GPU among ggml's devices (the order CUDA, ROCm and Vulkan number
+    them), before any worker is added."""
+    gpus = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
+    gpus = [d for d in gpus if lib.ggml_backend_dev_type(d) in (1, 2)
+            and not lib.ggml_backend_dev_name(d).decode(errors="replace").startswith("RPC")]
+    if not 0 <= index < len(gpus):
+        raise RpcUnavailable(f"The plan keeps layers on GPU {index} of this machine, but this engine build sees "
+                             f"{len(gpus)} GPU(s): plan the model again (Models, then Load).")
+    return gpus[index]
+
+
+def device_array(endpoints: list[str], local_gpu: int | None = None):
+    """A NULL-terminated array of the workers' ggml devices, then this machine's GPU `local_gpu`
+    when it keeps layers, for llama_model_params.devices. Connects to each worker: a failure
+    aborts this process (call it only in a pool host)."""
     rpc, lib = _rpc(), _ggml()
+    mine = local_gpu_device(lib, local_gpu) if local_gpu is not None else None
     devs = []
     for ep in endpoints:
         reg = rpc.ggml_backend_rpc_add_server(ep.encode())
@@ -129,4 +143,6 @@ def device_array(endpoints: list[str]):
         if not lib.ggml_backend_reg_dev_count(reg):
             raise RpcUnavailable(f"The worker at {ep} offers no devices.")
         devs.append(lib.ggml_backend_reg_dev_get(reg, 0))  # its first device, the one the plan counted
+    if mine is not None:
+        devs.append(mine)
     return (ctypes.c_void_p * (len(devs) + 1))(*devs, None), len(devs)

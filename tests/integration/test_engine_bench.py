@@ -183,3 +183,17 @@ def test_a_plan_with_fewer_threads_is_predicted_from_timings_at_that_count(tmp_p
     back = again.for_model(smol)
     assert dict(back.memory.engine_rates) == rates and dict(back.memory.kv_costs) == costs
     assert "with 1 thread" in engine_text(back) and "with 1 thread" in kv_text(back)
+    # shown from the start (the Hardware page before any model loads), and measured again on asking
+    fresh = HardwareService(make_settings(tmp_path, engine_bench=True, n_threads=1))
+    assert dict(fresh.profile().memory.engine_rates) == rates and dict(fresh.profile().memory.kv_costs) == costs
+    timed = []
+
+    def remeasured(kind, threads, workdir=None, kv=False):
+        timed.append((kind.key, threads, kv))
+        return enginebench.EngineReading(kind.key, kind.quant, 1.0 + threads, 1e-3, 1, 1, threads, 0.0,
+                                         enginebench.build_id(), {t: 100.0 for t in enginebench.KV_TYPES} if kv else None)
+
+    monkeypatch.setattr(enginebench, "measure", remeasured)
+    again = fresh.profile(remeasure=True).memory
+    assert (q41, cores, True) in timed and (q41, 1, True) in timed
+    assert again.engine_rate(q41) == 1.0 + cores and again.engine_rate(q41 + "/t1") == 2.0

@@ -251,12 +251,19 @@ def chat(api: httpx.Client, tokens: int = 48) -> httpx.Response:
     return api.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "max_tokens": tokens, "temperature": 0})
 
 
+def embed(api) -> list[float]:
+    r = api.post("/v1/embeddings", json={"model": MODEL, "input": "Rivers run to the sea."})
+    assert r.status_code == 200, r.text
+    return r.json()["data"][0]["embedding"]
+
+
 def test_the_app_pools_loses_the_worker_mid_reply_and_carries_on_alone(tmp_path):
     settings = make_settings(tmp_path, pool="always", pool_layers=15, n_threads=1, speculative="off")
     proc, endpoint = start_worker()
     try:
         with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, timeout=120) as api:
             alone = chat(api).json()["choices"][0]["message"]["content"]
+            alone_vector = embed(api)
             r = api.post("/api/pool", json={"endpoint": "127.0.0.1:1"})
             assert r.status_code == 422 and "does not answer" in r.json()["error"]["message"]
             r = api.post("/api/pool", json={"endpoint": endpoint})
@@ -264,6 +271,11 @@ def test_the_app_pools_loses_the_worker_mid_reply_and_carries_on_alone(tmp_path)
             assert r.json()["info"]["served"][0]["type"] == "cpu" and r.json()["rtt_ms"] > 0
             pooled = chat(api).json()["choices"][0]["message"]["content"]
             assert pooled == alone
+            # the API's embeddings reach the pooled model too
+            pooled_vector = embed(api)
+            dot = sum(a * b for a, b in zip(alone_vector, pooled_vector))
+            norms = (sum(a * a for a in alone_vector) * sum(b * b for b in pooled_vector)) ** 0.5
+            assert len(pooled_vector) == len(alone_vector) and dot / norms > 0.999
             plan = api.get(f"/api/models/{MODEL}/plan").json()
             assert plan["loaded"] and plan["pool"]["n_layers"] == 15 and plan["pool"]["endpoints"] == [endpoint]
             assert any("Pooled over llama.cpp RPC" in r for r in plan["reasons"])

@@ -110,6 +110,49 @@ def test_an_uneven_split_gives_each_worker_exactly_its_slice(shapes):
         assert [placed.count(d) for d in range(2)] == [w["n_layers"] for w in plan.pool["workers"]]
 
 
+def test_a_machine_whose_gpu_takes_layers_pools_its_cpu_layers_and_keeps_the_gpus(shapes):
+    """Local GPU + workers + CPU: the workers take the CPU layers just before the GPU's, listed
+    before this GPU in llama.cpp's devices, whose split rule must place each slice exactly."""
+    from itertools import accumulate
+
+    hw, info = machine("laptop-4gb-gpu"), shapes["13b"]
+    n = info.n_layer
+    bigger = replace(hw, memory=replace(hw.memory, available_bytes=hw.memory.available_bytes + 32 * GIB))
+    base = plan_model(info, bigger, 4096)
+    g = base.n_gpu_layers
+    assert 0 < g < n  # a partial offload: some layers on this machine's GPU, the rest on its CPU
+    links = [link("10.0.0.2:1", free=12 * GIB), link("10.0.0.3:1", free=12 * GIB)]
+    plan, reasons = plan_pool(info, hw, base, links, fill=2048, local_fits=False, mode="always", layers=9)
+    a, b = plan.pool["workers"]
+    assert a["n_layers"] + b["n_layers"] == 9 and plan.pool["local_gpu_layers"] == g
+    assert a["layers"][0] == n - g - 9 and b["layers"][1] == n - g - 1 and a["layers"][1] + 1 == b["layers"][0]
+    assert plan.n_gpu_layers == g + 9 and plan.tensor_split == (float(a["n_layers"]), float(b["n_layers"]), float(g))
+    cum = [c / sum(plan.tensor_split) for c in accumulate(plan.tensor_split)]
+    placed = [next(d for d, c in enumerate(cum) if j / (g + 9) < c) for j in range(g + 9)]
+    assert [placed.count(d) for d in range(3)] == [a["n_layers"], b["n_layers"], g]
+    kw = plan.load_kwargs()
+    assert kw["rpc"] == ("10.0.0.2:1", "10.0.0.3:1") and kw["rpc_local_gpu"] == (base.gpu_index or 0)
+    gpu_before = [m for m in base.memory if m.device != "CPU"]
+    assert gpu_before and [m for m in plan.memory if m.device.startswith("GPU")] == gpu_before
+    cpu_before = next(m for m in base.memory if m.device == "CPU")
+    cpu_after = next(m for m in plan.memory if m.device == "CPU")
+    moved = sum(info.layer_bytes[i] for i in range(n - g - 9, n - g))
+    assert cpu_before.weights - cpu_after.weights == moved
+    assert f"this machine's GPU keeps its {g} layers" in reasons[0]
+    assert not any("the rest on the CPU." in r for r in plan.reasons)
+
+
+def test_a_model_wholly_on_this_gpu_or_over_several_is_not_pooled(shapes):
+    hw, info = machine("rtx3060-desktop"), shapes["1b"]
+    base = plan_model(info, hw, 4096)
+    assert base.n_gpu_layers > info.n_layer
+    plan, reasons = plan_pool(info, hw, base, [link()], fill=1024, local_fits=True, mode="always")
+    assert plan is None and "run on this machine's GPU" in reasons[0]
+    split = replace(base, n_gpu_layers=4, tensor_split=(1.0, 1.0))  # two GPUs with a share each
+    plan, reasons = plan_pool(info, hw, split, [link()], fill=1024, local_fits=True, mode="always")
+    assert plan is None and "several GPUs" in reasons[0]
+
+
 def test_network_cost_grows_with_round_trip_and_falls_with_bandwidth(shapes):
     info = shapes["7b"]
     assert network_seconds(info, link(rtt=2e-3)) > network_seconds(info, link(rtt=0.2e-3))

@@ -36,7 +36,7 @@ def test_upgrade_from_the_first_schema_keeps_existing_conversations(tmp_path):
     assert store.migrations_run == ["m002_reply_stats", "m003_models", "m004_measurements", "m005_evicted",
                                    "m006_context_policy", "m007_speculative", "m008_measurement_share", "m009_hub",
                                    "m010_conversation_tree", "m011_api_key_hash", "m012_remotes",
-                                   "m013_pool_workers"]
+                                   "m013_pool_workers", "m014_reply_energy"]
     [msg] = store.list_messages("c1")
     assert msg["content"] == "hello from v1"
     assert msg["status"] == "complete"  # rows written before m002 get the default

@@ -1,0 +1,44 @@
+"""Energy counters' pure logic: which RAPL zones count, wrap-around, joules per token."""
+
+from tandem.runtime.engine.stream import ReplyStats
+from tandem.runtime.hardware.energy import EnergyMeter, Reading, between, package_zones
+
+
+def zone(root, name, uj, wrap=None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "energy_uj").write_text(f"{uj}\n")
+    if wrap is not None:
+        (d / "max_energy_range_uj").write_text(f"{wrap}\n")
+    return d
+
+
+def test_only_readable_package_zones_count(tmp_path):
+    zone(tmp_path, "intel-rapl:0", 5_000_000, 262143328850)
+    zone(tmp_path, "intel-rapl:0:0", 1_000_000)  # the cores: part of the package
+    zone(tmp_path, "intel-rapl:1", "unreadable")
+    assert [z.name for z in package_zones(tmp_path)] == ["intel-rapl:0"]
+    assert package_zones(tmp_path / "absent") == []
+    meter = EnergyMeter(tmp_path, nvml=False)
+    assert meter.available and meter.sources == ["CPU package 0 (RAPL)"]
+    a = meter.read()
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text("7500000\n")
+    used = between(a, meter.read())
+    assert used.cpu_j == 2.5 and used.gpu_j is None and used.total_j == 2.5
+    assert not EnergyMeter(tmp_path / "absent", nvml=False).available
+
+
+def test_a_wrapped_counter_counts_once_and_an_unknown_range_not_at_all():
+    wrapped = between(Reading(rapl=(("z", 900, 1000),)), Reading(rapl=(("z", 100, 1000),)))
+    assert wrapped.cpu_j == 200 / 1e6
+    assert between(Reading(rapl=(("z", 900, 0),)), Reading(rapl=(("z", 100, 0),))).cpu_j is None
+    gpus = between(Reading(nvml=((0, 1000), (1, 50))), Reading(nvml=((0, 4000), (1, 40), (2, 9))))
+    assert gpus.gpu_j == 3.0 and gpus.cpu_j is None  # a counter that went back or appeared: left out
+
+
+def test_joules_per_token_needs_a_counter_and_tokens():
+    base = dict(prompt_tokens=10, cached_tokens=0, queue_s=0.0, ttft_s=0.1, decode_tps=10.0, total_s=1.0)
+    assert ReplyStats(completion_tokens=20, **base).joules_per_token is None
+    s = ReplyStats(completion_tokens=20, energy_cpu_j=3.0, energy_gpu_j=5.0, **base)
+    assert s.energy_j == 8.0 and s.joules_per_token == 0.4 and s.as_dict()["joules_per_token"] == 0.4
+    assert ReplyStats(completion_tokens=0, energy_cpu_j=3.0, **base).joules_per_token is None
