@@ -418,7 +418,15 @@ def run_hardware(settings: Settings, as_json: bool, raw: bool, remeasure: bool) 
         print(json.dumps(collect_raw(settings.data_dir), indent=1))
         return 0
     profile = HardwareService(settings).profile(remeasure=remeasure)
-    print(profile.to_json(indent=1) if as_json else hardware_text(profile))
+    if as_json:
+        print(profile.to_json(indent=1))
+        return 0
+    from tandem.runtime.hardware import energy
+
+    sources = energy.meter().sources
+    print(hardware_text(profile))
+    print("Energy    " + (f"counted by {', '.join(sources)}" if sources else
+                          "not counted (no readable RAPL package counter or NVML energy counter)"))
     return 0
 
 

@@ -169,6 +169,8 @@ export async function renderHardware(view, loadedModelId) {
   grid.append(card("Engine", [["GPU offload", offload], ["Build", hw.engine.system_info]]));
   grid.append(card("Power and disk", [
     ["Power", hw.power.on_battery === null ? null : hw.power.on_battery ? "on battery" : "on mains"],
+    ["Energy", hw.energy_counters?.length ? `counted by ${hw.energy_counters.join(", ")}: each reply shows its joules per token`
+      : "not counted: no readable RAPL or NVML energy counter here", "RAPL (the CPU package) is often readable by root only; NVML counts NVIDIA GPUs from Volta on."],
     ["Free disk", hw.disk.free_bytes !== null ? `${size(hw.disk.free_bytes)} in ${hw.disk.path}` : null],
   ]));
   const model = models.find((x) => x.id === loadedModelId) || (loadedModelId ? { id: loadedModelId } : null);

@@ -50,7 +50,10 @@ def list_models(store: StoreDep, models: ModelsDep) -> list[dict]:
 @router.get("/hardware")
 async def hardware(hardware: HardwareDep, refresh: bool = False) -> dict:
     profile = await asyncio.to_thread(hardware.profile, refresh)
-    return profile.to_dict()
+    from tandem.runtime.hardware import energy
+
+    counters = await asyncio.to_thread(energy.meter)
+    return {**profile.to_dict(), "energy_counters": counters.sources}
 
 
 @router.get("/models/{model_id}/info")

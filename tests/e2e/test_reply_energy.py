@@ -58,6 +58,8 @@ def test_a_reply_shows_and_keeps_the_energy_it_used(page, server, screenshot):
     shown = float(stats.inner_text().split(" J/token")[0].split("·")[-1])
     assert shown == pytest.approx(reply["energy_cpu_j"] / reply["completion_tokens"], abs=0.006)
     screenshot(page, "reply-energy")
+    page.goto("/#/hardware")
+    expect(page.locator(".hw-card dd", has_text="counted by CPU package 0 (RAPL)")).to_have_count(1)
     # the API's reply statistics carry it too
     done = httpx.post(f"{server.url}/v1/chat/completions", timeout=120,
                       json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6}).json()

@@ -125,3 +125,13 @@ def test_spec_bench_compares_the_library_plain_and_lookup_on_both_tasks(tmp_path
         rows = [line.split() for line in out.splitlines() if line.startswith(name + " ")]
         assert len(rows) == 2 and all(float(r[2]) > 0 for r in rows), rows
     assert re.search(r"goal copy: lookup >= 1.3 x plain: (met|NOT met)", out)
+
+
+def test_hardware_says_whether_replies_energy_is_counted(tmp_path):
+    from tandem.runtime.hardware.energy import EnergyMeter
+
+    r = run(["hardware"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    [line] = [x for x in r.stdout.splitlines() if x.startswith("Energy ")]
+    sources = EnergyMeter().sources
+    assert (f"counted by {', '.join(sources)}" if sources else "not counted (no readable RAPL") in line
