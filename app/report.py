@@ -105,7 +105,9 @@ def hardware_text(p: HardwareProfile) -> str:
         lines.append(f"          ! {e.advice}")
     if p.power.on_battery is not None:
         lines.append(f"Power     {'on battery' if p.power.on_battery else 'on mains'}"
-                     + (f" ({p.power.battery_percent:.0f}%)" if p.power.battery_percent is not None else ""))
+                     + (f" ({p.power.battery_percent:.0f}%)" if p.power.battery_percent is not None else "")
+                     + (f"; CPU packages' power limit {p.power.cpu_power_limit_w:.0f} W"
+                        if p.power.cpu_power_limit_w else ""))
     if p.disk.free_bytes is not None:
         lines.append(f"Disk      {size(p.disk.free_bytes)} free in {p.disk.path}")
     for problem in p.problems:

@@ -168,7 +168,9 @@ export async function renderHardware(view, loadedModelId) {
   const offload = { true: "yes", false: "no: this build runs on the CPU only", null: "unknown" }[hw.engine.supports_gpu_offload];
   grid.append(card("Engine", [["GPU offload", offload], ["Build", hw.engine.system_info]]));
   grid.append(card("Power and disk", [
-    ["Power", hw.power.on_battery === null ? null : hw.power.on_battery ? "on battery" : "on mains"],
+    ["Power", hw.power.on_battery === null ? null : (hw.power.on_battery ? "on battery" : "on mains")
+      + (hw.power.cpu_power_limit_w ? ` · CPU power limit ${Math.round(hw.power.cpu_power_limit_w)} W` : ""),
+      "On battery the plan takes fewer threads when they are predicted within 10% of the fastest for less energy per token."],
     ["Energy", hw.energy_counters?.length ? `counted by ${hw.energy_counters.join(", ")}: each reply shows its joules per token`
       : "not counted: no readable RAPL or NVML energy counter here", "RAPL (the CPU package) is often readable by root only; NVML counts NVIDIA GPUs from Volta on."],
     ["Free disk", hw.disk.free_bytes !== null ? `${size(hw.disk.free_bytes)} in ${hw.disk.path}` : null],

@@ -7,7 +7,16 @@ import threading
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
 from tandem.runtime.hardware.enginebench import cores_of, kv_kind, model_kinds, thread_suffix
-from tandem.runtime.hardware.probe import with_engine_rates
+from tandem.runtime.hardware.probe import collect_power, power_info, with_engine_rates
+from tandem.runtime.planner.battery import thread_options
+
+
+def on_battery() -> bool:
+    """This machine runs on its battery now (read at each call: a laptop is unplugged)."""
+    try:
+        return bool(power_info(collect_power()).on_battery)
+    except Exception:  # noqa: BLE001 - no battery reading: not on battery
+        return False
 
 
 class HardwareService:
@@ -41,13 +50,17 @@ class HardwareService:
     def for_model(self, info) -> HardwareProfile:
         """The profile with llama.cpp's rates for the kinds of layers that decide this model's CPU
         speed (a ModelInfo) and the cost of attending over a filled cache, at every physical core
-        and at the thread count of Settings when it is another: each not timed on this machine yet
-        is timed now (seconds, once)."""
+        and at the thread count of Settings when it is another (on battery without one, at the
+        fewer threads the planner weighs then): each not timed on this machine yet is timed now
+        (seconds, once)."""
         profile = self.profile()
         if not self.settings.engine_bench or self.settings.hardware_profile is not None:
             return profile
         cores = cores_of(profile)
-        counts = sorted({cores, self.settings.n_threads or cores})
+        counts = {cores, self.settings.n_threads or cores}
+        if not self.settings.n_threads and on_battery():  # the planner weighs fewer threads then
+            counts.update(thread_options(cores))
+        counts = sorted(counts)
         for threads in counts:
             profile = self._timed(info, profile, threads, thread_suffix(threads, cores))
         return profile

@@ -24,7 +24,7 @@ from tandem.runtime.engine.kvstate import state_path
 from tandem.runtime.errors import DraftModelError, ModelLoadError, RuntimeFailure
 from tandem.runtime.gguf import check_model_file
 from tandem.runtime.hardware import HardwareProfile
-from tandem.runtime.hardware.probe import refresh_memory
+from tandem.runtime.hardware.probe import refresh_memory, refresh_power
 from tandem.runtime.model_info import ModelInfo, inspect_model
 from tandem.runtime.planner import Calibration, Plan, candidates, plan_model, verify
 from tandem.runtime.planner.speed import calibration_key
@@ -228,6 +228,8 @@ class ModelService:
         path = check_model_file(model["path"])
         info = inspect_model(path)
         hw = self.hardware_for(info)
+        if self.settings.hardware_profile is None:
+            hw = refresh_power(hw)
         hw = replace(hw, memory=replace(hw.memory, available_bytes=available.get("CPU", hw.memory.available_bytes)),
                      gpus=tuple(replace(g, memory_free_bytes=available.get(f"GPU{g.index}", g.memory_free_bytes))
                                 for g in hw.gpus))

@@ -144,9 +144,29 @@ def collect_power() -> dict | None:
     import psutil
 
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
-    if battery is None:
-        return {"battery": False}
-    return {"battery": True, "percent": battery.percent, "plugged": battery.power_plugged}
+    out = ({"battery": False} if battery is None else
+           {"battery": True, "percent": battery.percent, "plugged": battery.power_plugged})
+    limit = rapl_power_limit_w()
+    if limit is not None:
+        out["cpu_power_limit_w"] = limit
+    return out
+
+
+def rapl_power_limit_w(root: Path | None = None) -> float | None:
+    """The CPU packages' long-term power limit in watts (RAPL constraint 0 of each package zone,
+    summed), or None where powercap is absent or unreadable."""
+    from tandem.runtime.hardware.energy import POWERCAP
+
+    root = root or POWERCAP
+    total = 0
+    for zone in sorted(root.glob("intel-rapl:*")) if root.is_dir() else []:
+        if zone.name.count(":") != 1:
+            continue
+        try:
+            total += int((zone / "constraint_0_power_limit_uw").read_text())
+        except (OSError, ValueError):
+            continue
+    return round(total / 1e6, 1) if total else None
 
 
 def collect_raw(data_dir: Path | None = None) -> dict:
@@ -208,10 +228,7 @@ def build_profile(raw: dict, bandwidth_gbps: tuple[float, float] | None = None) 
     gpus = [g.__class__(**{**g.__dict__, "index": i}) for i, g in enumerate(gpus)]
     engine = build_engine(raw.get("llama"), gpus)
     p = raw.get("power") or {}
-    power = PowerInfo(
-        on_battery=None if not p else (p.get("battery") and not p.get("plugged")) or False,
-        battery_percent=p.get("percent"),
-    )
+    power = power_info(p)
     d = raw.get("disk") or {}
     disk = DiskInfo(path=d.get("path"), free_bytes=d.get("free"), total_bytes=d.get("total"))
     from tandem.runtime.hardware.bandwidth import machine_key
@@ -309,9 +326,26 @@ def load_profile(path: Path) -> HardwareProfile:
     return HardwareProfile.from_dict(data) if "gpus" in data else build_profile(data)
 
 
+def power_info(p: dict) -> PowerInfo:
+    """PowerInfo from collect_power's reading."""
+    return PowerInfo(on_battery=None if not p else (p.get("battery") and not p.get("plugged")) or False,
+                     battery_percent=p.get("percent"), cpu_power_limit_w=p.get("cpu_power_limit_w"))
+
+
+def refresh_power(profile: HardwareProfile) -> HardwareProfile:
+    """The profile with the power source read again (a laptop is unplugged between loads)."""
+    from dataclasses import replace
+
+    try:
+        return replace(profile, power=power_info(collect_power()))
+    except Exception:  # noqa: BLE001 - an unreadable battery keeps the earlier reading
+        return profile
+
+
 def refresh_memory(profile: HardwareProfile) -> HardwareProfile:
-    """The profile with free RAM and each GPU's free memory read again (a few milliseconds):
-    other programs and loaded models change them between loads."""
+    """The profile with free RAM, each GPU's free memory and the power source read again (a few
+    milliseconds): other programs and loaded models change them between loads, and a laptop is
+    unplugged."""
     from dataclasses import replace
 
     raw = {"memory": None, "nvml": None, "drm": None}
@@ -332,4 +366,4 @@ def refresh_memory(profile: HardwareProfile) -> HardwareProfile:
             g = replace(g, memory_free_bytes=same.memory_free_bytes,
                         memory_used_by_others_bytes=same.memory_used_by_others_bytes)
         gpus.append(g)
-    return replace(profile, memory=memory, gpus=tuple(gpus))
+    return refresh_power(replace(profile, memory=memory, gpus=tuple(gpus)))

@@ -72,6 +72,8 @@ class EngineBuild:
 class PowerInfo:
     on_battery: bool | None = None
     battery_percent: float | None = None
+    # the CPU packages' long-term power limit (RAPL's constraint 0, summed over packages), where readable
+    cpu_power_limit_w: float | None = None
 
 
 @dataclass(frozen=True)

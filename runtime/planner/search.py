@@ -181,6 +181,16 @@ def plan_model(info: ModelInfo, hw: HardwareProfile, n_ctx: int | None = None, *
     Raises PlanError (naming the largest context that fits) when the asked context cannot fit.
     """
     plan = _plan_plain(info, hw, n_ctx, calibration=calibration, model_key=model_key, threads=threads)
+    if threads is None and hw.power.on_battery:  # a thread count set in Settings is kept as set
+        from tandem.runtime.planner.battery import prefer_on_battery
+
+        def plan_at(t: int) -> Plan | None:
+            try:
+                return _plan_plain(info, hw, plan.n_ctx, calibration=calibration, model_key=model_key, threads=t)
+            except PlanError:
+                return None
+
+        plan = prefer_on_battery(info, hw, plan, plan_at)
     if not drafts:
         return plan
     from tandem.runtime.planner.speculative import choose_draft
@@ -289,7 +299,9 @@ def plan_from_candidate(info, hw, no_gpu_reason, c, threads, n_alternatives=0, c
                        "a quantized cache is what fits this context and placement fastest.")
     if info.n_ctx_train and c["n_ctx"] > info.n_ctx_train:
         reasons.append(f"Beyond the {info.n_ctx_train} tokens the model was trained for: expect weaker answers there.")
-    reasons.append(f"{threads} threads: one per physical core.")
+    cores = hw.cpu.physical_cores or threads
+    reasons.append(f"{threads} threads: one per physical core." if threads == cores else
+                   f"{threads} thread{'s' if threads > 1 else ''} of {cores} physical cores.")
     reasons.append("Flash attention on: a smaller compute buffer" + (" and the quantized V cache needs it." if kv != "f16" else "."))
     per_token = (speed.bytes_gpu + speed.bytes_cpu) / 1e9
     reasons.append(f"Predicted {speed.decode_tps:.1f} tokens/s decode with {speed_fill(c['n_ctx'])} tokens in the "

@@ -42,3 +42,14 @@ def test_joules_per_token_needs_a_counter_and_tokens():
     s = ReplyStats(completion_tokens=20, energy_cpu_j=3.0, energy_gpu_j=5.0, **base)
     assert s.energy_j == 8.0 and s.joules_per_token == 0.4 and s.as_dict()["joules_per_token"] == 0.4
     assert ReplyStats(completion_tokens=0, energy_cpu_j=3.0, **base).joules_per_token is None
+
+
+def test_the_packages_power_limit_is_summed_from_readable_zones(tmp_path):
+    from tandem.runtime.hardware.probe import rapl_power_limit_w
+
+    for name, uw in (("intel-rapl:0", "28000000"), ("intel-rapl:1", "15000000"), ("intel-rapl:0:0", "9000000"),
+                     ("intel-rapl:2", "none")):
+        zone(tmp_path, name, 0)
+        (tmp_path / name / "constraint_0_power_limit_uw").write_text(uw)
+    assert rapl_power_limit_w(tmp_path) == 43.0
+    assert rapl_power_limit_w(tmp_path / "absent") is None
