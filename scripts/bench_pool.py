@@ -30,11 +30,12 @@ from pathlib import Path
 from tandem.runtime import embedded
 from tandem.runtime.engine import LoadParams, ModelWorker, SamplingParams
 from tandem.runtime.hardware import probe as probe_hardware
+from tandem.runtime.hardware.enginebench import kv_kind, model_kinds
+from tandem.runtime.hardware.probe import with_engine_rates
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner import plan_model
-from tandem.runtime.planner.pool import _local_layer_seconds, plan_pool, worker_layer_seconds
+from tandem.runtime.planner.pool import plan_pool
 from tandem.runtime.planner.search import speed_fill
-from tandem.runtime.planner.memory import kv_bytes
 from tandem.runtime.pool import network
 from tandem.runtime.pool.client import PooledWorker
 
@@ -93,7 +94,15 @@ def main() -> int:
         proc, endpoint = start_worker(args.worker_threads)
     try:
         link = network.probe(endpoint, refresh=True)
-        hw = probe_hardware(Path(tempfile.gettempdir()) / "tandem-bench-pool")
+        # llama.cpp timed here, as the app times a model's layers before planning it: at every
+        # core and at this side's and the worker's thread counts (a worker on this machine runs
+        # its layers as this machine would at its thread count)
+        workdir = Path(tempfile.gettempdir()) / "tandem-bench-pool"
+        workdir.mkdir(exist_ok=True)
+        kinds, kv = model_kinds(info), [k for k in [kv_kind(info)] if k]
+        hw = probe_hardware(workdir, engine_kinds=kinds, kv_kinds=kv)
+        for t in sorted({args.threads, int(link.info.get("threads") or args.threads)}):
+            hw = with_engine_rates(hw, workdir, kinds, threads=t, kv_kinds=kv)
         base = plan_model(info, hw, args.n_ctx, threads=args.threads)
         fill = speed_fill(base.n_ctx)
         layers = [int(x) for x in args.layers.split(",") if x] or [1, info.n_layer // 2, info.n_layer]
@@ -110,12 +119,9 @@ def main() -> int:
                         [local, alone, pooled], args.tokens, args.runs)
                 finally:
                     pooled.close()
-                moved = range(info.n_layer - k, info.n_layer)
-                kv = [kv_bytes(info, [i], fill, "f16", "f16") for i in moved]
-                compute_delta = sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv[j], hw)
-                                    - _local_layer_seconds(info, hw, base.n_threads, info.layer_bytes[i], kv[j])
-                                    for j, i in enumerate(moved))
+                # the moved layers' time on the worker less their time here (the plan's own figures)
                 trip_s = plan.pool["network_ms"] / 1000
+                compute_delta = plan.pool["worker_seconds"] - trip_s - plan.pool["moved_local_seconds"]
                 # this machine's part calibrated by its measured speed (what the app does after 3 replies)
                 calibrated = 1 / (1 / local_tps + compute_delta + trip_s)
                 rows.append({"layers": k, "local_tps": round(local_tps, 2), "host_alone_tps": round(alone_tps, 2),

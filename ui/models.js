@@ -69,9 +69,13 @@ export function forgetPlans() {
 function where(plan, info) {
   const g = plan.n_gpu_layers;
   if (plan.pool) {  // layers on other machines over llama.cpp RPC
+    // counted as llama.cpp offloads them: the output layer is one of them, the GPU's first
     const n = info ? ` of ${info.n_layer}` : "";
-    const mine = plan.pool.local_gpu_layers ? `, ${plan.pool.local_gpu_layers} on this GPU` : "";
-    return { short: "Pooled", long: `Pooled: ${plan.pool.n_layers}${n} layers on other machines${mine}` };
+    const theirs = plan.pool.n_layers - (plan.pool.output ? 1 : 0);
+    const out = plan.pool.output ? " and the output" : "";
+    const g = plan.pool.local_gpu_layers;
+    const mine = g ? `, ${g - 1} and the output on this GPU` : "";
+    return { short: "Pooled", long: `Pooled: ${theirs}${n} layers${out} on other machines${mine}` };
   }
   if (!g) return { short: "CPU", long: "CPU only" };
   // n_gpu_layers counts the output layer too: all on the GPU is n_layer + 1
@@ -686,7 +690,8 @@ function choices(root, plan, info, names) {
   const w = where(plan, info);
   const gpu = plan.gpu_index != null ? names[`GPU${plan.gpu_index}`] : null;
   const pooled = plan.pool ? plan.pool.workers.map((x) => `${x.n_layers} on ${x.endpoint}`).join(", ")
-    + (plan.pool.local_gpu_layers ? `, ${plan.pool.local_gpu_layers} on ${gpu || "this GPU"}, the rest on this CPU` : ", the rest here") : null;
+    + (plan.pool.local_gpu_layers ? `, ${plan.pool.local_gpu_layers} on ${gpu || "this GPU"}, the rest on this CPU` : ", the rest here")
+    + " (the output layer counts as one)" : null;
   grid.append(choiceTile(root, "placement", "Where it runs", w.long,
     pooled || gpu || (plan.n_gpu_layers ? null : "no layer on a GPU")));
   const cal = plan.calibration && Math.abs(plan.calibration - 1) > 1e-3 ? ` · calibrated x${plan.calibration.toFixed(2)}` : "";

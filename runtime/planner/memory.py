@@ -134,6 +134,26 @@ class DeviceMemory:
                 "capacity": self.capacity, "fits": self.fits}
 
 
+def cpu_memory(info: ModelInfo, *, n_offloaded: int, n_ctx: int, type_k: str, type_v: str, n_ubatch: int,
+               flash_attn: bool, offload_kqv: bool, swa_full: bool, cpu_capacity: int | None,
+               cpu_margin: int) -> DeviceMemory:
+    """This CPU's memory when llama.cpp offloads the last n_offloaded layers (the output counting
+    as one) to other devices, whichever they are (GPUs here, or workers over RPC)."""
+    layer_dev, output_dev = assign_layers(info, n_offloaded, (1.0,))
+    on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
+    cpu_weights = sum(info.layer_bytes[i] for i in on_cpu) + info.token_embd_bytes + info.other_bytes
+    if output_dev is None:
+        cpu_weights += info.output_bytes
+    kv_cpu_layers = on_cpu if offload_kqv else list(range(info.n_layer))
+    output_buffer = 4 * (info.vocab_size or 0)
+    if output_dev is not None:  # logits are computed on the device; the host keeps a staging share
+        cpu_compute = 4 * n_ubatch * 3 * info.n_embd + output_buffer
+    else:
+        cpu_compute = compute_bytes(info, n_ctx, n_ubatch, flash_attn) + output_buffer
+    return DeviceMemory("CPU", cpu_weights, kv_bytes(info, kv_cpu_layers, n_ctx, type_k, type_v, n_ubatch, swa_full),
+                        cpu_compute, 0, cpu_margin, cpu_capacity)
+
+
 def memory_map(info: ModelInfo, *, n_gpu_layers: int, n_ctx: int, type_k: str, type_v: str, n_ubatch: int,
                flash_attn: bool, offload_kqv: bool, swa_full: bool, cpu_capacity: int | None,
                cpu_margin: int, gpu=None, gpu_margin=None) -> tuple[DeviceMemory, ...]:
@@ -145,21 +165,10 @@ def memory_map(info: ModelInfo, *, n_gpu_layers: int, n_ctx: int, type_k: str, t
     n = n_gpu_layers if gset is not None else 0
     layer_dev, output_dev = assign_layers(info, n, gset.split if gset else (1.0,))
     out_w = output_weight_bytes(info)
-    on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
-    cpu_weights = sum(info.layer_bytes[i] for i in on_cpu) + info.token_embd_bytes + info.other_bytes
-    if output_dev is None:
-        cpu_weights += info.output_bytes
-    kv_cpu_layers = on_cpu if offload_kqv else list(range(info.n_layer))
     compute = compute_bytes(info, n_ctx, n_ubatch, flash_attn)
-    output_buffer = 4 * (info.vocab_size or 0)
-    if output_dev is not None:  # logits are computed on the GPU; the host keeps a staging share
-        cpu_compute = 4 * n_ubatch * 3 * info.n_embd + output_buffer
-    else:
-        cpu_compute = compute + output_buffer
-    devices = [DeviceMemory(
-        "CPU", cpu_weights, kv_bytes(info, kv_cpu_layers, n_ctx, type_k, type_v, n_ubatch, swa_full),
-        cpu_compute, 0, cpu_margin, cpu_capacity,
-    )]
+    devices = [cpu_memory(info, n_offloaded=n, n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_ubatch=n_ubatch,
+                          flash_attn=flash_attn, offload_kqv=offload_kqv, swa_full=swa_full,
+                          cpu_capacity=cpu_capacity, cpu_margin=cpu_margin)]
     if gset is None or n == 0:
         return tuple(devices)
     for k, g in enumerate(gset.gpus):

@@ -16,7 +16,9 @@ from dataclasses import replace
 
 from tandem.runtime.hardware.profile import HardwareProfile
 from tandem.runtime.model_info import ModelInfo
-from tandem.runtime.planner.memory import DeviceMemory, MIB, kv_bytes, pad_ctx
+from tandem.runtime.planner.memory import (
+    DeviceMemory, MIB, compute_bytes, cpu_memory, kv_bytes, output_weight_bytes, pad_ctx,
+)
 from tandem.runtime.planner.plan import Plan
 from tandem.runtime.planner.speed import (
     CPU_LAYER_S, GPU_EFFICIENCY, GPU_LAYER_S, THREAD_EXPONENT, cpu_efficiency, gpu_bandwidth_gbps,
@@ -47,7 +49,8 @@ def worker_device(link) -> dict | None:
 def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int,
                          hw: HardwareProfile | None = None) -> float:
     """Seconds a worker's device spends on one layer of one token. A CPU worker on this machine
-    (hw: this machine's profile) reads this machine's memory, at this machine's measured speed."""
+    (hw: this machine's profile) runs as this machine's own layers would at the worker's thread
+    count (llama.cpp's rates timed here); another machine's CPU at the bandwidth it measured."""
     dev = worker_device(link) or {}
     if dev.get("type") in ("gpu", "igpu", "accel"):
         gbps = gpu_bandwidth_gbps(GpuInfo(index=0, name=dev.get("description") or dev.get("name") or "",
@@ -55,8 +58,9 @@ def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int,
         return (layer_bytes + kv_read) / (gbps * 1e9 * GPU_EFFICIENCY) + GPU_LAYER_S
     cores = link.info.get("physical_cores") or 1
     threads = link.info.get("threads") or cores
-    gbps = hw.memory.read_bandwidth_gbps if hw is not None and same_host(link) else None
-    bw = (gbps or link.info.get("read_gbps") or 20.0) * 1e9 * min(1.0, threads / cores) ** THREAD_EXPONENT
+    if hw is not None and same_host(link):
+        return _local_layer_seconds(info, hw, int(threads), layer_bytes, kv_read)
+    bw = (link.info.get("read_gbps") or 20.0) * 1e9 * min(1.0, threads / cores) ** THREAD_EXPONENT
     return (layer_bytes + kv_read) / (bw * cpu_efficiency(info)) + CPU_LAYER_S
 
 
@@ -71,10 +75,12 @@ def same_host(link) -> bool:
     return _is_loopback(host) or link.info.get("host") == socket.gethostname()
 
 
-def network_seconds(info: ModelInfo, link, contended: bool = False) -> float:
-    """Per token: the hidden state to the worker and back (f32), the round trip, ggml-rpc's own
-    cost, and when the worker shares this machine's cores with too many threads, the contention."""
-    return (RPC_ROUND_TRIPS * link.rtt_s + 2 * 4 * info.n_embd / max(1.0, link.bandwidth_bps) + RPC_FIXED_S
+def network_seconds(info: ModelInfo, link, contended: bool = False, logits: bool = False) -> float:
+    """Per token: the hidden state to the worker and back (f32; the logits back instead when the
+    worker holds the output layer), the round trip, ggml-rpc's own cost, and when the worker
+    shares this machine's cores with too many threads, the contention."""
+    back = 4 * (info.vocab_size or info.n_embd) if logits else 4 * info.n_embd
+    return (RPC_ROUND_TRIPS * link.rtt_s + (4 * info.n_embd + back) / max(1.0, link.bandwidth_bps) + RPC_FIXED_S
             + (SHARED_CORES_S if contended else 0.0))
 
 
@@ -87,6 +93,13 @@ def _layers(k: int) -> str:
     return f"{k} layer" if k == 1 else f"{k} layers"
 
 
+def _units(n_repeating: int, output: bool) -> str:
+    """Offloaded units in words: "9 layers", "8 layers and the output", "the output"."""
+    if not n_repeating:
+        return "the output layer" if output else "no layer"
+    return _layers(n_repeating) + (" and the output" if output else "")
+
+
 def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
     from tandem.runtime.planner.speed import cpu_rate
 
@@ -97,31 +110,46 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
               local_fits: bool, mode: str = "auto", layers: int | None = None) -> tuple[Plan | None, list[str]]:
     """The pooled plan over the workers (`links`: network.Link), or None, with the reasons either way.
 
-    base: this machine's plan for the CPU (its context, KV type, threads), planned with the pool's
-    memory when the model does not fit here alone (local_fits False). mode: "auto" (pool when it
-    pays or is needed), "always" (pool whenever it fits). layers: how many layers the workers take
-    (None: the planner's choice)."""
+    base: this machine's plan (its context, KV type, threads, and GPU layers, which the GPU keeps),
+    planned with the pool's memory when the model does not fit here alone (local_fits False).
+    mode: "auto" (pool when it pays or is needed), "always" (pool whenever it fits). layers: how
+    many layers the workers take, the output counting as one as in llama.cpp's n_gpu_layers
+    (None: the planner's choice).
+
+    Layers are counted as llama.cpp offloads them: the last K of the n repeating layers and the
+    output (unit n), K = n_gpu_layers, given to the devices in list order. The workers come first
+    in that list, this machine's GPU last: with g units on the GPU (the output and g - 1 layers)
+    the workers take the k units before them; without a GPU the last worker takes the output,
+    and the logits come back over the network instead of the hidden state."""
     reasons: list[str] = []
     if not links:
         return None, []
     n = info.n_layer
-    g = min(base.n_gpu_layers, n)  # this machine's GPU keeps its layers (the last g)
+    g = min(base.n_gpu_layers, n + 1)  # units on this machine's GPU, which keeps them
     if base.tensor_split and sum(1 for share in base.tensor_split if share > 0) > 1:
         return None, ["This machine splits the model over several GPUs: pooling is planned with one GPU here at most."]
-    if g >= n:
+    if g > n:
         return None, ["All of this model's layers run on this machine's GPU: pooling has nothing to take from the CPU."]
-    from tandem.runtime.planner.search import predict_split
+    from tandem.runtime.planner.search import cpu_margin, predict_split
 
-    kv_type = base.type_k
-    per_layer_kv = [kv_bytes(info, [i], base.n_ctx, kv_type, base.type_v, base.n_ubatch) for i in range(n)]
-    kv_read = [kv_bytes(info, [i], fill, "f16", "f16") for i in range(n)]
+    out_w = output_weight_bytes(info)
+    compute_full = compute_bytes(info, base.n_ctx, base.n_ubatch, base.flash_attn)
+    compute_layers = 4 * base.n_ubatch * 3 * info.n_embd + 2 * base.n_ubatch * pad_ctx(base.n_ctx)
+
+    def unit_bytes(u: int) -> int:
+        return info.layer_bytes[u] if u < n else out_w
+
+    def unit_kv(u: int) -> int:  # the cache a unit keeps (the output has none)
+        return kv_bytes(info, [u], base.n_ctx, base.type_k, base.type_v, base.n_ubatch, base.swa_full) if u < n else 0
+
+    def unit_read(u: int) -> int:  # the cache a token reads at this fill
+        return kv_bytes(info, [u], fill, "f16", "f16") if u < n else 0
+
     base_tps, _ = predict_split(info, hw, base, fill)
     base_s = 1.0 / base_tps
-    cpu_mem = next(m for m in base.memory if m.device == "CPU")
     cpu_capacity = hw.memory.available_bytes
-    best = None
-    cpu_layers = n - g
-    options = range(1, cpu_layers + 1) if layers is None else [max(1, min(cpu_layers, layers))]
+    cpu_units = n + 1 - g  # the units this CPU runs now: layers 0.. and, without a GPU, the output
+    options = range(1, cpu_units + 1) if layers is None else [max(1, min(cpu_units, layers))]
     # each worker's share of the pooled layers: by the memory it has free
     usable = []
     for link in links:
@@ -129,74 +157,79 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
         free = int(dev.get("free_bytes") or 0)
         usable.append(max(0, free - max(512 * MIB, int(free * WORKER_MARGIN_FRACTION))))
     total_usable = sum(usable) or 1
+    best = None
     for k in options:
-        moved = list(range(cpu_layers - k, cpu_layers))
+        first = cpu_units - k
+        moved = range(first, cpu_units)
         # contiguous slices, one per worker, in order, sized by usable memory
-        slices, start = [], cpu_layers - k
+        slices, start = [], first
         for w, u in enumerate(usable):
-            take = round(k * u / total_usable) if w < len(usable) - 1 else (cpu_layers - start)
-            slices.append(list(range(start, min(cpu_layers, start + take))))
-            start = min(cpu_layers, start + take)
+            take = round(k * u / total_usable) if w < len(usable) - 1 else (cpu_units - start)
+            slices.append(list(range(start, min(cpu_units, start + take))))
+            start = min(cpu_units, start + take)
         need_ok = True
         t_workers = 0.0
         workers = []
-        compute = 4 * base.n_ubatch * 3 * info.n_embd + 2 * base.n_ubatch * pad_ctx(base.n_ctx)
         for link, mine, u in zip(links, slices, usable):
             if not mine:
                 continue
-            need = sum(info.layer_bytes[i] for i in mine) + sum(per_layer_kv[i] for i in mine) + compute
+            has_output = mine[-1] == n
+            need = (sum(unit_bytes(i) + unit_kv(i) for i in mine)
+                    + (compute_full + 4 * (info.vocab_size or 0) if has_output else compute_layers))
             if need > u:
                 need_ok = False
                 break
-            t_workers += sum(worker_layer_seconds(info, link, info.layer_bytes[i], kv_read[i], hw) for i in mine)
-            net = network_seconds(info, link, contended(hw, base.n_threads, link))
+            t_workers += sum(worker_layer_seconds(info, link, unit_bytes(i), unit_read(i), hw) for i in mine)
+            net = network_seconds(info, link, contended(hw, base.n_threads, link), logits=has_output)
             t_workers += net
-            workers.append({"endpoint": link.endpoint, "layers": [mine[0], mine[-1]], "n_layers": len(mine),
+            workers.append({"endpoint": link.endpoint, "layers": [mine[0], min(mine[-1], n - 1)],
+                            "n_layers": len(mine), "output": has_output,
                             "need_bytes": need, "usable_bytes": u, "device": (worker_device(link) or {}).get("name"),
                             "rtt_ms": round(link.rtt_s * 1000, 3),
                             "bandwidth_mbps": round(link.bandwidth_bps * 8 / 1e6, 1),
                             "network_ms": round(net * 1000, 3), "same_host": same_host(link)})
         if not need_ok or not workers:
             continue
-        local_removed = sum(info.layer_bytes[i] + per_layer_kv[i] for i in moved)
-        local_total = cpu_mem.total - local_removed
-        if cpu_capacity is not None and local_total + cpu_mem.margin > cpu_capacity:
+        cpu_new = cpu_memory(info, n_offloaded=g + k, n_ctx=base.n_ctx, type_k=base.type_k, type_v=base.type_v,
+                             n_ubatch=base.n_ubatch, flash_attn=base.flash_attn, offload_kqv=base.offload_kqv,
+                             swa_full=base.swa_full, cpu_capacity=cpu_capacity, cpu_margin=cpu_margin(hw))
+        if cpu_capacity is not None and cpu_new.total + cpu_new.margin > cpu_capacity:
             continue
-        t_local = base_s - sum(_local_layer_seconds(info, hw, base.n_threads, info.layer_bytes[i], kv_read[i])
-                               for i in moved)
+        t_moved = sum(_local_layer_seconds(info, hw, base.n_threads, unit_bytes(i), unit_read(i)) for i in moved)
+        t_local = base_s - t_moved
         tps = 1.0 / (max(1e-6, t_local) + t_workers)
         if best is None or tps > best[0]:
-            best = (tps, k, workers, local_total, local_removed, t_local, t_workers)
+            best = (tps, k, workers, cpu_new, t_local, t_moved, t_workers)
     if best is None:
         names = ", ".join(link.endpoint for link in links)
         return None, [f"The workers ({names}) have too little free memory for any of this model's layers."]
-    tps, k, workers, local_total, removed, t_local, t_workers = best
+    tps, k, workers, cpu_new, t_local, t_moved, t_workers = best
+    output_moved = any(w["output"] for w in workers)
     net_ms = sum(w["network_ms"] for w in workers)
     where = ", ".join(f"{w['n_layers']} on {w['endpoint']}" for w in workers)
-    gpu_note = f"; this machine's GPU keeps its {_layers(g)}" if g else ""
+    what = _units(k - int(output_moved), output_moved)
+    gpu_note = f"; this machine's GPU keeps {_units(g - 1, True)}" if g else ""
     if mode != "always" and local_fits and tps < base_tps * POOL_GAIN:
-        return None, [f"Pooling is not used: {_layers(k)} on the workers ({where}) would decode at {tps:.1f} tok/s "
+        return None, [f"Pooling is not used: {what} on the workers ({where}) would decode at {tps:.1f} tok/s "
                       f"against {base_tps:.1f} here alone (the network costs {net_ms:.2f} ms a token)."]
     why = ("it does not fit this machine alone" if not local_fits else
            "you asked for pooling (TANDEM_POOL=always)" if mode == "always" and tps < base_tps * POOL_GAIN else
            f"it is faster than this machine alone ({base_tps:.1f} tok/s)")
-    reasons.append(f"Pooled over llama.cpp RPC: {k} of {n} layers on other machines ({where}){gpu_note}, because "
+    reasons.append(f"Pooled over llama.cpp RPC: {what} of {n} on other machines ({where}){gpu_note}, because "
                    f"{why}; predicted {tps:.1f} tok/s, of which the network costs {net_ms:.2f} ms a token.")
-    moved_weights = sum(info.layer_bytes[i] for i in range(cpu_layers - k, cpu_layers))
-    cpu_new = replace(cpu_mem, weights=cpu_mem.weights - moved_weights, kv=cpu_mem.kv - (removed - moved_weights),
-                      capacity=cpu_capacity)
     gpu_mem = tuple(m for m in base.memory if m.device != "CPU")  # this machine's GPU: as planned
     remote_mem = tuple(DeviceMemory(f"worker {w['endpoint']}", w["need_bytes"], 0, 0, 0, 0, w["usable_bytes"])
                        for w in workers)
-    # llama.cpp gives the j-th offloaded layer to the first device (the workers in order, then
-    # this GPU) whose running share exceeds j / (k + g): the counts themselves as proportions
-    # place each slice exactly
+    # llama.cpp gives the j-th offloaded unit to the first device (the workers in order, then this
+    # GPU) whose running share exceeds j / (k + g): the counts themselves as proportions place
+    # each slice exactly
     counts = [float(w["n_layers"]) for w in workers] + ([float(g)] if g else [])
     split = tuple(counts) if len(counts) > 1 else None
-    pool = {"workers": workers, "n_layers": k, "endpoints": [w["endpoint"] for w in workers],
+    pool = {"workers": workers, "n_layers": k, "output": output_moved, "endpoints": [w["endpoint"] for w in workers],
             "local_gpu_layers": g, "local_gpu": base.gpu_index if g else None,
             "local_tps": round(base_tps, 2), "predicted_tps": round(tps, 2), "network_ms": round(net_ms, 3),
-            "local_seconds": t_local, "worker_seconds": t_workers, "tensor_split": split, "mode": mode}
+            "local_seconds": t_local, "moved_local_seconds": t_moved, "worker_seconds": t_workers,
+            "tensor_split": split, "mode": mode}
     # this machine's calibration applies to its own share of a token's time
     calibrated_tps = 1.0 / (max(1e-6, t_local) / (base.calibration or 1.0) + t_workers)
     # the pool's reason replaces this machine's placement alone ("All 30 layers on the CPU ..."),

@@ -61,7 +61,8 @@ def test_a_much_faster_worker_gpu_is_worth_the_network(shapes):
     plan, _ = plan_pool(info, hw, base, [link(gpu="NVIDIA GeForce RTX 4090", free=24 * GIB)], fill=1024,
                         local_fits=True)
     assert plan is not None and plan.decode_tps > base.decode_tps * 1.05
-    assert plan.pool["n_layers"] == info.n_layer  # every layer that can go to the fast card does
+    # every layer that can go to the fast card does, the output among them (llama.cpp counts it as one)
+    assert plan.pool["n_layers"] == info.n_layer + 1 and plan.pool["output"]
 
 
 def test_always_pools_when_asked_and_layers_can_be_set(shapes):
@@ -70,7 +71,11 @@ def test_always_pools_when_asked_and_layers_can_be_set(shapes):
     plan, reasons = plan_pool(info, hw, base, [link(endpoint="127.0.0.1:5000")], fill=1024, local_fits=True,
                               mode="always", layers=10)
     assert plan is not None and plan.pool["n_layers"] == 10 and plan.n_gpu_layers == 10
-    assert plan.pool["workers"][0]["layers"] == [info.n_layer - 10, info.n_layer - 1]
+    # as llama.cpp offloads 10: the last 9 layers and the output, whose logits come back
+    [worker] = plan.pool["workers"]
+    assert worker["layers"] == [info.n_layer - 9, info.n_layer - 1] and worker["output"]
+    assert "9 layers and the output of 30 on other machines" in reasons[0]
+    assert worker["network_ms"] > network_seconds(info, link(endpoint="127.0.0.1:5000")) * 1000
 
 
 def test_workers_without_room_are_not_used(shapes):
@@ -125,7 +130,9 @@ def test_a_machine_whose_gpu_takes_layers_pools_its_cpu_layers_and_keeps_the_gpu
     plan, reasons = plan_pool(info, hw, base, links, fill=2048, local_fits=False, mode="always", layers=9)
     a, b = plan.pool["workers"]
     assert a["n_layers"] + b["n_layers"] == 9 and plan.pool["local_gpu_layers"] == g
-    assert a["layers"][0] == n - g - 9 and b["layers"][1] == n - g - 1 and a["layers"][1] + 1 == b["layers"][0]
+    # the GPU holds the output and the last g - 1 layers; the workers the 9 before them
+    assert a["layers"][0] == n + 1 - g - 9 and b["layers"][1] == n - g and a["layers"][1] + 1 == b["layers"][0]
+    assert not a["output"] and not b["output"] and not plan.pool["output"]
     assert plan.n_gpu_layers == g + 9 and plan.tensor_split == (float(a["n_layers"]), float(b["n_layers"]), float(g))
     cum = [c / sum(plan.tensor_split) for c in accumulate(plan.tensor_split)]
     placed = [next(d for d, c in enumerate(cum) if j / (g + 9) < c) for j in range(g + 9)]
@@ -136,9 +143,9 @@ def test_a_machine_whose_gpu_takes_layers_pools_its_cpu_layers_and_keeps_the_gpu
     assert gpu_before and [m for m in plan.memory if m.device.startswith("GPU")] == gpu_before
     cpu_before = next(m for m in base.memory if m.device == "CPU")
     cpu_after = next(m for m in plan.memory if m.device == "CPU")
-    moved = sum(info.layer_bytes[i] for i in range(n - g - 9, n - g))
+    moved = sum(info.layer_bytes[i] for i in range(n + 1 - g - 9, n + 1 - g))
     assert cpu_before.weights - cpu_after.weights == moved
-    assert f"this machine's GPU keeps its {g} layers" in reasons[0]
+    assert f"this machine's GPU keeps {g - 1} layers and the output" in reasons[0]
     assert not any("the rest on the CPU." in r for r in plan.reasons)
 
 
