@@ -247,6 +247,23 @@ def test_a_pool_that_cannot_connect_is_a_load_error_not_a_crash(model_path):
     assert f"127.0.0.1:{port}" in str(info.value) and "Is each `tandem worker` running" in str(info.value)
 
 
+def test_a_pool_planned_with_a_gpu_this_engine_cannot_see_is_a_load_error(worker, model_path):
+    """A plan that keeps layers on this machine's GPU lists it after the workers; where the engine
+    sees no such GPU the pool host says so before connecting to any worker, and the worker stays
+    free for the next load."""
+    if any(d["type"] != "cpu" for d in rpc.local_devices()):
+        pytest.skip("this engine build sees a GPU")
+    _, endpoint = worker
+    with pytest.raises(ModelLoadError, match=r"GPU 0 of this machine, but this engine build sees 0 GPU"):
+        PooledWorker.open(LoadParams(model_path, n_ctx=512, n_threads=1, n_gpu_layers=8, tensor_split=(4.0, 4.0),
+                                     rpc=(endpoint,), rpc_local_gpu=0))
+    pooled = PooledWorker.open(LoadParams(model_path, n_ctx=512, n_threads=1, n_gpu_layers=8, rpc=(endpoint,)))
+    try:
+        assert greedy(pooled, 8)
+    finally:
+        pooled.close()
+
+
 def chat(api: httpx.Client, tokens: int = 48) -> httpx.Response:
     return api.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "max_tokens": tokens, "temperature": 0})
 
