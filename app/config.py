@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     # Pooling with `tandem worker` machines over llama.cpp RPC: "auto" (when it pays or the model
     # does not fit here alone), "always" (whenever the workers have room), "off".
     pool: Literal["auto", "always", "off"] = "auto"
-    # How many of a pooled model's layers the workers take; unset: the planner's choice.
+    # How many of a pooled model's layers the workers take, counted as llama.cpp's n_gpu_layers
+    # counts them (the output layer is one, moved first when this machine has no GPU); unset: the
+    # planner's choice.
     pool_layers: int | None = Field(None, ge=1)
     # Time llama.cpp's own CPU decode once per machine (a few seconds at the first start) for the
     # speed predictions; off: they rest on the memory read bandwidth and fitted constants.

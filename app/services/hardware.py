@@ -36,16 +36,21 @@ class HardwareService:
                 else:
                     self._profile = probe(self.settings.data_dir, remeasure=remeasure,
                                           engine_kinds=[] if self.settings.engine_bench else None)
-                    self._profile = self._at_settings_threads(self._profile, remeasure)
+                    self._profile = self._at_other_threads(self._profile, remeasure)
             return self._profile
 
-    def _at_settings_threads(self, profile: HardwareProfile, remeasure: bool) -> HardwareProfile:
-        """The timings kept for Settings' thread count when it is below the cores (measured
-        again with remeasure), beside the all-core ones the probe read."""
-        cores, threads = cores_of(profile), self.settings.n_threads
-        if not self.settings.engine_bench or not threads or threads == cores:
+    def _at_other_threads(self, profile: HardwareProfile, remeasure: bool) -> HardwareProfile:
+        """Beside the all-core timings the probe read, those kept for Settings' thread count (or,
+        on battery without one, for the fewer threads the planner weighs then); with remeasure,
+        every thread count timed before is timed again."""
+        if not self.settings.engine_bench:
             return profile
-        return with_engine_rates(profile, self.settings.data_dir, [], remeasure=remeasure, threads=threads)
+        cores = cores_of(profile)
+        counts = set(range(1, cores)) if remeasure else (
+            {self.settings.n_threads} if self.settings.n_threads else set(thread_options(cores)) if on_battery() else set())
+        for threads in sorted(t for t in counts if t and t != cores):
+            profile = with_engine_rates(profile, self.settings.data_dir, [], remeasure=remeasure, threads=threads)
+        return profile
 
     def for_model(self, info) -> HardwareProfile:
         """The profile with llama.cpp's rates for the kinds of layers that decide this model's CPU

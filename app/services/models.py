@@ -134,6 +134,8 @@ class ModelService:
         """
         info = info or inspect_model(Path(model["path"]))
         hw = hardware or self.hardware()
+        if hardware is None and self.settings.hardware_profile is None:
+            hw = refresh_power(hw)  # a preview plans for the power source as it is now
         calibration = Calibration.from_records(self.store.measurements(calibration_key(hw)))
         asked = (n_ctx if n_ctx is not None else self.settings.n_ctx) or None
         drafts = tuple(self.drafts_for(model, info)) if self.settings.speculative == "auto" else ()

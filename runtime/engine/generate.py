@@ -116,12 +116,11 @@ class _Reply:
         stream, sampling, policy, n_ctx = req.stream, req.sampling, req.context, model.n_ctx
         messages, tokens, dropped, evicted_tokens, shift, sink, prompt_stops = self.fit()
         n_prompt = len(tokens)
-        counters = energy.meter()
-        at_start = counters.read() if counters.available else None
+        self.energy = energy.EnergyTrack(energy.meter())
         applied = "drop_turns" if policy.policy == "sink_window" and not shift else policy.policy
         stream.emit(Started(n_prompt, dropped, evicted_tokens, applied))
         restored = self.take_cache(req.key)
-        cached = decoder.prefill(tokens, allow_shift=shift, on_progress=lambda done, total: stream.emit(Progress(done, total)))
+        cached = decoder.prefill(tokens, allow_shift=shift, on_progress=self.prefilled)
         tokens_in, shifted = tokens, decoder.shifted
 
         limit = sampling.max_tokens or (n_ctx - n_prompt)
@@ -212,7 +211,7 @@ class _Reply:
         stats = _stats(req, self.t_start, len(tokens_in), self.n_out, self.t_first, self.t_last, cached,
                        evicted_tokens=evicted_tokens, shifted_tokens=shifted, restored_tokens=restored,
                        spec_source=spec.source, drafted_tokens=spec.drafted, accepted_tokens=spec.accepted,
-                       **_energy(at_start, counters))
+                       **self.energy.fields())
         stream.emit(Finished("".join(self.pieces), self.finish, stats, tuple(later_dropped), tuple(self.generated),
                              None if self.logprobs is None else tuple(self.logprobs)))
 
@@ -231,6 +230,10 @@ class _Reply:
             self.pieces.append(text)
             self.req.stream.emit(Token(text))
 
+    def prefilled(self, done: int, total: int) -> None:
+        self.energy.sample()  # a long prompt's joules too, read before a counter can wrap twice
+        self.req.stream.emit(Progress(done, total))
+
     def take(self, token: int) -> bool:
         """One token of the reply; True when the reply ends with it."""
         if self.decoder.is_end(token):
@@ -240,6 +243,7 @@ class _Reply:
         if self.logprobs is not None and token in self._pending:
             self.logprobs.append(self._pending.pop(token))
         self.n_out += 1
+        self.energy.sample()
         self.t_last = time.perf_counter()
         if self.t_first is None:
             self.t_first = self.t_last
@@ -282,14 +286,6 @@ def cut_for_reply(model: LoadedModel, messages, tokens, sink, need, reply_start)
     if need <= 0 or sink + need >= len(model.decoder.cached):
         return None
     return need, []
-
-
-def _energy(at_start, counters) -> dict:
-    """The reply's joules (ReplyStats fields), where this machine counts them."""
-    if at_start is None:
-        return {}
-    used = energy.between(at_start, counters.read())
-    return {"energy_cpu_j": used.cpu_j, "energy_gpu_j": used.gpu_j}
 
 
 def _stats(req: Request, t_start: float, n_prompt: int, n_out: int, t_first, t_last, cached, **extra) -> ReplyStats:

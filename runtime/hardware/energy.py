@@ -14,6 +14,7 @@ is left out, never guessed.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,12 @@ class Reading:
 
     rapl: tuple[tuple[str, int, int], ...] = ()
     nvml: tuple[tuple[int, int], ...] = ()
+    at: float = 0.0  # time.monotonic() of the reading
+
+
+# More than this per package or GPU between two readings is no reading (a counter reset, or a wrap
+# counted wrongly); a server GPU peaks near 1 kW, a desktop package near 400 W.
+MAX_WATTS = 1500.0
 
 
 @dataclass(frozen=True)
@@ -41,19 +48,26 @@ class Energy:
         return sum(parts) if parts else None
 
 
-def package_zones(root: Path = POWERCAP) -> list[Path]:
-    """The readable package counters: intel-rapl:N, not its sub-zones (core, uncore, dram: parts
-    of the package or outside it, which would count twice)."""
+def package_zone_paths(root: Path = POWERCAP) -> list[Path]:
+    """The CPU packages' RAPL zones: top-level intel-rapl:N zones named package-N. Not their
+    sub-zones (core, uncore, dram) nor the platform zone (psys, on laptops: it includes the
+    package), which would count joules twice."""
     zones = []
     for zone in sorted(root.glob("intel-rapl:*")) if root.is_dir() else []:
         if zone.name.count(":") != 1:
             continue
         try:
-            int((zone / "energy_uj").read_text())
+            name = (zone / "name").read_text().strip()
+        except OSError:
+            continue
+        if name.startswith("package"):
             zones.append(zone)
-        except (OSError, ValueError):
-            continue  # root-only (the usual case) or not a counter
     return zones
+
+
+def package_zones(root: Path = POWERCAP) -> list[Path]:
+    """The package zones whose energy counter this process may read (often root only)."""
+    return [z for z in package_zone_paths(root) if _read_int(z / "energy_uj") is not None]
 
 
 def _read_int(path: Path) -> int | None:
@@ -84,6 +98,10 @@ class EnergyMeter:
     def available(self) -> bool:
         return bool(self.zones or self._nvml)
 
+    @property
+    def has_gpus(self) -> bool:
+        return bool(self._nvml)
+
     def read(self) -> Reading:
         rapl = []
         for z in self.zones:
@@ -99,29 +117,73 @@ class EnergyMeter:
                     nvml.append((index, int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))))
                 except Exception:  # noqa: BLE001 - a GPU that stops answering is left out
                     continue
-        return Reading(tuple(rapl), tuple(nvml))
+        return Reading(tuple(rapl), tuple(nvml), time.monotonic())
 
 
 def between(a: Reading, b: Reading) -> Energy:
-    """Joules from reading a to reading b, counting a RAPL counter's wrap-around once; a counter
-    missing from either reading is left out."""
-    before = {zone: (uj, wrap) for zone, uj, wrap in a.rapl}
-    cpu = None
-    for zone, uj, wrap in b.rapl:
-        if zone not in before:
-            continue
-        delta = uj - before[zone][0]
-        if delta < 0:
-            if not wrap:
-                continue  # a counter that went back without a known range: not counted
-            delta += wrap
-        cpu = (cpu or 0.0) + delta / 1e6
-    start = dict(a.nvml)
-    gpu = None
-    for index, mj in b.nvml:
-        if index in start and mj >= start[index]:
-            gpu = (gpu or 0.0) + (mj - start[index]) / 1e3
+    """Joules from reading a to reading b, counting a RAPL counter's wrap-around once (read more
+    often than a counter wraps: EnergyTrack). A side any of whose counters is missing from either
+    reading, went back without a known range, or moved implausibly far is None (not partial)."""
+    limit = MAX_WATTS * max(b.at - a.at, 1e-3) if b.at and a.at else None
+
+    def plausible(joules: float) -> bool:
+        return limit is None or joules <= limit
+
+    cpu: float | None = None
+    before = {zone: uj for zone, uj, _ in a.rapl}
+    after = {zone: (uj, wrap) for zone, uj, wrap in b.rapl}
+    if before and set(before) == set(after):
+        cpu = 0.0
+        for zone, (uj, wrap) in after.items():
+            delta = uj - before[zone]
+            if delta < 0 and wrap:
+                delta += wrap
+            if delta < 0 or not plausible(delta / 1e6):
+                cpu = None
+                break
+            cpu += delta / 1e6
+    gpu: float | None = None
+    start, end = dict(a.nvml), dict(b.nvml)
+    if start and set(start) == set(end):
+        gpu = 0.0
+        for index, mj in end.items():
+            delta = (mj - start[index]) / 1e3
+            if delta < 0 or not plausible(delta):
+                gpu = None
+                break
+            gpu += delta
     return Energy(cpu, gpu)
+
+
+class EnergyTrack:
+    """A reply's joules, read at its start and then at most every `every` seconds while it runs
+    (sample()), so that a RAPL counter cannot wrap twice unseen (AMD's wraps after about 65 kJ,
+    four minutes at 250 W); a side that fails one interval is None for the reply."""
+
+    def __init__(self, meter: "EnergyMeter", every: float = 10.0):
+        self.meter, self.every = meter, every
+        self.last = meter.read() if meter.available else None
+        self.cpu: float | None = 0.0
+        self.gpu: float | None = 0.0
+
+    def sample(self, force: bool = False) -> None:
+        if self.last is None:
+            return
+        if not force and time.monotonic() - self.last.at < self.every:
+            return
+        now = self.meter.read()
+        used = between(self.last, now)
+        self.cpu = None if self.cpu is None or used.cpu_j is None else self.cpu + used.cpu_j
+        self.gpu = None if self.gpu is None or used.gpu_j is None else self.gpu + used.gpu_j
+        self.last = now
+
+    def fields(self) -> dict:
+        """The ReplyStats fields (energy_cpu_j, energy_gpu_j), empty when nothing is counted here."""
+        if self.last is None:
+            return {}
+        self.sample(force=True)
+        return {"energy_cpu_j": self.cpu if self.meter.zones else None,
+                "energy_gpu_j": self.gpu if self.meter.has_gpus else None}
 
 
 def _nvml_counters() -> list[tuple[int, object]]:

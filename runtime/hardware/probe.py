@@ -155,13 +155,10 @@ def collect_power() -> dict | None:
 def rapl_power_limit_w(root: Path | None = None) -> float | None:
     """The CPU packages' long-term power limit in watts (RAPL constraint 0 of each package zone,
     summed), or None where powercap is absent or unreadable."""
-    from tandem.runtime.hardware.energy import POWERCAP
+    from tandem.runtime.hardware.energy import POWERCAP, package_zone_paths
 
-    root = root or POWERCAP
     total = 0
-    for zone in sorted(root.glob("intel-rapl:*")) if root.is_dir() else []:
-        if zone.name.count(":") != 1:
-            continue
+    for zone in package_zone_paths(root or POWERCAP):
         try:
             total += int((zone / "constraint_0_power_limit_uw").read_text())
         except (OSError, ValueError):

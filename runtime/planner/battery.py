@@ -56,13 +56,13 @@ def prefer_on_battery(info: ModelInfo, hw: HardwareProfile, fastest: Plan,
     """`fastest` on mains; on battery the plan (fastest, or plan_at(threads) for fewer threads)
     with the least predicted energy per token among those within BATTERY_SLACK of its speed,
     with a reason saying what was chosen and why."""
-    if not hw.power.on_battery:
+    if not hw.power.on_battery or fastest.decode_tps <= 0:
         return fastest
     from tandem.runtime.planner.search import plan_gpus
 
     cores = hw.cpu.physical_cores or fastest.n_threads
     options = [fastest] + [p for t in thread_options(cores) if t < fastest.n_threads
-                           for p in [plan_at(t)] if p is not None]
+                           for p in [plan_at(t)] if p is not None and p.decode_tps > 0]
     gpus = [g for p in options if plan_gpus(hw, p) for g in plan_gpus(hw, p).gpus]
     absolute = hw.power.cpu_power_limit_w is not None and all(g.power_limit_w for g in gpus)
     if not absolute:

@@ -46,22 +46,39 @@ def worker_device(link) -> dict | None:
     return served[0] if served else None
 
 
-def worker_layer_seconds(info: ModelInfo, link, layer_bytes: int, kv_read: int,
-                         hw: HardwareProfile | None = None) -> float:
-    """Seconds a worker's device spends on one layer of one token. A CPU worker on this machine
-    (hw: this machine's profile) runs as this machine's own layers would at the worker's thread
-    count (llama.cpp's rates timed here); another machine's CPU at the bandwidth it measured."""
+def worker_seconds(info: ModelInfo, link, layers: list[int], output: bool, *, type_k: str, fill: int,
+                   hw: HardwareProfile | None = None) -> float:
+    """Seconds a worker's device spends on these repeating layers (and the output layer) for one
+    token with `fill` positions cached. A GPU by its bandwidth; a CPU worker on this machine (hw:
+    this machine's profile) as this machine's own CPU would run them at the worker's thread count
+    (llama.cpp's rates timed here); another machine's CPU at the bandwidth it measured."""
+    from tandem.runtime.planner.memory import output_weight_bytes
+
+    weights = sum(info.layer_bytes[i] for i in layers) + (output_weight_bytes(info) if output else 0)
+    kv_read = kv_bytes(info, layers, fill, "f16", "f16")
+    units = len(layers) + (1 if output else 0)
     dev = worker_device(link) or {}
     if dev.get("type") in ("gpu", "igpu", "accel"):
         gbps = gpu_bandwidth_gbps(GpuInfo(index=0, name=dev.get("description") or dev.get("name") or "",
                                           vendor="", memory_total_bytes=dev.get("total_bytes"))) or 200.0
-        return (layer_bytes + kv_read) / (gbps * 1e9 * GPU_EFFICIENCY) + GPU_LAYER_S
+        return (weights + kv_read) / (gbps * 1e9 * GPU_EFFICIENCY) + units * GPU_LAYER_S
     cores = link.info.get("physical_cores") or 1
     threads = link.info.get("threads") or cores
     if hw is not None and same_host(link):
-        return _local_layer_seconds(info, hw, int(threads), layer_bytes, kv_read)
+        return _cpu_seconds(info, hw, int(threads), layers, output, type_k, fill)
     bw = (link.info.get("read_gbps") or 20.0) * 1e9 * min(1.0, threads / cores) ** THREAD_EXPONENT
-    return (layer_bytes + kv_read) / (bw * cpu_efficiency(info)) + CPU_LAYER_S
+    return (weights + kv_read) / (bw * cpu_efficiency(info)) + len(layers) * CPU_LAYER_S
+
+
+def _cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, output: bool, type_k: str,
+                 fill: int) -> float:
+    """This machine's CPU time for these units, as the planner's speed model counts it."""
+    from tandem.runtime.planner.search import KV_READ_COST
+    from tandem.runtime.planner.speed import cpu_seconds
+
+    layers = list(layers)
+    kv_read = round(kv_bytes(info, layers, fill, "f16", "f16") * KV_READ_COST.get(type_k, 1.0))
+    return cpu_seconds(info, hw, threads, layers, output, type_k, fill, kv_read)
 
 
 def same_host(link) -> bool:
@@ -93,17 +110,11 @@ def _layers(k: int) -> str:
     return f"{k} layer" if k == 1 else f"{k} layers"
 
 
-def _units(n_repeating: int, output: bool) -> str:
-    """Offloaded units in words: "9 layers", "8 layers and the output", "the output"."""
+def _units(n_repeating: int, output: bool, n: int) -> str:
+    """Offloaded units in words: "9 of 30 layers", "8 of 30 layers and the output", "the output layer"."""
     if not n_repeating:
         return "the output layer" if output else "no layer"
-    return _layers(n_repeating) + (" and the output" if output else "")
-
-
-def _local_layer_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layer_bytes: int, kv_read: int) -> float:
-    from tandem.runtime.planner.speed import cpu_rate
-
-    return (layer_bytes + kv_read) / cpu_rate(info, hw, threads) + CPU_LAYER_S
+    return f"{n_repeating} of {n} layers" + (" and the output" if output else "")
 
 
 def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, fill: int,
@@ -125,7 +136,8 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     if not links:
         return None, []
     n = info.n_layer
-    g = min(base.n_gpu_layers, n + 1)  # units on this machine's GPU, which keeps them
+    # units on this machine's GPU, which keeps them (-1: llama.cpp's "all"; none without a GPU placement)
+    g = 0 if base.gpu_index is None else n + 1 if base.n_gpu_layers < 0 else min(base.n_gpu_layers, n + 1)
     if base.tensor_split and sum(1 for share in base.tensor_split if share > 0) > 1:
         return None, ["This machine splits the model over several GPUs: pooling is planned with one GPU here at most."]
     if g > n:
@@ -142,9 +154,6 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     def unit_kv(u: int) -> int:  # the cache a unit keeps (the output has none)
         return kv_bytes(info, [u], base.n_ctx, base.type_k, base.type_v, base.n_ubatch, base.swa_full) if u < n else 0
 
-    def unit_read(u: int) -> int:  # the cache a token reads at this fill
-        return kv_bytes(info, [u], fill, "f16", "f16") if u < n else 0
-
     base_tps, _ = predict_split(info, hw, base, fill)
     base_s = 1.0 / base_tps
     cpu_capacity = hw.memory.available_bytes
@@ -159,8 +168,7 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     total_usable = sum(usable) or 1
     best = None
     for k in options:
-        first = cpu_units - k
-        moved = range(first, cpu_units)
+        first = cpu_units - k  # the first unit moved
         # contiguous slices, one per worker, in order, sized by usable memory
         slices, start = [], first
         for w, u in enumerate(usable):
@@ -174,15 +182,16 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
             if not mine:
                 continue
             has_output = mine[-1] == n
-            need = (sum(unit_bytes(i) + unit_kv(i) for i in mine)
-                    + (compute_full + 4 * (info.vocab_size or 0) if has_output else compute_layers))
+            need = sum(unit_bytes(i) + unit_kv(i) for i in mine) + (compute_full if has_output else compute_layers)
             if need > u:
                 need_ok = False
                 break
-            t_workers += sum(worker_layer_seconds(info, link, unit_bytes(i), unit_read(i), hw) for i in mine)
+            t_workers += worker_seconds(info, link, [i for i in mine if i < n], has_output, type_k=base.type_k,
+                                        fill=fill, hw=hw)
             net = network_seconds(info, link, contended(hw, base.n_threads, link), logits=has_output)
             t_workers += net
-            workers.append({"endpoint": link.endpoint, "layers": [mine[0], min(mine[-1], n - 1)],
+            repeating = [i for i in mine if i < n]
+            workers.append({"endpoint": link.endpoint, "layers": [repeating[0], repeating[-1]] if repeating else None,
                             "n_layers": len(mine), "output": has_output,
                             "need_bytes": need, "usable_bytes": u, "device": (worker_device(link) or {}).get("name"),
                             "rtt_ms": round(link.rtt_s * 1000, 3),
@@ -195,7 +204,10 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
                              swa_full=base.swa_full, cpu_capacity=cpu_capacity, cpu_margin=cpu_margin(hw))
         if cpu_capacity is not None and cpu_new.total + cpu_new.margin > cpu_capacity:
             continue
-        t_moved = sum(_local_layer_seconds(info, hw, base.n_threads, unit_bytes(i), unit_read(i)) for i in moved)
+        # what leaves this CPU: its time for its units now less its time for those it keeps,
+        # as the speed model counts them (attention at its timed cost)
+        t_moved = (_cpu_seconds(info, hw, base.n_threads, range(min(cpu_units, n)), g == 0, base.type_k, fill)
+                   - _cpu_seconds(info, hw, base.n_threads, range(first), False, base.type_k, fill))
         t_local = base_s - t_moved
         tps = 1.0 / (max(1e-6, t_local) + t_workers)
         if best is None or tps > best[0]:
@@ -207,15 +219,15 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
     output_moved = any(w["output"] for w in workers)
     net_ms = sum(w["network_ms"] for w in workers)
     where = ", ".join(f"{w['n_layers']} on {w['endpoint']}" for w in workers)
-    what = _units(k - int(output_moved), output_moved)
-    gpu_note = f"; this machine's GPU keeps {_units(g - 1, True)}" if g else ""
+    what = _units(k - int(output_moved), output_moved, n)
+    gpu_note = f"; this machine's GPU keeps {_units(g - 1, True, n)}" if g else ""
     if mode != "always" and local_fits and tps < base_tps * POOL_GAIN:
         return None, [f"Pooling is not used: {what} on the workers ({where}) would decode at {tps:.1f} tok/s "
                       f"against {base_tps:.1f} here alone (the network costs {net_ms:.2f} ms a token)."]
     why = ("it does not fit this machine alone" if not local_fits else
            "you asked for pooling (TANDEM_POOL=always)" if mode == "always" and tps < base_tps * POOL_GAIN else
            f"it is faster than this machine alone ({base_tps:.1f} tok/s)")
-    reasons.append(f"Pooled over llama.cpp RPC: {what} of {n} on other machines ({where}){gpu_note}, because "
+    reasons.append(f"Pooled over llama.cpp RPC: {what} on other machines ({where}){gpu_note}, because "
                    f"{why}; predicted {tps:.1f} tok/s, of which the network costs {net_ms:.2f} ms a token.")
     gpu_mem = tuple(m for m in base.memory if m.device != "CPU")  # this machine's GPU: as planned
     remote_mem = tuple(DeviceMemory(f"worker {w['endpoint']}", w["need_bytes"], 0, 0, 0, 0, w["usable_bytes"])

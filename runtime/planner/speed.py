@@ -293,6 +293,22 @@ def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu
     return ns * 1e-9 * fill * cpu_layers
 
 
+def cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, output: bool, type_k: str,
+                fill: int, kv_read: int) -> float:
+    """A token's seconds on this CPU for these repeating layers (and the output layer): their
+    weights at llama.cpp's rate, each layer's fixed cost, and attention over `fill` cached
+    positions at its timed cost (not timed: kv_read bytes at the weights' rate)."""
+    from tandem.runtime.planner.memory import output_weight_bytes
+
+    layers = list(layers)
+    rate = cpu_rate(info, hw, threads)
+    weights = sum(info.layer_bytes[i] for i in layers) + (output_weight_bytes(info) if output else 0)
+    attention = kv_seconds(info, hw, type_k, fill, len(layers), threads)
+    if attention is None:  # not timed: the KV bytes read, at the weights' rate
+        attention = kv_read / rate
+    return weights / rate + len(layers) * CPU_LAYER_S + attention
+
+
 def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, threads: int,
              kv_read_gpu: int, kv_read_cpu: int, calibration: float | tuple = 1.0,
              type_k: str = "f16", fill: int = 0) -> SpeedEstimate:
@@ -311,11 +327,7 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     on_cpu = [i for i, d in enumerate(layer_dev) if d is None]
     bytes_cpu = sum(info.layer_bytes[i] for i in on_cpu) + (out_w if output_dev is None else 0)
     n_cpu_layers = len(on_cpu)
-    rate = cpu_rate(info, hw, threads)
-    attention = kv_seconds(info, hw, type_k, fill, n_cpu_layers, threads)
-    if attention is None:  # not timed: the KV bytes read, at the weights' rate
-        attention = kv_read_cpu / rate
-    seconds_cpu = bytes_cpu / rate + n_cpu_layers * CPU_LAYER_S + attention
+    seconds_cpu = cpu_seconds(info, hw, threads, on_cpu, output_dev is None, type_k, fill, kv_read_cpu)
 
     seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
     n_gpu_layers_total = info.n_layer - n_cpu_layers

@@ -120,9 +120,10 @@ def serve(endpoint: str, n_threads: int, cache_dir: str | None = None, device_na
 def local_gpu_device(lib, index: int):
     """This machine's `index`-th GPU among ggml's devices (the order CUDA, ROCm and Vulkan number
     them), before any worker is added."""
-    gpus = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
-    gpus = [d for d in gpus if lib.ggml_backend_dev_type(d) in (1, 2)
-            and not lib.ggml_backend_dev_name(d).decode(errors="replace").startswith("RPC")]
+    devs = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
+    devs = [d for d in devs if not lib.ggml_backend_dev_name(d).decode(errors="replace").startswith("RPC")]
+    # discrete GPUs, as llama.cpp lists them by default (integrated ones only where there is none)
+    gpus = [d for d in devs if lib.ggml_backend_dev_type(d) == 1] or [d for d in devs if lib.ggml_backend_dev_type(d) == 2]
     if not 0 <= index < len(gpus):
         raise RpcUnavailable(f"The plan keeps layers on GPU {index} of this machine, but this engine build sees "
                              f"{len(gpus)} GPU(s): plan the model again (Models, then Load).")

@@ -26,6 +26,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("powercap")
     package = root / "intel-rapl:0"
     package.mkdir()
+    (package / "name").write_text("package-0\n")
     counter = package / "energy_uj"
     counter.write_text("0\n")
     (package / "max_energy_range_uj").write_text("262143328850\n")

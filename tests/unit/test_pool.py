@@ -74,7 +74,7 @@ def test_always_pools_when_asked_and_layers_can_be_set(shapes):
     # as llama.cpp offloads 10: the last 9 layers and the output, whose logits come back
     [worker] = plan.pool["workers"]
     assert worker["layers"] == [info.n_layer - 9, info.n_layer - 1] and worker["output"]
-    assert "9 layers and the output of 30 on other machines" in reasons[0]
+    assert "9 of 30 layers and the output on other machines" in reasons[0]
     assert worker["network_ms"] > network_seconds(info, link(endpoint="127.0.0.1:5000")) * 1000
 
 
@@ -145,7 +145,7 @@ def test_a_machine_whose_gpu_takes_layers_pools_its_cpu_layers_and_keeps_the_gpu
     cpu_after = next(m for m in plan.memory if m.device == "CPU")
     moved = sum(info.layer_bytes[i] for i in range(n + 1 - g - 9, n + 1 - g))
     assert cpu_before.weights - cpu_after.weights == moved
-    assert f"this machine's GPU keeps {g - 1} layers and the output" in reasons[0]
+    assert f"this machine's GPU keeps {g - 1} of {n} layers and the output" in reasons[0]
     assert not any("the rest on the CPU." in r for r in plan.reasons)
 
 
@@ -158,6 +158,19 @@ def test_a_model_wholly_on_this_gpu_or_over_several_is_not_pooled(shapes):
     split = replace(base, n_gpu_layers=4, tensor_split=(1.0, 1.0))  # two GPUs with a share each
     plan, reasons = plan_pool(info, hw, split, [link()], fill=1024, local_fits=True, mode="always")
     assert plan is None and "several GPUs" in reasons[0]
+
+
+def test_layers_set_by_hand_without_a_gpu_here_are_all_the_workers(shapes):
+    """TANDEM_N_GPU_LAYERS on a CPU plan (no GPU placement here) or -1 (llama.cpp's "all"): nothing
+    stays on a GPU that is not there; the workers take the CPU's units, the output first."""
+    hw, info = machine("dev-vm-epyc-2core"), shapes["smollm2"]
+    base = plan_model(info, hw, 4096)
+    for forced in (5, -1):
+        plan, reasons = plan_pool(info, hw, replace(base, n_gpu_layers=forced), [link(endpoint="127.0.0.1:5000")],
+                                  fill=1024, local_fits=True, mode="always", layers=1)
+        [worker] = plan.pool["workers"]
+        assert plan.n_gpu_layers == 1 and plan.pool["local_gpu_layers"] == 0 and plan.load_kwargs()["rpc_local_gpu"] is None
+        assert worker["output"] and worker["layers"] is None and "the output layer on other machines" in reasons[0]
 
 
 def test_network_cost_grows_with_round_trip_and_falls_with_bandwidth(shapes):
