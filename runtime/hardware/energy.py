@@ -27,7 +27,7 @@ class Reading:
 
     rapl: tuple[tuple[str, int, int], ...] = ()
     nvml: tuple[tuple[int, int], ...] = ()
-    at: float = 0.0  # time.monotonic() of the reading
+    at: float | None = None  # the meter's clock (time.monotonic()) at the reading
 
 
 # More than this per package or GPU between two readings is no reading (a counter reset, or a wrap
@@ -80,7 +80,8 @@ def _read_int(path: Path) -> int | None:
 class EnergyMeter:
     """Reads the counters this machine lets this process read (found once)."""
 
-    def __init__(self, powercap: Path = POWERCAP, nvml: bool = True):
+    def __init__(self, powercap: Path = POWERCAP, nvml: bool = True, clock=time.monotonic):
+        self.clock = clock
         self.zones = package_zones(powercap)
         self.ranges = {str(z): _read_int(z / "max_energy_range_uj") or 0 for z in self.zones}
         self._nvml: list[tuple[int, object]] = []
@@ -117,14 +118,14 @@ class EnergyMeter:
                     nvml.append((index, int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))))
                 except Exception:  # noqa: BLE001 - a GPU that stops answering is left out
                     continue
-        return Reading(tuple(rapl), tuple(nvml), time.monotonic())
+        return Reading(tuple(rapl), tuple(nvml), self.clock())
 
 
 def between(a: Reading, b: Reading) -> Energy:
     """Joules from reading a to reading b, counting a RAPL counter's wrap-around once (read more
     often than a counter wraps: EnergyTrack). A side any of whose counters is missing from either
     reading, went back without a known range, or moved implausibly far is None (not partial)."""
-    limit = MAX_WATTS * max(b.at - a.at, 1e-3) if b.at and a.at else None
+    limit = MAX_WATTS * max(b.at - a.at, 1e-3) if a.at is not None and b.at is not None else None
 
     def plausible(joules: float) -> bool:
         return limit is None or joules <= limit
@@ -169,7 +170,7 @@ class EnergyTrack:
     def sample(self, force: bool = False) -> None:
         if self.last is None:
             return
-        if not force and time.monotonic() - self.last.at < self.every:
+        if not force and self.meter.clock() - self.last.at < self.every:
             return
         now = self.meter.read()
         used = between(self.last, now)

@@ -23,7 +23,7 @@ def test_only_readable_package_zones_count(tmp_path):
     zone(tmp_path, "intel-rapl:2", "unreadable")
     assert [z.name for z in package_zones(tmp_path)] == ["intel-rapl:0"]
     assert package_zones(tmp_path / "absent") == []
-    meter = EnergyMeter(tmp_path, nvml=False)
+    meter = EnergyMeter(tmp_path, nvml=False, clock=iter(range(0, 1000, 10)).__next__)  # 10 s between readings
     assert meter.available and meter.sources == ["CPU package 0 (RAPL)"]
     a = meter.read()
     (tmp_path / "intel-rapl:0" / "energy_uj").write_text("7500000\n")
@@ -52,7 +52,7 @@ def test_a_reply_is_read_often_enough_that_a_counter_wrapping_twice_is_counted(t
     """A 65 kJ counter at 250 W wraps every four minutes: the track reads it every `every`
     seconds and adds the pieces."""
     z = zone(tmp_path, "intel-rapl:0", 60_000_000_000, 65_532_610_987)
-    meter = EnergyMeter(tmp_path, nvml=False)
+    meter = EnergyMeter(tmp_path, nvml=False, clock=iter(range(0, 10_000, 100)).__next__)  # 250 W: 100 s a read
     track = EnergyTrack(meter, every=0.0)
     for uj in (20_000_000_000, 45_000_000_000, 5_000_000_000):  # two wraps in the reply
         (z / "energy_uj").write_text(f"{uj}\n")
