@@ -7,16 +7,8 @@ import threading
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
 from tandem.runtime.hardware.enginebench import cores_of, kv_kind, model_kinds, thread_suffix
-from tandem.runtime.hardware.probe import collect_power, power_info, with_engine_rates
+from tandem.runtime.hardware.probe import read_power, with_engine_rates
 from tandem.runtime.planner.battery import thread_options
-
-
-def on_battery() -> bool:
-    """This machine runs on its battery now (read at each call: a laptop is unplugged)."""
-    try:
-        return bool(power_info(collect_power()).on_battery)
-    except Exception:  # noqa: BLE001 - no battery reading: not on battery
-        return False
 
 
 class HardwareService:
@@ -46,11 +38,18 @@ class HardwareService:
         if not self.settings.engine_bench:
             return profile
         cores = cores_of(profile)
-        counts = set(range(1, cores)) if remeasure else (
-            {self.settings.n_threads} if self.settings.n_threads else set(thread_options(cores)) if on_battery() else set())
-        for threads in sorted(t for t in counts if t and t != cores):
+        counts = set(range(1, cores)) if remeasure else self._fewer_threads(cores)
+        for threads in sorted(t for t in counts if t != cores):
             profile = with_engine_rates(profile, self.settings.data_dir, [], remeasure=remeasure, threads=threads)
         return profile
+
+    def _fewer_threads(self, cores: int) -> set[int]:
+        """The thread counts timed besides every core: Settings' count, or on battery without
+        one, those the planner weighs then (the power source read now: a laptop is unplugged)."""
+        if self.settings.n_threads:
+            return {self.settings.n_threads}
+        power = read_power()
+        return set(thread_options(cores)) if power is not None and power.on_battery else set()
 
     def for_model(self, info) -> HardwareProfile:
         """The profile with llama.cpp's rates for the kinds of layers that decide this model's CPU
@@ -62,11 +61,7 @@ class HardwareService:
         if not self.settings.engine_bench or self.settings.hardware_profile is not None:
             return profile
         cores = cores_of(profile)
-        counts = {cores, self.settings.n_threads or cores}
-        if not self.settings.n_threads and on_battery():  # the planner weighs fewer threads then
-            counts.update(thread_options(cores))
-        counts = sorted(counts)
-        for threads in counts:
+        for threads in sorted({cores} | self._fewer_threads(cores)):
             profile = self._timed(info, profile, threads, thread_suffix(threads, cores))
         return profile
 

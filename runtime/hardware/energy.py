@@ -67,10 +67,11 @@ def package_zone_paths(root: Path = POWERCAP) -> list[Path]:
 
 def package_zones(root: Path = POWERCAP) -> list[Path]:
     """The package zones whose energy counter this process may read (often root only)."""
-    return [z for z in package_zone_paths(root) if _read_int(z / "energy_uj") is not None]
+    return [z for z in package_zone_paths(root) if read_int(z / "energy_uj") is not None]
 
 
-def _read_int(path: Path) -> int | None:
+def read_int(path: Path) -> int | None:
+    """An integer sysfs file, None when unreadable."""
     try:
         return int(path.read_text())
     except (OSError, ValueError):
@@ -83,7 +84,7 @@ class EnergyMeter:
     def __init__(self, powercap: Path = POWERCAP, nvml: bool = True, clock=time.monotonic):
         self.clock = clock
         self.zones = package_zones(powercap)
-        self.ranges = {str(z): _read_int(z / "max_energy_range_uj") or 0 for z in self.zones}
+        self.ranges = {str(z): read_int(z / "max_energy_range_uj") or 0 for z in self.zones}
         self._nvml: list[tuple[int, object]] = []
         self._lock = threading.Lock()
         if nvml:
@@ -99,14 +100,10 @@ class EnergyMeter:
     def available(self) -> bool:
         return bool(self.zones or self._nvml)
 
-    @property
-    def has_gpus(self) -> bool:
-        return bool(self._nvml)
-
     def read(self) -> Reading:
         rapl = []
         for z in self.zones:
-            uj = _read_int(z / "energy_uj")
+            uj = read_int(z / "energy_uj")
             if uj is not None:
                 rapl.append((str(z), uj, self.ranges.get(str(z), 0)))
         nvml = []
@@ -182,9 +179,8 @@ class EnergyTrack:
         """The ReplyStats fields (energy_cpu_j, energy_gpu_j), empty when nothing is counted here."""
         if self.last is None:
             return {}
-        self.sample(force=True)
-        return {"energy_cpu_j": self.cpu if self.meter.zones else None,
-                "energy_gpu_j": self.gpu if self.meter.has_gpus else None}
+        self.sample(force=True)  # a side without counters comes out None (between)
+        return {"energy_cpu_j": self.cpu, "energy_gpu_j": self.gpu}
 
 
 def _nvml_counters() -> list[tuple[int, object]]:

@@ -155,14 +155,9 @@ def collect_power() -> dict | None:
 def rapl_power_limit_w(root: Path | None = None) -> float | None:
     """The CPU packages' long-term power limit in watts (RAPL constraint 0 of each package zone,
     summed), or None where powercap is absent or unreadable."""
-    from tandem.runtime.hardware.energy import POWERCAP, package_zone_paths
+    from tandem.runtime.hardware.energy import POWERCAP, package_zone_paths, read_int
 
-    total = 0
-    for zone in package_zone_paths(root or POWERCAP):
-        try:
-            total += int((zone / "constraint_0_power_limit_uw").read_text())
-        except (OSError, ValueError):
-            continue
+    total = sum(read_int(zone / "constraint_0_power_limit_uw") or 0 for zone in package_zone_paths(root or POWERCAP))
     return round(total / 1e6, 1) if total else None
 
 
@@ -329,20 +324,25 @@ def power_info(p: dict) -> PowerInfo:
                      battery_percent=p.get("percent"), cpu_power_limit_w=p.get("cpu_power_limit_w"))
 
 
+def read_power() -> PowerInfo | None:
+    """The power source now (a laptop is unplugged between loads); None when unreadable."""
+    try:
+        return power_info(collect_power())
+    except Exception:  # noqa: BLE001 - no battery reading
+        return None
+
+
 def refresh_power(profile: HardwareProfile) -> HardwareProfile:
-    """The profile with the power source read again (a laptop is unplugged between loads)."""
+    """The profile with the power source read again; an unreadable one keeps the earlier reading."""
     from dataclasses import replace
 
-    try:
-        return replace(profile, power=power_info(collect_power()))
-    except Exception:  # noqa: BLE001 - an unreadable battery keeps the earlier reading
-        return profile
+    power = read_power()
+    return profile if power is None else replace(profile, power=power)
 
 
 def refresh_memory(profile: HardwareProfile) -> HardwareProfile:
-    """The profile with free RAM, each GPU's free memory and the power source read again (a few
-    milliseconds): other programs and loaded models change them between loads, and a laptop is
-    unplugged."""
+    """The profile with free RAM and each GPU's free memory read again (a few milliseconds):
+    other programs and loaded models change them between loads."""
     from dataclasses import replace
 
     raw = {"memory": None, "nvml": None, "drm": None}
@@ -363,4 +363,4 @@ def refresh_memory(profile: HardwareProfile) -> HardwareProfile:
             g = replace(g, memory_free_bytes=same.memory_free_bytes,
                         memory_used_by_others_bytes=same.memory_used_by_others_bytes)
         gpus.append(g)
-    return refresh_power(replace(profile, memory=memory, gpus=tuple(gpus)))
+    return replace(profile, memory=memory, gpus=tuple(gpus))

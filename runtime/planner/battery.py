@@ -40,14 +40,14 @@ def token_energy(info: ModelInfo, hw: HardwareProfile, plan: Plan, absolute: boo
     """Predicted joules per token (absolute), else busy core-seconds per token of the CPU."""
     from tandem.runtime.planner.search import plan_gpus, speed_fill, _speed
 
-    e = _speed(info, hw, plan_gpus(hw, plan), plan.n_gpu_layers, plan.type_k, plan.n_threads,
-               speed_fill(plan.n_ctx), 1.0)
+    gset = plan_gpus(hw, plan)
+    e = _speed(info, hw, gset, plan.n_gpu_layers, plan.type_k, plan.n_threads, speed_fill(plan.n_ctx), 1.0)
     seconds = 1.0 / plan.decode_tps
     cpu_s, gpu_s = seconds * e.cpu_share, seconds * (1.0 - e.cpu_share)
     if not absolute:
         return cpu_s * plan.n_threads
     cores = hw.cpu.physical_cores or plan.n_threads
-    gpu_w = sum(g.power_limit_w or 0.0 for g in (plan_gpus(hw, plan).gpus if plan_gpus(hw, plan) else ()))
+    gpu_w = sum(g.power_limit_w or 0.0 for g in (gset.gpus if gset else ()))
     return cpu_s * min(1.0, plan.n_threads / cores) * hw.power.cpu_power_limit_w + gpu_s * gpu_w
 
 
@@ -63,7 +63,7 @@ def prefer_on_battery(info: ModelInfo, hw: HardwareProfile, fastest: Plan,
     cores = hw.cpu.physical_cores or fastest.n_threads
     options = [fastest] + [p for t in thread_options(cores) if t < fastest.n_threads
                            for p in [plan_at(t)] if p is not None and p.decode_tps > 0]
-    gpus = [g for p in options if plan_gpus(hw, p) for g in plan_gpus(hw, p).gpus]
+    gpus = [g for p in options for gset in [plan_gpus(hw, p)] if gset for g in gset.gpus]
     absolute = hw.power.cpu_power_limit_w is not None and all(g.power_limit_w for g in gpus)
     if not absolute:
         options = [p for p in options if (p.n_gpu_layers, p.gpu_index) == (fastest.n_gpu_layers, fastest.gpu_index)]

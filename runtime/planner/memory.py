@@ -134,6 +134,12 @@ class DeviceMemory:
                 "capacity": self.capacity, "fits": self.fits}
 
 
+def layers_compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int) -> int:
+    """The compute buffer of a device that holds layers but not the output: activations for its
+    layers and their attention scores."""
+    return 4 * n_ubatch * 3 * info.n_embd + 2 * n_ubatch * pad_ctx(n_ctx)
+
+
 def cpu_memory(info: ModelInfo, *, n_offloaded: int, n_ctx: int, type_k: str, type_v: str, n_ubatch: int,
                flash_attn: bool, offload_kqv: bool, swa_full: bool, cpu_capacity: int | None,
                cpu_margin: int) -> DeviceMemory:
@@ -179,7 +185,7 @@ def memory_map(info: ModelInfo, *, n_gpu_layers: int, n_ctx: int, type_k: str, t
         weights = sum(info.layer_bytes[i] for i in mine) + (out_w if has_output else 0)
         kv = kv_bytes(info, mine, n_ctx, type_k, type_v, n_ubatch, swa_full) if offload_kqv else 0
         # every GPU holds activations for its layers; the one with the output also the logits
-        dev_compute = compute if has_output else 4 * n_ubatch * 3 * info.n_embd + 2 * n_ubatch * pad_ctx(n_ctx)
+        dev_compute = compute if has_output else layers_compute_bytes(info, n_ctx, n_ubatch)
         devices.append(DeviceMemory(
             f"GPU{g.index}", weights, kv, dev_compute,
             GPU_RUNTIME_OVERHEAD.get(g.vendor, DEFAULT_GPU_OVERHEAD), gpu_margin(g) if gpu_margin else 0,

@@ -17,7 +17,7 @@ from dataclasses import replace
 from tandem.runtime.hardware.profile import HardwareProfile
 from tandem.runtime.model_info import ModelInfo
 from tandem.runtime.planner.memory import (
-    DeviceMemory, MIB, compute_bytes, cpu_memory, kv_bytes, output_weight_bytes, pad_ctx,
+    DeviceMemory, MIB, compute_bytes, cpu_memory, kv_bytes, layers_compute_bytes, output_weight_bytes,
 )
 from tandem.runtime.planner.plan import Plan
 from tandem.runtime.planner.speed import (
@@ -52,8 +52,6 @@ def worker_seconds(info: ModelInfo, link, layers: list[int], output: bool, *, ty
     token with `fill` positions cached. A GPU by its bandwidth; a CPU worker on this machine (hw:
     this machine's profile) as this machine's own CPU would run them at the worker's thread count
     (llama.cpp's rates timed here); another machine's CPU at the bandwidth it measured."""
-    from tandem.runtime.planner.memory import output_weight_bytes
-
     weights = sum(info.layer_bytes[i] for i in layers) + (output_weight_bytes(info) if output else 0)
     kv_read = kv_bytes(info, layers, fill, "f16", "f16")
     units = len(layers) + (1 if output else 0)
@@ -146,7 +144,7 @@ def plan_pool(info: ModelInfo, hw: HardwareProfile, base: Plan, links: list, *, 
 
     out_w = output_weight_bytes(info)
     compute_full = compute_bytes(info, base.n_ctx, base.n_ubatch, base.flash_attn)
-    compute_layers = 4 * base.n_ubatch * 3 * info.n_embd + 2 * base.n_ubatch * pad_ctx(base.n_ctx)
+    compute_layers = layers_compute_bytes(info, base.n_ctx, base.n_ubatch)
 
     def unit_bytes(u: int) -> int:
         return info.layer_bytes[u] if u < n else out_w
