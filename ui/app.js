@@ -94,6 +94,14 @@ async function loadHealth() {
   setOffline(false);
   state.model = health.model;
   const m = health.model;
+  // the plan a model runs with can differ from the preview the picker shows (pooled over workers,
+  // fewer GPU layers after a failed load): when the loaded plan changes, the previews are read again
+  const loadedShape = m && m.n_ctx != null ? [m.id, m.n_ctx, m.n_gpu_layers, m.n_threads].join() : "";
+  if (state.loadedShape !== undefined && loadedShape !== state.loadedShape && loadedShape) {
+    models.forgetPlans();
+    loadModels();
+  }
+  state.loadedShape = loadedShape;
   $("model-dot").classList.toggle("ok", !!m && health.status === "ok");
   $("model-dot").classList.toggle("failed", health.status !== "ok");
   const failure = health.engine?.failures?.[m?.id];
