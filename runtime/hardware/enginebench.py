@@ -45,6 +45,10 @@ CACHE_FILE = "engine-bench.json"
 STANDARD_SHAPE = (2048, 8192, 32, 8)
 MAX_SLICE_BYTES = 1 << 30
 MIN_LAYERS = 2
+# A slice with fewer weight bytes stays in the CPU's caches: its decode times the caches, not the
+# weights streaming from memory, and so little work is mostly noise (a toy model's slice of a few
+# KiB timed 0.1 ms a token one run and a rate of 716 GB/s the next). Every real model is larger.
+MIN_SLICE_BYTES = 16 << 20
 WARMUP_TOKENS = 4
 ROUNDS, ROUND_TOKENS = 4, 6
 # A type worth timing holds at least this share of a model's weight bytes.
@@ -181,6 +185,13 @@ def measure(kind: Kind, threads: int, workdir: Path | None = None, kv: bool = Fa
     thread that computed, and a second live team makes every later model's decode wait passively
     (SmolLM2 at 2 threads: 34 tokens/s after a benchmark left its team in the caller's thread,
     120 otherwise)."""
+    from tandem.runtime.synth import layer_bytes, output_bytes
+
+    spec = kind.spec()
+    size = layer_bytes(spec) + output_bytes(spec)
+    if size < MIN_SLICE_BYTES:
+        raise ValueError(f"a slice of {size / 1024:.0f} KiB of weights stays in the CPU's caches: "
+                         "too small to time the weights streaming from memory")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-engine-bench") as pool:
         return pool.submit(_measure, kind, threads, workdir, kv).result()
 

@@ -39,6 +39,17 @@ def test_a_timed_rate_put_back_into_the_speed_model_predicts_the_decode_it_timed
     assert predicted.decode_tps == pytest.approx(1 / reading.seconds_per_token, rel=0.01)
 
 
+def test_a_slice_small_enough_to_stay_in_the_caches_is_not_timed(tmp_path):
+    """A toy model's slice decodes from the CPU's caches in a fraction of a millisecond: its time
+    says nothing about weights streaming from memory, so it is refused before anything is written."""
+    tiny = enginebench.Kind("Q4_0", 64, 128, 4, 2, layers=2)
+    with pytest.raises(ValueError, match="too small to time"):
+        enginebench.measure(tiny, 1, workdir=tmp_path)
+    assert not list(tmp_path.iterdir())
+    profile = with_engine_rates(probe(tmp_path), tmp_path, [tiny])
+    assert profile.memory.engine_rates == () and any("stays in the CPU's caches" in p for p in profile.problems)
+
+
 def test_a_slice_takes_the_models_own_shape_where_its_type_allows(shapes):
     smol = shapes["smollm2"]
     own = enginebench.kind_for("Q4_1", smol)

@@ -23,10 +23,10 @@ def test_gpu_validation_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert summary["plan_ngl"] == 0 and summary["speedup_vs_cpu"] == 1.0
     assert "plan/best" in r.stdout
     # the CPU side is predicted on llama.cpp timed on the host, as in the app; the tiny model's
-    # layers are too small to time (a token in a tenth of a millisecond), and the profile says so
+    # layers stay in the CPU's caches and are not timed, and the profile says so
     hardware = report["hardware"]
     assert hardware["memory"]["engine_rates"] == [] and hardware["memory"]["kv_costs"] == []
-    assert any("too fast to be streaming the weights" in p for p in hardware["problems"]), hardware["problems"]
+    assert any("too small to time" in p for p in hardware["problems"]), hardware["problems"]
     # the Dovetail step: zero-weight draft and model agree on every token, so every draft is accepted
     dovetail = report["dovetail"]
     assert dovetail["draft_alone"]["decode_tps"] > 0
