@@ -13,7 +13,7 @@ shape = os.environ.get("SHAPE", "7b")
 tokens = int(os.environ.get("TOKENS", "48"))
 path = f"/tmp/cmp-{shape}.gguf"
 if not os.path.exists(path):
-    write_model(path, preset(shape), fill="zeros")
+    write_model(path, preset(shape), fill="random")
 info = llama_cpp.llama_print_system_info()
 print("build:", info.decode() if isinstance(info, bytes) else info, flush=True)
 for threads in [int(t) for t in os.environ.get("THREADS", "16,8,4").split(",")]:

@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     for shape in shapes:
         path = work / f"{shape}.gguf"
         if not path.exists():
-            write_model(path, preset(shape), fill="zeros" if shape != "tiny" else "random")
+            write_model(path, preset(shape), fill="random")  # scales that vary as a real model's: see synth
         models[shape] = (path, inspect_model(path))
         info = models[shape][1]
         # the CPU side as the app predicts it: llama.cpp timed on this host (enginebench)

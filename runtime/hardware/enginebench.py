@@ -13,9 +13,13 @@ per token gives the rate the speed model's formula needs to reproduce it:
 
     seconds per token = (layer bytes + output bytes) / rate + layers x CPU_LAYER_S + BASE_S
 
-The slice's file is sparse (its weights read as zeros: written instantly) and loaded without
-mmap, so every layer is its own memory: llama.cpp's kernels take as long on zero blocks as on
-random ones (Q4_0, Q4_1, Q4_K and Q8_0 slices measured both ways agree within 3%).
+The slice's weights are random blocks whose f16 scales vary from block to block as a real
+model's do (synth.SCALE_SPREAD_OCTAVES): ggml's x86 dot products look each scale up in a 256 KiB
+table, and a slice of zeros, or of one repeated scale, always hits the same entry - a third faster
+than a real model whose scales miss the cache (SmolLM2's own file: 11.1 ms a token at one thread
+of an AMD EPYC; the same file with every scale set to one value 8.1 ms, a zero slice of its shape
+7.5 ms, a slice with varying scales 10.9 ms). The file is loaded without mmap, so every layer is
+its own memory.
 
 In the slice of a model's main type the decode is also timed with a filled cache of each KV type
 (see "the cost of attending over a filled cache" below).
@@ -206,7 +210,7 @@ def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -
     started = time.perf_counter()
     spec = kind.spec()
     with tempfile.TemporaryDirectory(prefix="tandem-engine-bench-", dir=workdir) as tmp:
-        path = write_model(Path(tmp) / "slice.gguf", spec, fill="zeros")
+        path = write_model(Path(tmp) / "slice.gguf", spec, fill="random")
         guard_engine_build()
         llm = llama_cpp.Llama(str(path), n_ctx=64, n_batch=16, n_ubatch=16, n_threads=threads,
                               n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, use_mmap=False,
@@ -334,7 +338,7 @@ def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dic
                          name="tandem-kv-fill")
     except ValueError:
         return {}
-    cheap = write_model(tmp / "fill.gguf", spec, fill="zeros")
+    cheap = write_model(tmp / "fill.gguf", spec, fill="random")  # a cache of real values
     # rounds: as many as fit KV_SECONDS a type, at least KV_ROUNDS (a small model's tokens are
     # quick, and a shared machine's noise is larger against them)
     per_round = 2 * (1 + KV_ROUND_TOKENS) * per_token * 1.5

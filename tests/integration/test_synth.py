@@ -5,7 +5,7 @@ import pytest
 from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams
 from tandem.runtime.errors import ChatTemplateError, InvalidModelFile
 from tandem.runtime.model_info import inspect_model
-from tandem.runtime.synth import HOSTILE_TEMPLATE, SynthSpec, layer_bytes, output_bytes, preset, write_model
+from tandem.runtime.synth import HOSTILE_TEMPLATE, QUANT_TYPES, SynthSpec, layer_bytes, output_bytes, preset, write_model
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -40,6 +40,41 @@ def test_every_other_weight_type_writes_blocks_llama_cpp_runs(tmp_path, quant):
     assert info.tensor_types[quant] == layer_bytes(spec) - 2 * 2 * norm + 2 * (output_bytes(spec) - norm)
     r = run(path)
     assert r.stats.completion_tokens == 6
+
+
+def _block_scales(path, quant="Q4_1"):
+    """Every block's f16 scale (d) of the file's tensors of this type, per tensor."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.constants import GGML_QUANT_SIZES
+
+    qtype = QUANT_TYPES[quant][0]
+    size = GGML_QUANT_SIZES[qtype][1]
+    return {t.name: np.asarray(t.data).reshape(-1, size)[:, :2].copy().view(np.float16).ravel().astype(np.float32)
+            for t in GGUFReader(path).tensors if t.tensor_type == qtype}
+
+
+def test_block_scales_vary_from_block_to_block_as_a_real_models_do(tmp_path):
+    """ggml's x86 dot products look each block's f16 scale up in a 256 KiB table: a file of one
+    repeated scale decodes a third faster than a real model (docs/planner.md), so a synthetic file
+    stands for a real one only if its scales spread as the real model's do."""
+    import numpy as np
+
+    from tandem.runtime import embedded
+
+    real = _block_scales(embedded.default_model_path())
+    spec = SynthSpec(n_layer=4, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536, quant="Q4_1", tied_output=True)
+    synth = _block_scales(write_model(tmp_path / "smol-shape.gguf", spec))
+
+    def spread(d):  # octaves between the 5th and 95th percentile of a tensor's scales
+        lo, hi = np.percentile(np.log2(np.abs(d[d != 0])), [5, 95])
+        return hi - lo
+
+    real_spread = np.median([spread(d) for d in real.values()])
+    for name, d in synth.items():
+        assert 0.6 * real_spread <= spread(d) <= 1.6 * real_spread, (name, spread(d), real_spread)
+        assert len(np.unique(d)) >= min(len(d), 500), name
+    assert np.all(np.isfinite(np.concatenate(list(synth.values()))))
 
 
 def test_shape_options(tmp_path):
