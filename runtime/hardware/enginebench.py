@@ -313,8 +313,9 @@ def parse_key(key: str) -> Kind | None:
 # said 0.5 and 1.4. So it is timed in the slice the weights were timed in - the model's own
 # layers, up to 1 GiB - with the cache filled: a cheap model with the same cache shape (as many
 # layers, the key/value heads only, a token-sized feed-forward) evaluates KV_FILL tokens, its
-# cache is saved and loaded into a context of the slice (the cache's contents do not change the
-# time), and decode is timed in rounds that alternate between that cache and an empty one. Once
+# cache is saved and loaded into a context of the slice (its random weights give the cache real
+# values: a quantized cache's block scales, like the weights', cost more when they vary), and
+# decode is timed in rounds that alternate between that cache and an empty one. Once
 # per machine, build and kind, with the weights.
 KV_TYPES = ("f16", "q8_0", "q4_0")
 KV_FILL = 768
