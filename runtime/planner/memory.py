@@ -36,6 +36,20 @@ def kv_bytes_per_cell(info: ModelInfo, layer: int, type_k: str, type_v: str) -> 
     return heads * (info.head_dim_k * KV_TYPE_BYTES[type_k] + info.head_dim_v * KV_TYPE_BYTES[type_v])
 
 
+def attended(info: ModelInfo, layer: int, fill: int) -> int:
+    """Cached positions a decoded token attends to in one layer: all `fill` of them, or the window
+    in a sliding-window layer. The cache may hold more (swa_full), but llama.cpp's flash attention
+    skips a masked position before reading it."""
+    if info.swa_layers[layer] and info.sliding_window:
+        return min(fill, info.sliding_window)
+    return fill
+
+
+def kv_read_bytes(info: ModelInfo, layers, fill: int) -> int:
+    """Bytes of an f16 cache a decoded token reads in these layers with `fill` positions cached."""
+    return round(sum(attended(info, i, fill) * kv_bytes_per_cell(info, i, "f16", "f16") for i in layers))
+
+
 def kv_bytes(info: ModelInfo, layers, n_ctx: int, type_k: str, type_v: str, n_ubatch: int = 512,
              swa_full: bool = True) -> int:
     """Bytes of the KV cache for the given layers at this context."""

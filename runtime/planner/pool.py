@@ -17,7 +17,7 @@ from dataclasses import replace
 from tandem.runtime.hardware.profile import HardwareProfile
 from tandem.runtime.model_info import ModelInfo
 from tandem.runtime.planner.memory import (
-    DeviceMemory, MIB, compute_bytes, cpu_memory, kv_bytes, layers_compute_bytes, output_weight_bytes,
+    DeviceMemory, MIB, compute_bytes, cpu_memory, kv_bytes, kv_read_bytes, layers_compute_bytes, output_weight_bytes,
 )
 from tandem.runtime.planner.plan import Plan
 from tandem.runtime.planner.speed import (
@@ -53,7 +53,7 @@ def worker_seconds(info: ModelInfo, link, layers: list[int], output: bool, *, ty
     this machine's profile) as this machine's own CPU would run them at the worker's thread count
     (llama.cpp's rates timed here); another machine's CPU at the bandwidth it measured."""
     weights = sum(info.layer_bytes[i] for i in layers) + (output_weight_bytes(info) if output else 0)
-    kv_read = kv_bytes(info, layers, fill, "f16", "f16")
+    kv_read = kv_read_bytes(info, layers, fill)
     units = len(layers) + (1 if output else 0)
     dev = worker_device(link) or {}
     if dev.get("type") in ("gpu", "igpu", "accel"):
@@ -75,7 +75,7 @@ def _cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, out
     from tandem.runtime.planner.speed import cpu_seconds
 
     layers = list(layers)
-    kv_read = round(kv_bytes(info, layers, fill, "f16", "f16") * KV_READ_COST.get(type_k, 1.0))
+    kv_read = round(kv_read_bytes(info, layers, fill) * KV_READ_COST.get(type_k, 1.0))
     return cpu_seconds(info, hw, threads, layers, output, type_k, fill, kv_read)
 
 

@@ -10,7 +10,7 @@ from tandem.runtime.hardware.profile import GpuInfo, HardwareProfile
 from tandem.runtime.model_info import ModelInfo
 from tandem.runtime.planner.context import context_plan
 from tandem.runtime.planner.memory import (
-    DEFAULT_GPU_OVERHEAD, GGML_TYPE_ID, GPU_RUNTIME_OVERHEAD, MIB, GpuSet, assign_layers, kv_bytes, memory_map,
+    DEFAULT_GPU_OVERHEAD, GGML_TYPE_ID, GPU_RUNTIME_OVERHEAD, MIB, GpuSet, assign_layers, kv_read_bytes, memory_map,
 )
 from tandem.runtime.planner.plan import Plan
 from tandem.runtime.planner.speed import Calibration, estimate, gpu_bandwidth_gbps
@@ -105,8 +105,8 @@ def _speed(info, hw, gpu, ngl, kv, threads, fill, cal):
     layer_dev, _ = assign_layers(info, ngl if gset else 0, gset.split if gset else (1.0,))
     on_gpu = [i for i, d in enumerate(layer_dev) if d is not None]
     cost = KV_READ_COST[kv]
-    kv_gpu = round(kv_bytes(info, on_gpu, fill, "f16", "f16") * cost)
-    kv_cpu = round(kv_bytes(info, [i for i in range(info.n_layer) if i not in set(on_gpu)], fill, "f16", "f16") * cost)
+    kv_gpu = round(kv_read_bytes(info, on_gpu, fill) * cost)
+    kv_cpu = round(kv_read_bytes(info, [i for i in range(info.n_layer) if i not in set(on_gpu)], fill) * cost)
     return estimate(info, hw, n_gpu_layers=ngl, gpu=gpu, threads=threads, kv_read_gpu=kv_gpu,
                     kv_read_cpu=kv_cpu, calibration=cal, type_k=kv, fill=fill)
 

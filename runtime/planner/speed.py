@@ -278,19 +278,21 @@ def kv_ns(info: ModelInfo, hw: HardwareProfile, type_k: str, threads: int) -> fl
     return statistics.median(per_dim) * query_dim / thread_factor(hw, threads)
 
 
-def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers: int,
+def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu_layers,
                threads: int) -> float | None:
-    """Seconds a token spends attending over `fill` cached positions in its CPU layers (the KV
-    bytes read included), at kv_ns's cost; None unless every cache type the model can have was
+    """Seconds a token spends attending over `fill` cached positions in its CPU layers (indices; a
+    sliding-window layer attends to its window only), the KV bytes read included, at kv_ns's
+    cost; None unless every cache type the model can have was
     timed (the KV bytes read then stand for it, so that the types the planner compares are priced
     alike)."""
     from tandem.runtime.hardware.enginebench import kv_types
+    from tandem.runtime.planner.memory import attended
 
     priced = {t: kv_ns(info, hw, t, threads) for t in kv_types(info.head_dim_k, info.head_dim_v)}
     ns = priced.get(type_k)
     if ns is None or any(v is None for v in priced.values()):
         return None
-    return ns * 1e-9 * fill * cpu_layers
+    return ns * 1e-9 * sum(attended(info, i, fill) for i in cpu_layers)
 
 
 def cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, output: bool, type_k: str,
@@ -303,7 +305,7 @@ def cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, outp
     layers = list(layers)
     rate = cpu_rate(info, hw, threads)
     weights = sum(info.layer_bytes[i] for i in layers) + (output_weight_bytes(info) if output else 0)
-    attention = kv_seconds(info, hw, type_k, fill, len(layers), threads)
+    attention = kv_seconds(info, hw, type_k, fill, layers, threads)
     if attention is None:  # not timed: the KV bytes read, at the weights' rate
         attention = kv_read / rate
     return weights / rate + len(layers) * CPU_LAYER_S + attention

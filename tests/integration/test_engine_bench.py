@@ -146,15 +146,15 @@ def test_the_cost_of_a_filled_cache_is_timed_per_kv_type_in_the_models_own_layer
     cores = timed.cpu.physical_cores or 1
     prices = {"f16": 100.0, "q8_0": 30.0, "q4_0": 50.0}
     priced = replace(timed, memory=replace(timed.memory, kv_costs=tuple((f"{t}@{kind.key}", ns) for t, ns in prices.items())))
-    extra = kv_seconds(smol, priced, "f16", 1000, smol.n_layer, cores)
+    extra = kv_seconds(smol, priced, "f16", 1000, range(smol.n_layer), cores)
     assert extra == pytest.approx(100e-9 * 1000 * smol.n_layer)
-    assert kv_seconds(smol, priced, "q8_0", 1000, smol.n_layer, cores) == pytest.approx(30e-9 * 1000 * smol.n_layer)
+    assert kv_seconds(smol, priced, "q8_0", 1000, range(smol.n_layer), cores) == pytest.approx(30e-9 * 1000 * smol.n_layer)
     # a type the model can have left untimed: every type is priced by the KV bytes read, alike
     partly = replace(timed, memory=replace(timed.memory, kv_costs=((f"f16@{kind.key}", 100.0),)))
-    assert all(kv_seconds(smol, partly, t, 1000, smol.n_layer, cores) is None for t in prices)
+    assert all(kv_seconds(smol, partly, t, 1000, range(smol.n_layer), cores) is None for t in prices)
     big = shapes["1b"]
     per_dim = 100.0 / kind.n_embd * big.n_head * big.head_dim_k
-    assert kv_seconds(big, priced, "f16", 1000, 4, cores) == pytest.approx(per_dim * 1e-9 * 1000 * 4)
+    assert kv_seconds(big, priced, "f16", 1000, range(4), cores) == pytest.approx(per_dim * 1e-9 * 1000 * 4)
     fast = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=cores, kv_read_gpu=0, kv_read_cpu=0, type_k="f16", fill=0)
     slow = estimate(smol, priced, n_gpu_layers=0, gpu=None, threads=cores, kv_read_gpu=0, kv_read_cpu=0, type_k="f16",
                     fill=1000)

@@ -281,8 +281,33 @@ def test_a_timed_kv_cost_is_scaled_by_query_dimension_for_heads_the_slice_does_n
                                                             (f"q4_0@{kind}", 50.0))))
     wide = replace(smol, head_dim_k=128, head_dim_v=128)  # 9 heads of 128 against the slice's 9 of 64
     assert kv_kind(wide).key == kind
-    assert kv_seconds(wide, timed, "q8_0", 1000, 4, cores) == pytest.approx(2 * kv_seconds(smol, timed, "q8_0", 1000, 4, cores))
-    assert kv_seconds(smol, timed, "q8_0", 1000, 4, cores) == pytest.approx(30e-9 * 1000 * 4)
+    assert kv_seconds(wide, timed, "q8_0", 1000, range(4), cores) == pytest.approx(2 * kv_seconds(smol, timed, "q8_0", 1000, range(4), cores))
+    assert kv_seconds(smol, timed, "q8_0", 1000, range(4), cores) == pytest.approx(30e-9 * 1000 * 4)
+
+
+def test_a_sliding_window_layer_is_priced_for_the_positions_it_attends_to(shapes):
+    """Gemma 3 keeps every position in its sliding-window layers' cache (swa_full), but llama.cpp's
+    flash attention skips the masked ones without reading them: those layers pay for the window."""
+    from tandem.runtime.hardware.enginebench import kv_kind
+    from tandem.runtime.planner.memory import kv_read_bytes
+    from tandem.runtime.planner.speed import kv_seconds
+
+    gemma = shapes["gemma3-270m"]
+    window, swa = gemma.sliding_window, sum(gemma.swa_layers)
+    assert window and 0 < swa < gemma.n_layer
+    kind = kv_kind(gemma).key
+    hw = machine("dev-vm-epyc-2core")
+    cores = hw.cpu.physical_cores
+    timed = replace(hw, memory=replace(hw.memory, kv_costs=tuple((f"{t}@{kind}", 100.0) for t in ("f16", "q8_0", "q4_0"))))
+    layers = range(gemma.n_layer)
+    full = replace(gemma, swa_layers=(False,) * gemma.n_layer)
+    fill = 4 * window
+    positions = swa * window + (gemma.n_layer - swa) * fill
+    assert kv_seconds(gemma, timed, "f16", fill, layers, cores) == pytest.approx(
+        kv_seconds(full, timed, "f16", fill, layers, cores) * positions / (gemma.n_layer * fill))
+    assert kv_read_bytes(gemma, layers, fill) == pytest.approx(kv_read_bytes(full, layers, fill) * positions / (gemma.n_layer * fill), rel=1e-6)
+    # within the window every layer attends to every position
+    assert kv_seconds(gemma, timed, "f16", window // 2, layers, cores) == kv_seconds(full, timed, "f16", window // 2, layers, cores)
 
 
 def test_three_plain_replies_bring_the_loaded_plans_prediction_to_their_median():
