@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     saved = json.loads(args.rescore.read_text()) if args.rescore else None
     names = list(dict.fromkeys(r["model"] for r in saved["rows"])) if saved else args.models.split(",")
     paths = model_paths(names, workdir)
+    os.sync()  # the models just written go to the disk now, not while the engine is timed
     infos = {name: inspect_model(path) for name, path in paths.items()}
     t0 = time.perf_counter()
     kinds = [k for i in infos.values() for k in model_kinds(i)]

@@ -215,6 +215,9 @@ def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -
         llm = llama_cpp.Llama(str(path), n_ctx=64, n_batch=16, n_ubatch=16, n_threads=threads,
                               n_threads_batch=threads, n_gpu_layers=0, flash_attn=True, use_mmap=False,
                               verbose=False)
+        # read into llama.cpp's own memory: gone from the disk before the timing, so that the
+        # kernel drops its pages rather than writing them out while tokens are timed
+        path.unlink()
         try:
             decoder = NativeDecoder(llm)
             token = 1000
@@ -344,10 +347,16 @@ def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dic
     # quick, and a shared machine's noise is larger against them)
     per_round = 2 * (1 + KV_ROUND_TOKENS) * per_token * 1.5
     rounds = max(KV_ROUNDS, min(KV_MAX_ROUNDS, int(KV_SECONDS / max(per_round, 1e-6))))
-    out = {}
-    for type_k in kv_types(head_dim, head_dim):
+    states, out = {}, {}
+    for type_k in kv_types(head_dim, head_dim):  # every cache first, then the file goes (as the slice's)
         try:
-            empty, filled = _filled_decode(llm, type_k, threads, _filled_state(cheap, type_k, threads), rounds)
+            states[type_k] = _filled_state(cheap, type_k, threads)
+        except (RuntimeError, ValueError, RuntimeFailure) as err:
+            log.warning("the %s cache could not be filled for %s: %s", type_k, kind.key, err)
+    cheap.unlink()
+    for type_k, state in states.items():
+        try:
+            empty, filled = _filled_decode(llm, type_k, threads, state, rounds)
         except (RuntimeError, ValueError, RuntimeFailure) as err:
             log.warning("the %s cache could not be timed in %s: %s", type_k, kind.key, err)
             continue
