@@ -66,15 +66,23 @@ class SynthSpec:
     n_vocab: int | None = None  # None: the tokenizer's 49152; more pads with control tokens
     tied_output: bool = False
     name: str = "synthetic"
+    head_dim: int | None = None  # None: n_embd / n_head; another width as Gemma's or Qwen3's heads
 
     def __post_init__(self) -> None:
         if self.quant not in QUANT_TYPES:
             raise ValueError(f"quant must be one of {', '.join(QUANT_TYPES)}, got {self.quant!r}")
-        if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
+        if (self.head_dim is None and self.n_embd % self.n_head) or self.n_head % self.n_head_kv:
             raise ValueError("n_embd must divide by n_head, and n_head by n_head_kv")
+        if self.head_dim is not None and (self.head_dim <= 0 or self.head_dim % 2):
+            raise ValueError("head_dim must be a positive even number")
         block = GGML_QUANT_SIZES[QUANT_TYPES[self.quant][0]][0]
-        if self.n_embd % block or self.n_ff % block:
-            raise ValueError(f"n_embd and n_ff must be multiples of {block} for {self.quant}")
+        if self.n_embd % block or self.n_ff % block or (self.n_head * self.heads_width) % block:
+            raise ValueError(f"n_embd, n_ff and n_head x head_dim must be multiples of {block} for {self.quant}")
+
+    @property
+    def heads_width(self) -> int:
+        """Each attention head's width."""
+        return self.head_dim or self.n_embd // self.n_head
 
 
 # Shapes of well-known models (vocabulary aside: SmolLM2's tokenizer is used for all).
@@ -113,7 +121,7 @@ def _tokenizer_fields() -> tuple:
 
 def _tensor_layout(spec: SynthSpec, n_vocab: int):
     """(name, numpy-order shape (out, in), quantized?) for every tensor, in file order."""
-    head_dim = spec.n_embd // spec.n_head
+    head_dim = spec.heads_width
     q, kv = spec.n_head * head_dim, spec.n_head_kv * head_dim
     out = [("token_embd.weight", (n_vocab, spec.n_embd), True)]
     for i in range(spec.n_layer):
@@ -226,7 +234,10 @@ def write_model(
     w.add_feed_forward_length(spec.n_ff)
     w.add_head_count(spec.n_head)
     w.add_head_count_kv(spec.n_head_kv)
-    w.add_rope_dimension_count(spec.n_embd // spec.n_head)
+    w.add_rope_dimension_count(spec.heads_width)
+    if spec.head_dim is not None:
+        w.add_key_length(spec.head_dim)
+        w.add_value_length(spec.head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)

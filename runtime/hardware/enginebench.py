@@ -95,47 +95,56 @@ class Kind:
     n_head: int
     n_head_kv: int
     layers: int
+    head_dim: int | None = None  # heads of another width than n_embd / n_head (Gemma, Qwen3)
 
     @property
     def key(self) -> str:
-        return f"{self.quant}@{self.n_embd}x{self.n_ff}x{self.n_head}x{self.n_head_kv}x{self.layers}"
+        heads = f"h{self.head_dim}" if self.head_dim else ""
+        return f"{self.quant}@{self.n_embd}x{self.n_ff}x{self.n_head}x{self.n_head_kv}x{self.layers}{heads}"
+
+    @property
+    def query_dim(self) -> int:
+        """n_head x the heads' width: what a token's attention work scales with."""
+        return self.n_head * (self.head_dim or self.n_embd // self.n_head)
 
     def spec(self):
         from tandem.runtime.synth import SynthSpec
 
         return SynthSpec(n_layer=self.layers, n_embd=self.n_embd, n_head=self.n_head, n_head_kv=self.n_head_kv,
-                         n_ff=self.n_ff, n_ctx_train=256, quant=self.quant, name=f"tandem-engine-bench-{self.key}")
+                         n_ff=self.n_ff, n_ctx_train=256, quant=self.quant, name=f"tandem-engine-bench-{self.key}",
+                         head_dim=self.head_dim)
 
 
 def kind_for(quant: str, info=None) -> Kind:
     """The slice for a model's layers of one type (see _kind)."""
     if info is None:
         return _kind(quant, None)
+    own_width = info.head_dim_k == info.head_dim_v and info.head_dim_k * info.n_head != info.n_embd
     return _kind(quant, (info.n_embd, info.n_ff, info.n_head, max(info.n_head_kv or (info.n_head,)) or info.n_head,
-                         info.n_layer, info.n_expert))
+                         info.n_layer, info.n_expert, info.head_dim_k if own_width else None))
 
 
 @lru_cache(maxsize=256)
 def _kind(quant: str, shape: tuple | None) -> Kind:
     """The slice for a model's layers of one type (info: a ModelInfo, or None for the standard
-    1B shape): its shape where a slice of this type can take it (dense, dimensions a whole number
-    of the type's blocks), else the standard one; as many layers as the model has, up to
-    MAX_SLICE_BYTES."""
+    1B shape): its shape, heads' width included, where a slice of this type can take it (dense,
+    dimensions a whole number of the type's blocks), else the standard one; as many layers as the
+    model has, up to MAX_SLICE_BYTES."""
     from tandem.runtime.synth import SynthSpec, layer_bytes
 
-    dims, n_layers = STANDARD_SHAPE, None
+    dims, n_layers, width = STANDARD_SHAPE, None, None
     if shape is not None and not shape[5]:  # mixtures of experts: the standard shape
-        n_embd, n_ff, n_head, n_head_kv, n_layer, _ = shape
+        n_embd, n_ff, n_head, n_head_kv, n_layer, _, head_dim = shape
         candidate = (n_embd, n_ff or 4 * n_embd, n_head, n_head_kv)
         try:
             SynthSpec(n_layer=1, n_embd=candidate[0], n_ff=candidate[1], n_head=candidate[2],
-                      n_head_kv=candidate[3], quant=quant)
-            dims, n_layers = candidate, n_layer
+                      n_head_kv=candidate[3], quant=quant, head_dim=head_dim)
+            dims, n_layers, width = candidate, n_layer, head_dim
         except ValueError:
             pass
-    one = layer_bytes(Kind(quant, *dims, layers=1).spec())
+    one = layer_bytes(Kind(quant, *dims, layers=1, head_dim=width).spec())
     layers = max(MIN_LAYERS, min(n_layers or 10**6, MAX_SLICE_BYTES // max(1, one)))
-    return Kind(quant, *dims, layers=layers)
+    return Kind(quant, *dims, layers=layers, head_dim=width)
 
 
 @dataclass(frozen=True)
@@ -297,10 +306,12 @@ def parse_key(key: str) -> Kind | None:
     """The Kind a key was made from; None for a key this version did not write."""
     try:
         quant, dims = key.split("@")
+        dims, _, width = dims.partition("h")
         n_embd, n_ff, n_head, n_head_kv, layers = (int(v) for v in dims.split("x"))
+        head_dim = int(width) if width else None
     except ValueError:
         return None
-    return Kind(quant, n_embd, n_ff, n_head, n_head_kv, layers)
+    return Kind(quant, n_embd, n_ff, n_head, n_head_kv, layers, head_dim)
 
 
 # --- the cost of attending over a filled cache, per KV cache type
@@ -335,7 +346,7 @@ def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dic
     failed (said in the log: the KV bytes read stand in)."""
     from tandem.runtime.synth import SynthSpec, write_model
 
-    head_dim = kind.n_embd // kind.n_head
+    head_dim = kind.query_dim // kind.n_head
     try:
         spec = SynthSpec(n_layer=kind.layers, n_embd=kind.n_head_kv * head_dim, n_head=kind.n_head_kv,
                          n_head_kv=kind.n_head_kv, n_ff=KV_FF, n_ctx_train=KV_FILL + 256, quant="F16",

@@ -254,8 +254,8 @@ def kv_ns(info: ModelInfo, hw: HardwareProfile, type_k: str, threads: int) -> fl
     type, from llama.cpp's decode timed with it filled: in the model's main kind of layers (at this
     thread count, else at every core over the thread factor), else in other kinds (the median);
     scaled by query dimension (n_head x head_dim) where the timed layers' differ from the model's
-    (a slice in the standard shape, heads of another size than n_embd / n_head); None where this
-    type was not timed."""
+    (a slice in the standard shape; keys and values of different widths, which a slice does not
+    take); None where this type was not timed."""
     from tandem.runtime.hardware.enginebench import kv_kind, parse_key
 
     costs = dict(hw.memory.kv_costs)
@@ -264,15 +264,15 @@ def kv_ns(info: ModelInfo, hw: HardwareProfile, type_k: str, threads: int) -> fl
     suffix = _suffix(hw, threads)
     query_dim = info.n_head * info.head_dim_k
     if own and suffix and own + suffix in costs:
-        return costs[own + suffix] * query_dim / kind.n_embd
+        return costs[own + suffix] * query_dim / kind.query_dim
     if own in costs:
-        return costs[own] * query_dim / kind.n_embd / thread_factor(hw, threads)
+        return costs[own] * query_dim / kind.query_dim / thread_factor(hw, threads)
     per_dim = []
     for key, value in _all_cores(hw.memory.kv_costs):
         kv_type, _, kind_key = key.partition("@")
         other = parse_key(kind_key)
         if kv_type == type_k and other is not None:
-            per_dim.append(value / other.n_embd)  # a slice's query dimension is its width
+            per_dim.append(value / other.query_dim)
     if not per_dim:
         return None
     return statistics.median(per_dim) * query_dim / thread_factor(hw, threads)

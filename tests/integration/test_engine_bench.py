@@ -57,6 +57,10 @@ def test_a_slice_takes_the_models_own_shape_where_its_type_allows(shapes):
     # 576 is no whole number of Q4_K's 256-wide blocks: the standard 1B shape, up to 1 GiB of it
     std = enginebench.kind_for("Q4_K", smol)
     assert (std.n_embd, std.n_ff) == enginebench.STANDARD_SHAPE[:2] and std.layers > smol.n_layer
+    gemma = shapes["gemma3-270m"]  # heads 256 wide, not 640 / 4: the slice takes them
+    wide = enginebench.kind_for("Q8_0", gemma)
+    assert (wide.n_embd, wide.head_dim, wide.query_dim) == (640, 256, 1024) and wide.key.endswith("h256")
+    assert enginebench.parse_key(wide.key) == wide
     big = enginebench.kind_for("Q4_0", shapes["8b"])
     assert big.n_embd == 4096 and 2 <= big.layers < shapes["8b"].n_layer  # 1 GiB of its 32 layers
     assert enginebench.parse_key(big.key) == big and enginebench.parse_key("Q4_0@1x2") is None

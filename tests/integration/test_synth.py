@@ -85,6 +85,16 @@ def test_shape_options(tmp_path):
     assert run(tmp_path / "odd.gguf").stats.completion_tokens == 6
 
 
+def test_heads_of_their_own_width(tmp_path):
+    """Gemma's and Qwen3's heads are not n_embd / n_head wide: the file says so and llama.cpp runs it."""
+    spec = SynthSpec(n_layer=2, n_embd=640, n_head=4, n_head_kv=1, n_ff=2048, quant="Q8_0", head_dim=256)
+    info = inspect_model(write_model(tmp_path / "wide-heads.gguf", spec))
+    assert (info.n_embd, info.n_head, info.head_dim_k, info.head_dim_v) == (640, 4, 256, 256)
+    assert run(tmp_path / "wide-heads.gguf").stats.completion_tokens == 6
+    with pytest.raises(ValueError, match="head_dim"):
+        SynthSpec(n_layer=1, n_embd=64, n_head=4, n_head_kv=4, n_ff=64, head_dim=7)
+
+
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError, match="quant"):
         SynthSpec(n_layer=1, n_embd=64, n_head=4, n_head_kv=4, n_ff=64, quant="IQ2_XS")

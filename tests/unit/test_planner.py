@@ -268,9 +268,10 @@ def test_the_cache_type_follows_its_measured_cost_where_the_heads_allow_it(shape
 
 
 def test_a_timed_kv_cost_is_scaled_by_query_dimension_for_heads_the_slice_does_not_have(shapes):
-    """The slice has n_embd / n_head-wide heads; a model with wider ones (Qwen3, Gemma) pays per
-    query dimension, and a model whose cache types are not all timed pays by KV bytes for each."""
-    from tandem.runtime.hardware.enginebench import kv_kind
+    """A model with heads wider than n_embd / n_head (Qwen3, Gemma) gets a slice with its own
+    heads; until that is timed it pays another slice's timing per query dimension, and a model
+    whose cache types are not all timed pays by KV bytes for each."""
+    from tandem.runtime.hardware.enginebench import kv_kind, parse_key as enginebench_parse
     from tandem.runtime.planner.speed import kv_seconds
 
     smol = shapes["smollm2"]
@@ -280,7 +281,8 @@ def test_a_timed_kv_cost_is_scaled_by_query_dimension_for_heads_the_slice_does_n
     timed = replace(hw, memory=replace(hw.memory, kv_costs=((f"f16@{kind}", 100.0), (f"q8_0@{kind}", 30.0),
                                                             (f"q4_0@{kind}", 50.0))))
     wide = replace(smol, head_dim_k=128, head_dim_v=128)  # 9 heads of 128 against the slice's 9 of 64
-    assert kv_kind(wide).key == kind
+    assert kv_kind(wide).key == kind + "h128" and kv_kind(wide).query_dim == 9 * 128
+    assert enginebench_parse(kind + "h128") == kv_kind(wide)
     assert kv_seconds(wide, timed, "q8_0", 1000, range(4), cores) == pytest.approx(2 * kv_seconds(smol, timed, "q8_0", 1000, range(4), cores))
     assert kv_seconds(smol, timed, "q8_0", 1000, range(4), cores) == pytest.approx(30e-9 * 1000 * 4)
 
