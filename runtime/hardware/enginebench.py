@@ -103,9 +103,21 @@ class Kind:
         return f"{self.quant}@{self.n_embd}x{self.n_ff}x{self.n_head}x{self.n_head_kv}x{self.layers}{heads}"
 
     @property
+    def heads_width(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
     def query_dim(self) -> int:
         """n_head x the heads' width: what a token's attention work scales with."""
-        return self.n_head * (self.head_dim or self.n_embd // self.n_head)
+        return self.n_head * self.heads_width
+
+    @property
+    def weight_bytes(self) -> int:
+        """The weights a token reads in the slice: its layers and the output matrix."""
+        from tandem.runtime.synth import layer_bytes, output_bytes
+
+        spec = self.spec()
+        return layer_bytes(spec) + output_bytes(spec)
 
     def spec(self):
         from tandem.runtime.synth import SynthSpec
@@ -198,10 +210,7 @@ def measure(kind: Kind, threads: int, workdir: Path | None = None, kv: bool = Fa
     thread that computed, and a second live team makes every later model's decode wait passively
     (SmolLM2 at 2 threads: 34 tokens/s after a benchmark left its team in the caller's thread,
     120 otherwise)."""
-    from tandem.runtime.synth import layer_bytes, output_bytes
-
-    spec = kind.spec()
-    size = layer_bytes(spec) + output_bytes(spec)
+    size = kind.weight_bytes
     if size < MIN_SLICE_BYTES:
         raise ValueError(f"a slice of {size / 1024:.0f} KiB of weights stays in the CPU's caches: "
                          "too small to time the weights streaming from memory")
@@ -246,7 +255,7 @@ def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -
         finally:
             llm.close()
     return EngineReading(key=kind.key, quant=kind.quant, rate_gbps=round(rate, 2), seconds_per_token=per_token,
-                         layers=kind.layers, slice_bytes=kind.layers * one_layer + output_bytes(spec),
+                         layers=kind.layers, slice_bytes=kind.weight_bytes,
                          threads=threads, seconds=round(time.perf_counter() - started, 2), build=build_id(),
                          kv_ns=kv_ns)
 
@@ -346,7 +355,7 @@ def _kv_costs(llm, kind: Kind, threads: int, per_token: float, tmp: Path) -> dic
     failed (said in the log: the KV bytes read stand in)."""
     from tandem.runtime.synth import SynthSpec, write_model
 
-    head_dim = kind.query_dim // kind.n_head
+    head_dim = kind.heads_width
     try:
         spec = SynthSpec(n_layer=kind.layers, n_embd=kind.n_head_kv * head_dim, n_head=kind.n_head_kv,
                          n_head_kv=kind.n_head_kv, n_ff=KV_FF, n_ctx_train=KV_FILL + 256, quant="F16",

@@ -282,9 +282,8 @@ def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu
                threads: int) -> float | None:
     """Seconds a token spends attending over `fill` cached positions in its CPU layers (indices; a
     sliding-window layer attends to its window only), the KV bytes read included, at kv_ns's
-    cost; None unless every cache type the model can have was
-    timed (the KV bytes read then stand for it, so that the types the planner compares are priced
-    alike)."""
+    cost; None unless every cache type the model can have was timed (the KV bytes read then
+    stand for it, so that the types the planner compares are priced alike)."""
     from tandem.runtime.hardware.enginebench import kv_types
     from tandem.runtime.planner.memory import attended
 
