@@ -149,9 +149,12 @@ def _kind(quant: str, shape: tuple | None) -> Kind:
         n_embd, n_ff, n_head, n_head_kv, n_layer, _, head_dim = shape
         candidate = (n_embd, n_ff or 4 * n_embd, n_head, n_head_kv)
         try:
-            SynthSpec(n_layer=1, n_embd=candidate[0], n_ff=candidate[1], n_head=candidate[2],
-                      n_head_kv=candidate[3], quant=quant, head_dim=head_dim)
-            dims, n_layers, width = candidate, n_layer, head_dim
+            own = SynthSpec(n_layer=1, n_embd=candidate[0], n_ff=candidate[1], n_head=candidate[2],
+                            n_head_kv=candidate[3], quant=quant, head_dim=head_dim)
+            # a layer no slice of MIN_LAYERS can hold within MAX_SLICE_BYTES each (a file whose
+            # sizes no model has) is not written: the standard shape stands in
+            if layer_bytes(own) <= MAX_SLICE_BYTES:
+                dims, n_layers, width = candidate, n_layer, head_dim
         except ValueError:
             pass
     one = layer_bytes(Kind(quant, *dims, layers=1, head_dim=width).spec())

@@ -61,6 +61,9 @@ def test_a_slice_takes_the_models_own_shape_where_its_type_allows(shapes):
     wide = enginebench.kind_for("Q8_0", gemma)
     assert (wide.n_embd, wide.head_dim, wide.query_dim) == (640, 256, 1024) and wide.key.endswith("h256")
     assert enginebench.parse_key(wide.key) == wide
+    # sizes no model has (a damaged or hostile file's header): no slice of them is written
+    huge = replace(smol, n_embd=1 << 20, n_ff=1 << 24, n_head=16, n_head_kv=(4,) * smol.n_layer, head_dim_k=1 << 16, head_dim_v=1 << 16)
+    assert (enginebench.kind_for("Q4_0", huge).n_embd, enginebench.kind_for("Q4_0", huge).n_ff) == enginebench.STANDARD_SHAPE[:2]
     big = enginebench.kind_for("Q4_0", shapes["8b"])
     assert big.n_embd == 4096 and 2 <= big.layers < shapes["8b"].n_layer  # 1 GiB of its 32 layers
     assert enginebench.parse_key(big.key) == big and enginebench.parse_key("Q4_0@1x2") is None
