@@ -98,6 +98,10 @@ def hardware_text(p: HardwareProfile) -> str:
             details.append(f"driver {g.driver}")
         if details:
             lines.append("          " + ", ".join(details))
+        if g.engine_rates:
+            handoff = f"; a CPU-GPU hand-off {g.handoff_s * 1e3:.2f} ms a token" if g.handoff_s is not None else ""
+            lines.append("          llama.cpp here: " + ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in g.engine_rates)
+                         + handoff + " (timed on this GPU)")
     e = p.engine
     offload = {True: "yes", False: "no (CPU-only build)", None: "unknown"}[e.supports_gpu_offload]
     lines.append(f"Engine    llama-cpp-python GPU offload: {offload}")

@@ -58,7 +58,7 @@ from tandem.runtime.engine import ModelWorker, LoadParams, SamplingParams  # noq
 from tandem.app.report import engine_text, kv_text  # noqa: E402
 from tandem.runtime.hardware import probe  # noqa: E402
 from tandem.runtime.hardware.enginebench import kv_kind, model_kinds  # noqa: E402
-from tandem.runtime.hardware.probe import with_engine_rates  # noqa: E402
+from tandem.runtime.hardware.probe import with_engine_rates, with_gpu_rates  # noqa: E402
 from tandem.runtime.model_info import inspect_model  # noqa: E402
 from tandem.runtime.planner import Calibration, plan_model  # noqa: E402
 from tandem.runtime.planner.search import predict_decode, predict_split  # noqa: E402
@@ -168,8 +168,12 @@ def _row(info, machine, plan, ngl, m, chosen) -> dict:
 def _predicted(info, machine, plan, ngl, m) -> dict:
     """What the planner predicts for a measured row: decode speed, its CPU share, GPU memory."""
     p = replace(plan, n_gpu_layers=ngl)
-    tps, share = predict_split(info, machine, p, m["prompt_tokens"] + m["completion_tokens"] // 2)
-    return {"predicted_tps": round(tps, 2), "cpu_share": round(share, 4),
+    fill = m["prompt_tokens"] + m["completion_tokens"] // 2
+    tps, share = predict_split(info, machine, p, fill)
+    # the same without llama.cpp's timing on the GPU: the card's bandwidth and the fitted constants
+    table = replace(machine, gpus=tuple(replace(g, engine_rates=(), handoff_s=None) for g in machine.gpus))
+    table_tps, _ = predict_split(info, table, p, fill)
+    return {"predicted_tps": round(tps, 2), "predicted_table_tps": round(table_tps, 2), "cpu_share": round(share, 4),
             "predicted_gpu_bytes": gpu_bytes(_memory(info, machine, plan.n_ctx, ngl, plan))}
 
 
@@ -177,7 +181,7 @@ def _print_row(shape, budget, ngl, chosen, row):
     if row.get("error"):
         return
     print(f"{shape:>5} budget {budget or 0:>4} GiB  ngl {ngl:>3}{' (plan)' if ngl == chosen else '       '}  "
-          f"decode {row['decode_tps'] or 0:7.1f} tok/s (pred {row['predicted_tps']:7.1f})  prefill "
+          f"decode {row['decode_tps'] or 0:7.1f} tok/s (pred {row['predicted_tps']:7.1f}, card {row['predicted_table_tps']:7.1f})  prefill "
           f"{row['prefill_tps'] or 0:8.1f}  VRAM {(row['vram_bytes'] or 0) / GIB:5.2f} GiB "
           f"(pred {row['predicted_gpu_bytes'] / GIB:5.2f})", flush=True)
 
@@ -418,9 +422,14 @@ def main(argv=None) -> int:
         # the CPU side as the app predicts it: llama.cpp timed on this host (enginebench)
         first_timed = not hw.memory.engine_rates
         hw = with_engine_rates(hw, work, model_kinds(info), kv_kinds=[kv_kind(info)])
+        hw = with_gpu_rates(hw, work, model_kinds(info))  # and on the GPU, with the hand-off
         if first_timed:
             print(f"CPU: {hw.cpu.physical_cores} cores, {hw.memory.read_bandwidth_gbps} GB/s read (numpy); "
                   f"llama.cpp {engine_text(hw)}; filled cache {kv_text(hw)}", flush=True)
+        for g in hw.gpus:
+            if g.engine_rates:
+                print(f"GPU {g.index}: llama.cpp {dict(g.engine_rates)} GB/s, hand-off "
+                      f"{(g.handoff_s or 0) * 1e3:.3f} ms", flush=True)
         if shape == shapes[0]:  # the process's first model decodes slower: one load first, unmeasured
             Bench(8, 600).measure(path, plan_model(info, hw, args.n_ctx).load_kwargs())
         report["hardware"] = hw.to_dict()

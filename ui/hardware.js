@@ -160,6 +160,12 @@ export async function renderHardware(view, loadedModelId) {
       ["PCIe link", g.pcie_gen ? `${g.pcie_gen}.0 x${g.pcie_width} (${g.pcie_gbps} GB/s)` : null],
       ["Power", g.power_limit_w ? `${g.power_draw_w ?? "?"} of ${g.power_limit_w} W` : null],
       ["Driver", g.driver],
+      ["llama.cpp's speed here", (g.engine_rates || []).length ? g.engine_rates.map(([key, gbps]) =>
+        `${key.split("@")[0]} in ${(key.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s`).join(" · ")
+        + (g.handoff_s !== null && g.handoff_s !== undefined ? ` · hand-off to the CPU ${(g.handoff_s * 1000).toFixed(2)} ms a token` : "")
+        + " (measured on this GPU)" : (hw.engine.supports_gpu_offload && (!g.unified || g.vendor === "apple")
+          ? "not measured yet: estimated from the card's memory bandwidth" : null),
+       "How fast llama.cpp streams each weight type on this GPU, timed on a test slice of layers when the first model holding that type loads, and what a token's trip between the CPU and this GPU adds when a model is split between them."],
     ]);
     box.classList.add("gpu");
     box.append(vramBar(g));

@@ -7,7 +7,7 @@ import threading
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
 from tandem.runtime.hardware.enginebench import cores_of, kv_kind, model_kinds, thread_suffix
-from tandem.runtime.hardware.probe import read_power, with_engine_rates
+from tandem.runtime.hardware.probe import read_power, with_engine_rates, with_gpu_rates
 from tandem.runtime.planner.battery import thread_options
 
 
@@ -63,7 +63,22 @@ class HardwareService:
         cores = cores_of(profile)
         for threads in sorted({cores} | self._fewer_threads(cores)):
             profile = self._timed(info, profile, threads, thread_suffix(threads, cores))
-        return profile
+        return self._on_gpus(info, profile)
+
+    def _on_gpus(self, info, profile: HardwareProfile) -> HardwareProfile:
+        """The profile with this model's kinds timed on each GPU llama.cpp can offload to (and the
+        hand-off), those not timed there yet timed now."""
+        if not profile.gpus or not profile.engine.supports_gpu_offload:
+            return profile
+        kinds = [k for k in model_kinds(info) if f"gpu:{k.key}" not in self._untimed
+                 and any(g.engine_rate(k.key) is None for g in profile.gpus)]
+        if not kinds:
+            return profile
+        with self._lock:
+            timed = with_gpu_rates(self._profile or profile, self.settings.data_dir, kinds)
+            self._untimed.update(f"gpu:{k.key}" for k in kinds if any(g.engine_rate(k.key) is None for g in timed.gpus))
+            self._profile = timed
+            return timed
 
     def _timed(self, info, profile: HardwareProfile, threads: int, suffix: str) -> HardwareProfile:
         costs = dict(profile.memory.kv_costs)

@@ -240,18 +240,7 @@ def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -
         # kernel drops its pages rather than writing them out while tokens are timed
         path.unlink()
         try:
-            decoder = NativeDecoder(llm)
-            token = 1000
-            for _ in range(WARMUP_TOKENS):
-                decoder.decode([token])
-                token += 1
-            per_token = math.inf
-            for _ in range(ROUNDS):  # the fastest round: a shared machine's noise only slows one
-                t0 = time.perf_counter()
-                for _ in range(ROUND_TOKENS):
-                    decoder.decode([token])
-                    token += 1
-                per_token = min(per_token, (time.perf_counter() - t0) / ROUND_TOKENS)
+            per_token = _fastest(NativeDecoder(llm))
             one_layer = layer_bytes(spec) // kind.layers
             rate = rate_from(per_token, kind.layers, one_layer, output_bytes(spec))  # too fast: nothing more
             kv_ns = _kv_costs(llm, kind, threads, per_token, Path(tmp)) if kv else None
@@ -261,6 +250,23 @@ def _measure(kind: Kind, threads: int, workdir: Path | None, kv: bool = False) -
                          layers=kind.layers, slice_bytes=kind.weight_bytes,
                          threads=threads, seconds=round(time.perf_counter() - started, 2), build=build_id(),
                          kv_ns=kv_ns)
+
+
+def _fastest(decoder) -> float:
+    """Seconds per token of the fastest of ROUNDS rounds of ROUND_TOKENS decoded one at a time,
+    after WARMUP_TOKENS: a shared machine's noise only slows a round."""
+    token = 1000
+    for _ in range(WARMUP_TOKENS):
+        decoder.decode([token])
+        token += 1
+    per_token = math.inf
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        for _ in range(ROUND_TOKENS):
+            decoder.decode([token])
+            token += 1
+        per_token = min(per_token, (time.perf_counter() - t0) / ROUND_TOKENS)
+    return per_token
 
 
 def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[Kind],
@@ -454,6 +460,145 @@ def _filled_decode(llm, type_k: str, threads: int, state: bytes, rounds: int) ->
         return best[False], best[True]
     finally:
         llama_cpp.llama_free(ctx)
+
+
+# --- the same slice on a GPU, and the hand-off between the CPU and the GPU
+#
+# Where llama.cpp can offload to a GPU, the speed model's GPU term is timed the same way rather
+# than taken from a table of cards' bandwidths: the slice of each of a model's kinds is loaded
+# wholly on one GPU (its layers and the output), and decoded as above. On the H200 the table's
+# bandwidth x a fitted efficiency put full offloads 15-31% fast on shapes it was not fitted on.
+# The slice is then loaded again with its first layer on the CPU: a token then crosses from the
+# CPU to the GPU and its logits come back, and what that adds beyond the layer's own move (its
+# CPU time at the rate timed here, less its GPU time) is the hand-off's cost. Once per machine,
+# build, GPU and kind, after the CPU's timing of the same kind.
+GPU_HEADROOM = 512 << 20  # VRAM left free beside a slice: llama.cpp's buffers and other programs
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """What one slice timed on a GPU measured."""
+
+    key: str
+    quant: str
+    gpu: int  # the GPU's index, as main_gpu takes it
+    rate_gbps: float  # GB/s of this type's weights the GPU's kernels stream, as the speed model counts
+    seconds_per_token: float  # the slice wholly on the GPU
+    split_seconds_per_token: float  # its first layer on the CPU
+    handoff_s: float | None  # what the crossings added; None where the CPU's rate was not timed
+    layers: int
+    slice_bytes: int
+    seconds: float
+    build: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def gpu_rate_from(seconds_per_token: float, layers: int, layer_bytes: int, output_bytes: int) -> float:
+    """The GB/s that makes the speed model predict `seconds_per_token` for this slice wholly on a
+    GPU (each of its layers and the output a GPU_LAYER_S of launches)."""
+    from tandem.runtime.planner.speed import BASE_S, GPU_LAYER_S
+
+    streaming = seconds_per_token - (layers + 1) * GPU_LAYER_S - BASE_S
+    if streaming <= 0:
+        raise ValueError(f"a token took {seconds_per_token * 1e3:.3f} ms on the GPU: less than its kernel launches")
+    return (layers * layer_bytes + output_bytes) / streaming / 1e9
+
+
+def handoff_from(split_s: float, full_s: float, one_layer_bytes: int, gpu_gbps: float, cpu_gbps: float) -> float:
+    """Seconds the CPU-GPU crossings add to a token: the decode with the first layer on the CPU
+    (split_s) less the decode wholly on the GPU (full_s) with that layer's GPU time taken off and
+    its CPU time put on, as the speed model prices both; never below zero."""
+    from tandem.runtime.planner.speed import CPU_LAYER_S, GPU_LAYER_S
+
+    moved = (full_s - one_layer_bytes / (gpu_gbps * 1e9) - GPU_LAYER_S
+             + one_layer_bytes / (cpu_gbps * 1e9) + CPU_LAYER_S)
+    return max(0.0, split_s - moved)
+
+
+def gpu_backend() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU of this machine (a GPU backend that
+    finds a device; the RPC backend alone does not count)."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return False
+    from tandem.runtime.pool.rpc import local_devices
+
+    return any(d["type"] in ("gpu", "igpu") for d in local_devices())
+
+
+def measure_gpu(kind: Kind, gpu, threads: int, cpu_gbps: float | None, workdir: Path | None = None) -> GpuReading:
+    """Time the slice of `kind` on `gpu` (a GpuInfo): wholly on it, then with its first layer on
+    the CPU (`threads` threads; cpu_gbps: the CPU's rate timed for this kind, for the hand-off).
+    In a thread of its own, as measure()."""
+    if kind.weight_bytes < MIN_SLICE_BYTES:
+        raise ValueError(f"a slice of {kind.weight_bytes / 1024:.0f} KiB of weights stays in the GPU's caches: "
+                         "too small to time the weights streaming from memory")
+    if not gpu_backend():
+        raise ValueError("this llama.cpp build has no GPU backend that finds a GPU here: nothing to time on it")
+    free = gpu.memory_free_bytes
+    if free is not None and kind.weight_bytes + GPU_HEADROOM > free:
+        raise ValueError(f"the slice needs {(kind.weight_bytes + GPU_HEADROOM) / 2**30:.1f} GiB of {gpu.name}'s "
+                         f"memory and {free / 2**30:.1f} GiB is free")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-engine-bench") as pool:
+        return pool.submit(_measure_gpu, kind, gpu.index, threads, cpu_gbps, workdir).result()
+
+
+def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, workdir: Path | None) -> GpuReading:
+    import llama_cpp
+
+    from tandem.runtime.engine.model import guard_engine_build
+    from tandem.runtime.engine.native import NativeDecoder
+    from tandem.runtime.synth import layer_bytes, output_bytes, write_model
+
+    started = time.perf_counter()
+    spec = kind.spec()
+    timed = {}
+    with tempfile.TemporaryDirectory(prefix="tandem-engine-bench-", dir=workdir) as tmp:
+        path = write_model(Path(tmp) / "slice.gguf", spec, fill="random")
+        guard_engine_build()
+        # n_gpu_layers counts the output first: layers + 1 is all of it, layers leaves the first on the CPU
+        for on_gpu in (kind.layers + 1, kind.layers):
+            llm = llama_cpp.Llama(str(path), n_ctx=64, n_batch=16, n_ubatch=16, n_threads=threads,
+                                  n_threads_batch=threads, n_gpu_layers=on_gpu, main_gpu=index,
+                                  split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE, flash_attn=True, use_mmap=False,
+                                  verbose=False)
+            try:
+                timed[on_gpu] = _fastest(NativeDecoder(llm))
+            finally:
+                llm.close()
+    one_layer = layer_bytes(spec) // kind.layers
+    full, split = timed[kind.layers + 1], timed[kind.layers]
+    rate = gpu_rate_from(full, kind.layers, one_layer, output_bytes(spec))
+    handoff = handoff_from(split, full, one_layer, rate, cpu_gbps) if cpu_gbps else None
+    return GpuReading(key=kind.key, quant=kind.quant, gpu=index, rate_gbps=round(rate, 1), seconds_per_token=full,
+                      split_seconds_per_token=split, handoff_s=handoff, layers=kind.layers,
+                      slice_bytes=kind.weight_bytes, seconds=round(time.perf_counter() - started, 2), build=build_id())
+
+
+def cached_gpu_rates(data_dir: Path | None, machine: str, gpu, threads: int, kinds: list[Kind],
+                     cpu_rates: dict[str, float], remeasure: bool = False) -> dict[str, GpuReading]:
+    """The GPU readings of these kinds on `gpu` (a GpuInfo) for this machine and llama.cpp build
+    (by key): from data_dir's cache, the missing ones measured now and kept there (cpu_rates: the
+    CPU's GB/s by kind key, for the hand-off). With remeasure, those kept are measured again."""
+    from tandem.runtime.hardware.bandwidth import read_cache
+
+    path = data_dir / CACHE_FILE if data_dir else None
+    prefix = f"{machine}:{build_id()}:gpu{gpu.index}:{gpu.name}:{threads}:"
+    cache = read_cache(path)
+    known = _kept(cache, prefix, GpuReading)
+    wanted = {k.key: k for k in kinds}
+    if remeasure:
+        for key in known:
+            wanted.setdefault(key, parse_key(key))
+    for key, kind in wanted.items():
+        if kind is None or not measurable(kind.quant) or (key in known and not remeasure):
+            continue
+        known[key] = measure_gpu(kind, gpu, threads, cpu_rates.get(key), workdir=data_dir)
+        _keep(path, cache, prefix + key, known[key])
+    return known
 
 
 def cores_of(profile) -> int:

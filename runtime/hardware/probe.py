@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -250,8 +251,8 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
           engine_kinds: list | None = None, kv_kinds: list = ()) -> HardwareProfile:
     """This machine's profile. The bandwidth is measured once per machine and cached in data_dir;
     engine_kinds (enginebench.Kind): also the rates llama.cpp's CPU kernels stream these at
-    (measured once per machine, build and kind), with those timed here before; kv_kinds: those
-    also timed with a filled cache of each KV type."""
+    (measured once per machine, build and kind), with those timed here before, and on each GPU
+    this build can offload to; kv_kinds: those also timed with a filled cache of each KV type."""
     raw = collect_raw(data_dir)
     gbps = None
     if measure_bandwidth:
@@ -267,6 +268,7 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
     profile = build_profile(raw, gbps)
     if measure_bandwidth and engine_kinds is not None:
         profile = with_engine_rates(profile, data_dir, engine_kinds, remeasure=remeasure, kv_kinds=kv_kinds)
+        profile = with_gpu_rates(profile, data_dir, engine_kinds, remeasure=remeasure)
     return profile
 
 
@@ -308,6 +310,38 @@ def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: li
     kv = {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
     costs = _merged(profile.memory.kv_costs, kv, suffix)
     return replace(profile, memory=replace(profile.memory, engine_rates=rates, kv_costs=costs))
+
+
+def with_gpu_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
+                   remeasure: bool = False) -> HardwareProfile:
+    """The profile with the rates llama.cpp streams these kinds of layers at on each GPU it can
+    offload to (those a plan may use: dedicated memory, or Apple's), and the hand-off's cost (enginebench.measure_gpu), and those timed there before;
+    unchanged where this build cannot offload. A failure is one of the profile's problems: the
+    card's bandwidth and the fitted constants stand in."""
+    from dataclasses import replace
+
+    from tandem.runtime.hardware.enginebench import cached_gpu_rates, cores_of
+
+    if not profile.gpus or not profile.engine.supports_gpu_offload:
+        return profile
+    cpu_rates = dict(profile.memory.engine_rates)
+    gpus, problems = [], list(profile.problems)
+    for g in profile.gpus:
+        if g.unified and g.vendor != "apple" or not g.memory_free_bytes:  # no plan offloads to it
+            gpus.append(g)
+            continue
+        try:
+            readings = cached_gpu_rates(data_dir, profile.machine_id or "unknown", g, cores_of(profile), kinds,
+                                        cpu_rates, remeasure=remeasure)
+        except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice there
+            problems.append(f"gpu_rates ({g.name}): {type(err).__name__}: {err}")
+            gpus.append(g)
+            continue
+        rates = dict(g.engine_rates) | {k: r.rate_gbps for k, r in readings.items()}
+        handoffs = [r.handoff_s for r in readings.values() if r.handoff_s is not None]
+        gpus.append(replace(g, engine_rates=tuple(sorted(rates.items())),
+                            handoff_s=statistics.median(handoffs) if handoffs else g.handoff_s))
+    return replace(profile, gpus=tuple(gpus), problems=tuple(problems))
 
 
 def load_profile(path: Path) -> HardwareProfile:

@@ -59,6 +59,13 @@ class GpuInfo:
     memory_bus_width: int | None = None
     memory_clock_mhz: int | None = None
     busy_percent: int | None = None
+    # (kind, GB/s) llama.cpp's kernels stream on this GPU, from slices it timed there
+    # (hardware.enginebench); the speed model prefers them to the card's bandwidth
+    engine_rates: tuple[tuple[str, float], ...] = ()
+    handoff_s: float | None = None  # what a token's crossings between the CPU and this GPU add, timed
+
+    def engine_rate(self, key: str) -> float | None:
+        return next((gbps for k, gbps in self.engine_rates if k == key), None)
 
 
 @dataclass(frozen=True)

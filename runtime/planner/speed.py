@@ -6,8 +6,10 @@ CPU rate = the rate llama.cpp's own decode streamed each weight type at on this 
 of the model's shape (hardware.enginebench, timed once per kind and thread count; at a thread
 count not timed, the all-core rate x a thread factor: fewer threads read less); for a type not
 timed: the host bandwidth (the one the timed rates imply, else numpy's read) x a fitted per-type
-efficiency. GPU bandwidth comes from a table of cards,
-or from NVML's memory bus width and clock.
+efficiency. GPU rate = the rate llama.cpp's kernels streamed the model's weight types at on that
+GPU, and the CPU-GPU hand-off the cost timed there (hardware.enginebench.measure_gpu); where not
+timed, the card's bandwidth (NVML's memory bus width and clock, else a table of cards) x a fitted
+efficiency, and a fitted hand-off.
 """
 
 from __future__ import annotations
@@ -169,11 +171,12 @@ class SpeedEstimate:
 
 def calibration_key(hw: HardwareProfile) -> str | None:
     """What speed measurements are kept and read under: the machine, and whether its predictions
-    rest on llama.cpp's timed decode or on the numpy read (a correction learnt on one basis would
-    mislead the other)."""
+    rest on llama.cpp's timed decode or on the numpy read, and on a GPU's timed decode or its
+    card's bandwidth (a correction learnt on one basis would mislead the other)."""
     if hw.machine_id is None:
         return None
-    return f"{hw.machine_id}/engine" if hw.memory.engine_rates or hw.memory.kv_costs else hw.machine_id
+    key = f"{hw.machine_id}/engine" if hw.memory.engine_rates or hw.memory.kv_costs else hw.machine_id
+    return key + "+gpu" if any(g.engine_rates for g in hw.gpus) else key
 
 
 def thread_factor(hw: HardwareProfile, threads: int) -> float:
@@ -231,6 +234,28 @@ def type_rate(info: ModelInfo, hw: HardwareProfile, quant: str, threads: int | N
         return own * factor
     others = [gbps for k, gbps in _all_cores(hw.memory.engine_rates) if _quant(k) == quant and gbps]
     return statistics.median(others) * factor if others else None
+
+
+def gpu_rate(info: ModelInfo, gpu: GpuInfo) -> float | None:
+    """Bytes/s llama.cpp's kernels stream this model's weights at on `gpu`: each weight type at
+    the rate timed there in the model's own shape (hardware.enginebench.measure_gpu), else in
+    another shape (the median), a type not timed at the median of the GPU's timed rates; the
+    types' times add by their bytes. None where nothing was timed on it (the card's bandwidth
+    x GPU_EFFICIENCY stands in)."""
+    from tandem.runtime.hardware.enginebench import kind_for, measurable
+
+    total = sum(info.tensor_types.values())
+    if not gpu.engine_rates or not total:
+        return None
+    any_type = statistics.median(gbps for _, gbps in gpu.engine_rates)
+    seconds_per_byte = 0.0
+    for quant, nbytes in info.tensor_types.items():
+        timed = gpu.engine_rate(kind_for(quant, info).key) if measurable(quant) else None
+        if timed is None:
+            others = [gbps for k, gbps in gpu.engine_rates if _quant(k) == quant]
+            timed = statistics.median(others) if others else any_type
+        seconds_per_byte += nbytes / total / (timed * 1e9)
+    return 1.0 / seconds_per_byte
 
 
 def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
@@ -332,21 +357,24 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
 
     seconds_gpu, gpu_flop_seconds, bytes_gpu = 0.0, 0.0, 0
     n_gpu_layers_total = info.n_layer - n_cpu_layers
-    used = 0
+    used = []
     for k, g in enumerate(gset.gpus if gset else ()):
         mine = [i for i, d in enumerate(layer_dev) if d == k]
         has_output = output_dev == k
         if not mine and not has_output:
             continue
-        used += 1
+        used.append(g)
         b = sum(info.layer_bytes[i] for i in mine) + (out_w if has_output else 0)
         kv = kv_read_gpu * len(mine) / max(1, n_gpu_layers_total)
         gbw = (gpu_bandwidth_gbps(g) or 200.0) * 1e9
-        seconds_gpu += (b + kv) / (gbw * GPU_EFFICIENCY) + (len(mine) + (1 if has_output else 0)) * GPU_LAYER_S
+        rate = gpu_rate(info, g) or gbw * GPU_EFFICIENCY  # timed on this GPU, else the card's bandwidth
+        seconds_gpu += (b + kv) / rate + (len(mine) + (1 if has_output else 0)) * GPU_LAYER_S
         gpu_flop_seconds += 2 * info.n_params * b / max(1, info.weight_bytes) / (gbw * GPU_FLOPS_PER_GBPS / 1e9)
         bytes_gpu += b
-    handoffs = max(0, used - 1) + (1 if used and n_cpu_layers else 0)
-    seconds_gpu += handoffs * HANDOFF_S
+    # a crossing from one GPU to the next, and between the CPU and the first GPU (timed there, if it was)
+    seconds_gpu += max(0, len(used) - 1) * HANDOFF_S
+    if used and n_cpu_layers:
+        seconds_gpu += used[0].handoff_s if used[0].handoff_s is not None else HANDOFF_S
     seconds = seconds_cpu + seconds_gpu + BASE_S
     share = (seconds_cpu + (BASE_S if not seconds_gpu else 0.0)) / seconds
     decode = calibrated(1.0 / seconds, share, factors)

@@ -3,6 +3,7 @@ with a 4 GB GPU): the machine's cards, the default model's memory bars per devic
 from its plan card to the model's plan view."""
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,9 @@ import pytest
 from playwright.sync_api import expect
 
 from tandem.app.server import ServerThread
+from tandem.runtime import embedded
+from tandem.runtime.hardware import enginebench, load_profile
+from tandem.runtime.model_info import inspect_model
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.e2e
@@ -123,3 +127,37 @@ def test_memory_bars_of_a_laptop_with_a_small_gpu(browser, tmp_path, screenshot)
         screenshot(page, "model-plan-gpu")
         context.close()
         assert errors == []
+
+
+def test_a_gpu_timed_by_llama_cpp_says_so_and_its_timing_prices_the_plan(browser, tmp_path, screenshot):
+    """The laptop's GPU as a profile holds it after llama.cpp timed the default model's slice
+    there: the GPU's card gives the rate and the hand-off as measured, and the plan's predicted
+    speed rests on them; the same GPU untimed says its speed is estimated from the card."""
+    laptop = load_profile(LAPTOP_GPU)
+    key = enginebench.kind_for("Q4_1", inspect_model(embedded.default_model_path())).key
+    slow = replace(laptop.gpus[0], engine_rates=((key, 40.0),), handoff_s=0.0004)
+    timed_path = tmp_path / "timed-gpu.json"
+    timed_path.write_text(replace(laptop, gpus=(slow, *laptop.gpus[1:])).to_json())
+    speeds = {}
+    for name, profile in (("untimed", LAPTOP_GPU), ("timed", timed_path)):
+        with ServerThread(make_settings(tmp_path / name, hardware_profile=profile)) as server:
+            speeds[name] = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["decode_tps"]
+            context = browser.new_context(base_url=server.url, viewport=WIDE)
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto("/")
+            page.click("#show-hardware")
+            gpu = page.locator("#hardware-view .hw-card.gpu").first  # the RTX; the laptop's iGPU is the second
+            if name == "timed":
+                expect(gpu).to_contain_text("Q4_1 in 576-wide layers: 40 GB/s · hand-off to the CPU 0.40 ms a token "
+                                            "(measured on this GPU)")
+                screenshot(page, "hardware-gpu-timed")
+            else:
+                expect(gpu).to_contain_text("not measured yet: estimated from the card's memory bandwidth")
+            # the integrated GPU takes no layers: nothing timed or estimated on it is shown
+            expect(page.locator("#hardware-view .hw-card.gpu").nth(1)).not_to_contain_text("llama.cpp's speed")
+            context.close()
+            assert errors == []
+    # the card's table says 192 GB/s (x 0.7); timed at 40, the model on that GPU is predicted slower
+    assert speeds["timed"] < 0.6 * speeds["untimed"]

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tandem.app.report import engine_text, kv_text
+from tandem.app.report import engine_text, hardware_text, kv_text
 from tandem.app.server import ServerThread
-from tandem.runtime.hardware import enginebench, probe
-from tandem.runtime.hardware.probe import with_engine_rates
+from tandem.runtime.hardware import HardwareProfile, enginebench, load_profile, probe
+from tandem.runtime.hardware.probe import with_engine_rates, with_gpu_rates
 from tandem.runtime.model_info import inspect_model
 from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds
 from tandem.runtime.synth import write_model
 from tests.conftest import make_settings
 
 MODEL = "smollm2-135m-instruct-q4_1"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "hardware"
 
 
 def test_a_timed_rate_put_back_into_the_speed_model_predicts_the_decode_it_timed(tmp_path):
@@ -215,3 +217,59 @@ def test_a_plan_with_fewer_threads_is_predicted_from_timings_at_that_count(tmp_p
     again = fresh.profile(remeasure=True).memory
     assert (q41, cores, True) in timed and (q41, 1, True) in timed
     assert again.engine_rate(q41) == 1.0 + cores and again.engine_rate(q41 + "/t1") == 2.0
+
+
+def test_a_gpu_timing_put_back_into_the_speed_model_predicts_the_decodes_it_timed(tmp_path, shapes):
+    """The GPU reading's two decodes (the slice wholly on the GPU, then with its first layer on the
+    CPU) give a rate and a hand-off that the speed model turns back into those two times: the
+    derivation and the model count the same bytes, launches and crossings. (Times as an H200 host
+    might give them: this machine has no GPU to time.)"""
+    hw = load_profile(FIXTURES / "h200-16core-host.json")
+    kind = enginebench.kind_for("Q4_0", shapes["7b"])
+    info = inspect_model(write_model(tmp_path / "slice.gguf", kind.spec(), fill="zeros"))
+    one_layer = info.layer_bytes[0]
+    full_s, split_s, cpu_gbps = 0.00195, 0.00535, 35.0
+    rate = enginebench.gpu_rate_from(full_s, kind.layers, one_layer, kind.weight_bytes - kind.layers * one_layer)
+    handoff = enginebench.handoff_from(split_s, full_s, one_layer, rate, cpu_gbps)
+    assert 0 < handoff < 1e-3
+    gpu = replace(hw.gpus[0], engine_rates=((kind.key, rate),), handoff_s=handoff)
+    timed = replace(hw, gpus=(gpu,), memory=replace(hw.memory, engine_rates=((kind.key, cpu_gbps),)))
+    threads = hw.cpu.physical_cores
+
+    def predict(n_gpu_layers):
+        return estimate(info, timed, n_gpu_layers=n_gpu_layers, gpu=gpu, threads=threads, kv_read_gpu=0,
+                        kv_read_cpu=0).decode_tps
+
+    assert predict(kind.layers + 1) == pytest.approx(1 / full_s, rel=0.01)
+    assert predict(kind.layers) == pytest.approx(1 / split_s, rel=0.01)
+    # not timed there: the card's bandwidth and the fitted hand-off, another prediction
+    untimed = estimate(info, replace(timed, gpus=hw.gpus), n_gpu_layers=kind.layers + 1, gpu=hw.gpus[0],
+                       threads=threads, kv_read_gpu=0, kv_read_cpu=0).decode_tps
+    assert abs(untimed * full_s - 1) > 0.05
+    # a GPU timing faster than its launches allow is refused, and no crossing costs less than nothing
+    with pytest.raises(ValueError, match="less than its kernel launches"):
+        enginebench.gpu_rate_from(1e-4, kind.layers, one_layer, 0)
+    assert enginebench.handoff_from(full_s, full_s, one_layer, rate, cpu_gbps) == 0.0
+    assert calibration_key(timed) != calibration_key(replace(timed, gpus=hw.gpus))
+
+
+def test_a_build_that_cannot_offload_times_nothing_on_a_gpu(tmp_path, shapes):
+    """This machine's llama.cpp has no GPU backend: a GPU timing is refused before anything is
+    written, and a profile that claims a usable GPU (a captured one) keeps it, untimed, with the
+    reason among its problems."""
+    kind = enginebench.kind_for("Q4_1", shapes["smollm2"])
+    gpu = load_profile(FIXTURES / "laptop-4gb-gpu.json").gpus[0]
+    assert not enginebench.gpu_backend()
+    with pytest.raises(ValueError, match="no GPU backend"):
+        enginebench.measure_gpu(kind, gpu, 1, None, workdir=tmp_path)
+    assert not list(tmp_path.iterdir())
+    here = probe(tmp_path)
+    claimed = replace(here, gpus=(gpu,), engine=replace(here.engine, supports_gpu_offload=True))
+    timed = with_gpu_rates(claimed, tmp_path, [kind])
+    assert timed.gpus == (gpu,) and any("gpu_rates" in p and "no GPU backend" in p for p in timed.problems)
+    assert with_gpu_rates(replace(claimed, engine=here.engine), tmp_path, [kind]) == replace(claimed, engine=here.engine)
+    # what a GPU timing leaves in a profile survives its JSON, and `tandem hardware` says it
+    saved = replace(claimed, gpus=(replace(gpu, engine_rates=((kind.key, 142.5),), handoff_s=0.0004),))
+    again = HardwareProfile.from_json(saved.to_json())
+    assert again.gpus[0].engine_rate(kind.key) == 142.5 and again.gpus[0].handoff_s == 0.0004
+    assert "Q4_1 in 576-wide layers 142.5 GB/s; a CPU-GPU hand-off 0.40 ms a token (timed on this GPU)" in hardware_text(again)
