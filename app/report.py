@@ -38,14 +38,15 @@ def engine_text(p: HardwareProfile) -> str:
     return ", ".join(shown) + " (timed on this machine, all cores unless said)"
 
 
-def kv_text(p: HardwareProfile) -> str:
+def kv_text(p: HardwareProfile, costs: tuple | None = None) -> str:
     """What a cached position costs a decoded token per KV cache type, as timed on this machine in
-    each kind of layers."""
-    if not p.memory.kv_costs:
+    each kind of layers (costs: a GPU's, else the CPU's)."""
+    costs = p.memory.kv_costs if costs is None else costs
+    if not costs:
         return "not timed yet (timed when the first model loads)"
     order = ("f16", "q8_0", "q4_0")
     groups: dict[str, list[tuple[str, float]]] = {}
-    for key, ns in p.memory.kv_costs:
+    for key, ns in costs:
         base, threads = _threads_label(key)
         kv_type, _, kind = base.partition("@")
         if not kind:  # a profile saved by an older version
@@ -102,6 +103,8 @@ def hardware_text(p: HardwareProfile) -> str:
             handoff = f"; a CPU-GPU hand-off {g.handoff_s * 1e3:.2f} ms a token" if g.handoff_s is not None else ""
             lines.append("          llama.cpp here: " + ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in g.engine_rates)
                          + handoff + " (timed on this GPU)")
+        if g.kv_costs:
+            lines.append(f"          attention over a filled cache here: {kv_text(p, g.kv_costs)}")
     e = p.engine
     offload = {True: "yes", False: "no (CPU-only build)", None: "unknown"}[e.supports_gpu_offload]
     lines.append(f"Engine    llama-cpp-python GPU offload: {offload}")

@@ -422,7 +422,7 @@ def main(argv=None) -> int:
         # the CPU side as the app predicts it: llama.cpp timed on this host (enginebench)
         first_timed = not hw.memory.engine_rates
         hw = with_engine_rates(hw, work, model_kinds(info), kv_kinds=[kv_kind(info)])
-        hw = with_gpu_rates(hw, work, model_kinds(info))  # and on the GPU, with the hand-off
+        hw = with_gpu_rates(hw, work, model_kinds(info), kv_kinds=[kv_kind(info)])  # and on the GPU, with the hand-off
         if first_timed:
             print(f"CPU: {hw.cpu.physical_cores} cores, {hw.memory.read_bandwidth_gbps} GB/s read (numpy); "
                   f"llama.cpp {engine_text(hw)}; filled cache {kv_text(hw)}", flush=True)

@@ -166,6 +166,8 @@ export async function renderHardware(view, loadedModelId) {
         + " (measured on this GPU)" : (hw.engine.supports_gpu_offload && (!g.unified || g.vendor === "apple")
           ? "not measured yet: estimated from the card's memory bandwidth" : null),
        "How fast llama.cpp streams each weight type on this GPU, timed on a test slice of layers when the first model holding that type loads, and what a token's trip between the CPU and this GPU adds when a model is split between them."],
+      ["Long-context cost here", (g.kv_costs || []).length ? kvCosts(g.kv_costs) : null,
+       "What each token already in the conversation adds to writing the next one on this GPU, per KV cache type (per cached position and layer), timed in the model's own layers."],
     ]);
     box.classList.add("gpu");
     box.append(vramBar(g));

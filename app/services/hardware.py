@@ -66,8 +66,8 @@ class HardwareService:
         return self._on_gpus(info, profile)
 
     def _on_gpus(self, info, profile: HardwareProfile) -> HardwareProfile:
-        """The profile with this model's kinds timed on each GPU llama.cpp can offload to (and the
-        hand-off), those not timed there yet timed now."""
+        """The profile with this model's kinds timed on each GPU llama.cpp can offload to (the
+        hand-off, and a filled cache there, with them), those not timed there yet timed now."""
         if not profile.gpus or not profile.engine.supports_gpu_offload:
             return profile
         kinds = [k for k in model_kinds(info) if f"gpu:{k.key}" not in self._untimed
@@ -75,7 +75,7 @@ class HardwareService:
         if not kinds:
             return profile
         with self._lock:
-            timed = with_gpu_rates(self._profile or profile, self.settings.data_dir, kinds)
+            timed = with_gpu_rates(self._profile or profile, self.settings.data_dir, kinds, kv_kinds=[kv_kind(info)])
             self._untimed.update(f"gpu:{k.key}" for k in kinds if any(g.engine_rate(k.key) is None for g in timed.gpus))
             self._profile = timed
             return timed

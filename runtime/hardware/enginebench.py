@@ -275,18 +275,24 @@ def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[
     from data_dir's cache, the missing ones measured now and kept there; those of kv_kinds with
     their KV costs (one kept without them is measured again). With remeasure, every kind the
     cache holds for this machine is measured again too (with its KV costs if it had them)."""
+    return _cached(data_dir, f"{machine}:{build_id()}:{threads}:{WEIGHTS}:", EngineReading, kinds, kv_kinds,
+                   remeasure, lambda kind, kv: measure(kind, threads, workdir=data_dir, kv=kv))
+
+
+def _cached(data_dir: Path | None, prefix: str, reading: type, kinds, kv_kinds, remeasure: bool, timing) -> dict:
+    """cached_rates' and cached_gpu_rates' keeping: the readings kept under `prefix`, and those of
+    the kinds wanted that are not (or all, with remeasure) timed now by timing(kind, with_kv)."""
     from tandem.runtime.hardware.bandwidth import read_cache
 
     path = data_dir / CACHE_FILE if data_dir else None
-    prefix = f"{machine}:{build_id()}:{threads}:{WEIGHTS}:"
     cache = read_cache(path)
-    known = _kept(cache, prefix, EngineReading)
+    known = _kept(cache, prefix, reading)
     wanted = {k.key: k for k in (*kinds, *kv_kinds)}
     with_kv = {k.key for k in kv_kinds}
     if remeasure:
-        for key, reading in known.items():
+        for key, kept in known.items():
             wanted.setdefault(key, parse_key(key))
-            if reading.kv_ns is not None:
+            if kept.kv_ns is not None:
                 with_kv.add(key)
     for key, kind in wanted.items():
         if kind is None or not measurable(kind.quant):
@@ -294,7 +300,7 @@ def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[
         kept = known.get(key)
         if kept is not None and not remeasure and (kept.kv_ns is not None or key not in with_kv):
             continue
-        known[key] = measure(kind, threads, workdir=data_dir, kv=key in with_kv)
+        known[key] = timing(kind, key in with_kv)
         _keep(path, cache, prefix + key, known[key])
     return known
 
@@ -490,6 +496,7 @@ class GpuReading:
     slice_bytes: int
     seconds: float
     build: str
+    kv_ns: dict | None = None  # as EngineReading's, the cache on the GPU; None when not timed with it
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -529,10 +536,12 @@ def gpu_backend() -> bool:
     return any(d["type"] in ("gpu", "igpu") for d in local_devices())
 
 
-def measure_gpu(kind: Kind, gpu, threads: int, cpu_gbps: float | None, workdir: Path | None = None) -> GpuReading:
+def measure_gpu(kind: Kind, gpu, threads: int, cpu_gbps: float | None, workdir: Path | None = None,
+                kv: bool = False) -> GpuReading:
     """Time the slice of `kind` on `gpu` (a GpuInfo): wholly on it, then with its first layer on
-    the CPU (`threads` threads; cpu_gbps: the CPU's rate timed for this kind, for the hand-off).
-    In a thread of its own, as measure()."""
+    the CPU (`threads` threads; cpu_gbps: the CPU's rate timed for this kind, for the hand-off);
+    kv: wholly on it, also with a filled cache of each KV type there (the reading's kv_ns). In a
+    thread of its own, as measure()."""
     if kind.weight_bytes < MIN_SLICE_BYTES:
         raise ValueError(f"a slice of {kind.weight_bytes / 1024:.0f} KiB of weights stays in the GPU's caches: "
                          "too small to time the weights streaming from memory")
@@ -543,10 +552,11 @@ def measure_gpu(kind: Kind, gpu, threads: int, cpu_gbps: float | None, workdir: 
         raise ValueError(f"the slice needs {(kind.weight_bytes + GPU_HEADROOM) / 2**30:.1f} GiB of {gpu.name}'s "
                          f"memory and {free / 2**30:.1f} GiB is free")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-engine-bench") as pool:
-        return pool.submit(_measure_gpu, kind, gpu.index, threads, cpu_gbps, workdir).result()
+        return pool.submit(_measure_gpu, kind, gpu.index, threads, cpu_gbps, workdir, kv).result()
 
 
-def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, workdir: Path | None) -> GpuReading:
+def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, workdir: Path | None,
+                 kv: bool) -> GpuReading:
     import llama_cpp
 
     from tandem.runtime.engine.model import guard_engine_build
@@ -555,7 +565,7 @@ def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, w
 
     started = time.perf_counter()
     spec = kind.spec()
-    timed = {}
+    timed, kv_ns = {}, None
     with tempfile.TemporaryDirectory(prefix="tandem-engine-bench-", dir=workdir) as tmp:
         path = write_model(Path(tmp) / "slice.gguf", spec, fill="random")
         guard_engine_build()
@@ -567,6 +577,8 @@ def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, w
                                   verbose=False)
             try:
                 timed[on_gpu] = _fastest(NativeDecoder(llm))
+                if kv and on_gpu > kind.layers:  # the cache on the GPU too (offload_kqv)
+                    kv_ns = _kv_costs(llm, kind, threads, timed[on_gpu], Path(tmp))
             finally:
                 llm.close()
     one_layer = layer_bytes(spec) // kind.layers
@@ -575,30 +587,20 @@ def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, w
     handoff = handoff_from(split, full, one_layer, rate, cpu_gbps) if cpu_gbps else None
     return GpuReading(key=kind.key, quant=kind.quant, gpu=index, rate_gbps=round(rate, 1), seconds_per_token=full,
                       split_seconds_per_token=split, handoff_s=handoff, layers=kind.layers,
-                      slice_bytes=kind.weight_bytes, seconds=round(time.perf_counter() - started, 2), build=build_id())
+                      slice_bytes=kind.weight_bytes, seconds=round(time.perf_counter() - started, 2), build=build_id(),
+                      kv_ns=kv_ns)
 
 
 def cached_gpu_rates(data_dir: Path | None, machine: str, gpu, threads: int, kinds: list[Kind],
-                     cpu_rates: dict[str, float], remeasure: bool = False) -> dict[str, GpuReading]:
+                     cpu_rates: dict[str, float], remeasure: bool = False,
+                     kv_kinds: list[Kind] = ()) -> dict[str, GpuReading]:
     """The GPU readings of these kinds on `gpu` (a GpuInfo) for this machine and llama.cpp build
     (by key): from data_dir's cache, the missing ones measured now and kept there (cpu_rates: the
-    CPU's GB/s by kind key, for the hand-off). With remeasure, those kept are measured again."""
-    from tandem.runtime.hardware.bandwidth import read_cache
-
-    path = data_dir / CACHE_FILE if data_dir else None
-    prefix = f"{machine}:{build_id()}:gpu{gpu.index}:{gpu.name}:{threads}:"
-    cache = read_cache(path)
-    known = _kept(cache, prefix, GpuReading)
-    wanted = {k.key: k for k in kinds}
-    if remeasure:
-        for key in known:
-            wanted.setdefault(key, parse_key(key))
-    for key, kind in wanted.items():
-        if kind is None or not measurable(kind.quant) or (key in known and not remeasure):
-            continue
-        known[key] = measure_gpu(kind, gpu, threads, cpu_rates.get(key), workdir=data_dir)
-        _keep(path, cache, prefix + key, known[key])
-    return known
+    CPU's GB/s by kind key, for the hand-off; those of kv_kinds with their KV costs, as
+    cached_rates). With remeasure, those kept are measured again."""
+    return _cached(data_dir, f"{machine}:{build_id()}:gpu{gpu.index}:{gpu.name}:{threads}:", GpuReading, kinds,
+                   kv_kinds, remeasure,
+                   lambda kind, kv: measure_gpu(kind, gpu, threads, cpu_rates.get(kind.key), workdir=data_dir, kv=kv))
 
 
 def cores_of(profile) -> int:

@@ -268,7 +268,7 @@ def probe(data_dir: Path | None = None, measure_bandwidth: bool = True, remeasur
     profile = build_profile(raw, gbps)
     if measure_bandwidth and engine_kinds is not None:
         profile = with_engine_rates(profile, data_dir, engine_kinds, remeasure=remeasure, kv_kinds=kv_kinds)
-        profile = with_gpu_rates(profile, data_dir, engine_kinds, remeasure=remeasure)
+        profile = with_gpu_rates(profile, data_dir, engine_kinds, remeasure=remeasure, kv_kinds=kv_kinds)
     return profile
 
 
@@ -313,10 +313,11 @@ def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: li
 
 
 def with_gpu_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
-                   remeasure: bool = False) -> HardwareProfile:
+                   remeasure: bool = False, kv_kinds: list = ()) -> HardwareProfile:
     """The profile with the rates llama.cpp streams these kinds of layers at on each GPU it can
-    offload to (those a plan may use: dedicated memory, or Apple's), and the hand-off's cost (enginebench.measure_gpu), and those timed there before;
-    unchanged where this build cannot offload. A failure is one of the profile's problems: the
+    offload to (those a plan may use: dedicated memory, or Apple's), the hand-off's cost
+    (enginebench.measure_gpu) and what a filled cache of each KV type costs there in the
+    kv_kinds, and those timed there before; unchanged where this build cannot offload. A failure is one of the profile's problems: the
     card's bandwidth and the fitted constants stand in."""
     from dataclasses import replace
 
@@ -332,14 +333,15 @@ def with_gpu_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
             continue
         try:
             readings = cached_gpu_rates(data_dir, profile.machine_id or "unknown", g, cores_of(profile), kinds,
-                                        cpu_rates, remeasure=remeasure)
+                                        cpu_rates, remeasure=remeasure, kv_kinds=[k for k in kv_kinds if k])
         except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice there
             problems.append(f"gpu_rates ({g.name}): {type(err).__name__}: {err}")
             gpus.append(g)
             continue
         rates = dict(g.engine_rates) | {k: r.rate_gbps for k, r in readings.items()}
         handoffs = [r.handoff_s for r in readings.values() if r.handoff_s is not None]
-        gpus.append(replace(g, engine_rates=tuple(sorted(rates.items())),
+        kv = dict(g.kv_costs) | {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
+        gpus.append(replace(g, engine_rates=tuple(sorted(rates.items())), kv_costs=tuple(sorted(kv.items())),
                             handoff_s=statistics.median(handoffs) if handoffs else g.handoff_s))
     return replace(profile, gpus=tuple(gpus), problems=tuple(problems))
 

@@ -63,6 +63,8 @@ class GpuInfo:
     # (hardware.enginebench); the speed model prefers them to the card's bandwidth
     engine_rates: tuple[tuple[str, float], ...] = ()
     handoff_s: float | None = None  # what a token's crossings between the CPU and this GPU add, timed
+    # ("KV type@kind", ns) a decoded token costs this GPU per cached position and layer, as MemoryInfo's
+    kv_costs: tuple[tuple[str, float], ...] = ()
 
     def engine_rate(self, key: str) -> float | None:
         return next((gbps for k, gbps in self.engine_rates if k == key), None)

@@ -319,6 +319,24 @@ def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu
     return ns * 1e-9 * sum(attended(info, i, fill) for i in cpu_layers)
 
 
+def gpu_kv_seconds(info: ModelInfo, gpu: GpuInfo, type_k: str, fill: int, layers) -> float | None:
+    """Seconds a token spends on `gpu` attending over `fill` cached positions in these layers
+    (indices), at the cost timed there in the model's main kind (scaled by query dimension where
+    the kind's differs); None unless every cache type the model can have was timed there."""
+    from tandem.runtime.hardware.enginebench import kv_kind, kv_types
+    from tandem.runtime.planner.memory import attended
+
+    kind = kv_kind(info)
+    if kind is None or not gpu.kv_costs:
+        return None
+    costs = dict(gpu.kv_costs)
+    priced = {t: costs.get(f"{t}@{kind.key}") for t in kv_types(info.head_dim_k, info.head_dim_v)}
+    if priced.get(type_k) is None or any(v is None for v in priced.values()):
+        return None
+    ns = priced[type_k] * info.n_head * info.head_dim_k / kind.query_dim
+    return ns * 1e-9 * sum(attended(info, i, fill) for i in layers)
+
+
 def cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, output: bool, type_k: str,
                 fill: int, kv_read: int) -> float:
     """A token's seconds on this CPU for these repeating layers (and the output layer): their
@@ -368,7 +386,9 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
         kv = kv_read_gpu * len(mine) / max(1, n_gpu_layers_total)
         gbw = (gpu_bandwidth_gbps(g) or 200.0) * 1e9
         rate = gpu_rate(info, g) or gbw * GPU_EFFICIENCY  # timed on this GPU, else the card's bandwidth
-        seconds_gpu += (b + kv) / rate + (len(mine) + (1 if has_output else 0)) * GPU_LAYER_S
+        attention = gpu_kv_seconds(info, g, type_k, fill, mine)  # not timed there: the KV bytes read
+        seconds_gpu += b / rate + (kv / rate if attention is None else attention) \
+            + (len(mine) + (1 if has_output else 0)) * GPU_LAYER_S
         gpu_flop_seconds += 2 * info.n_params * b / max(1, info.weight_bytes) / (gbw * GPU_FLOPS_PER_GBPS / 1e9)
         bytes_gpu += b
     # a crossing from one GPU to the next, and between the CPU and the first GPU (timed there, if it was)

@@ -135,7 +135,8 @@ def test_a_gpu_timed_by_llama_cpp_says_so_and_its_timing_prices_the_plan(browser
     speed rests on them; the same GPU untimed says its speed is estimated from the card."""
     laptop = load_profile(LAPTOP_GPU)
     key = enginebench.kind_for("Q4_1", inspect_model(embedded.default_model_path())).key
-    slow = replace(laptop.gpus[0], engine_rates=((key, 40.0),), handoff_s=0.0004)
+    slow = replace(laptop.gpus[0], engine_rates=((key, 40.0),), handoff_s=0.0004,
+                   kv_costs=((f"f16@{key}", 30.0), (f"q8_0@{key}", 45.0), (f"q4_0@{key}", 60.0)))
     timed_path = tmp_path / "timed-gpu.json"
     timed_path.write_text(replace(laptop, gpus=(slow, *laptop.gpus[1:])).to_json())
     speeds = {}
@@ -152,6 +153,7 @@ def test_a_gpu_timed_by_llama_cpp_says_so_and_its_timing_prices_the_plan(browser
             if name == "timed":
                 expect(gpu).to_contain_text("Q4_1 in 576-wide layers: 40 GB/s · hand-off to the CPU 0.40 ms a token "
                                             "(measured on this GPU)")
+                expect(gpu).to_contain_text("Q4_1 in 576-wide layers: f16 30 ns · q8_0 45 ns · q4_0 60 ns")
                 screenshot(page, "hardware-gpu-timed")
             else:
                 expect(gpu).to_contain_text("not measured yet: estimated from the card's memory bandwidth")

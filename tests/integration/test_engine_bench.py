@@ -15,6 +15,7 @@ from tandem.app.server import ServerThread
 from tandem.runtime.hardware import HardwareProfile, enginebench, load_profile, probe
 from tandem.runtime.hardware.probe import with_engine_rates, with_gpu_rates
 from tandem.runtime.model_info import inspect_model
+from tandem.runtime.planner import speed
 from tandem.runtime.planner.speed import calibration_key, cpu_rate, estimate, kv_seconds
 from tandem.runtime.synth import write_model
 from tests.conftest import make_settings
@@ -242,6 +243,16 @@ def test_a_gpu_timing_put_back_into_the_speed_model_predicts_the_decodes_it_time
 
     assert predict(kind.layers + 1) == pytest.approx(1 / full_s, rel=0.01)
     assert predict(kind.layers) == pytest.approx(1 / split_s, rel=0.01)
+    # a filled cache timed there: each cached position and layer at its type's timed cost
+    costs = {"f16": 20.0, "q8_0": 35.0, "q4_0": 50.0}
+    kv_timed = replace(gpu, kv_costs=tuple((f"{t}@{kind.key}", ns) for t, ns in costs.items()))
+    for kv_type, ns in costs.items():
+        got = estimate(info, replace(timed, gpus=(kv_timed,)), n_gpu_layers=kind.layers + 1, gpu=kv_timed,
+                       threads=threads, kv_read_gpu=0, kv_read_cpu=0, type_k=kv_type, fill=1024).decode_tps
+        assert 1 / got == pytest.approx(full_s + ns * 1e-9 * 1024 * kind.layers, rel=0.01)
+    # one type untimed: the KV bytes read stand for them all, so that the types compared are priced alike
+    partial = replace(gpu, kv_costs=tuple((f"{t}@{kind.key}", ns) for t, ns in costs.items() if t != "q4_0"))
+    assert speed.gpu_kv_seconds(info, partial, "f16", 1024, range(kind.layers)) is None
     # not timed there: the card's bandwidth and the fitted hand-off, another prediction
     untimed = estimate(info, replace(timed, gpus=hw.gpus), n_gpu_layers=kind.layers + 1, gpu=hw.gpus[0],
                        threads=threads, kv_read_gpu=0, kv_read_cpu=0).decode_tps
@@ -269,7 +280,10 @@ def test_a_build_that_cannot_offload_times_nothing_on_a_gpu(tmp_path, shapes):
     assert timed.gpus == (gpu,) and any("gpu_rates" in p and "no GPU backend" in p for p in timed.problems)
     assert with_gpu_rates(replace(claimed, engine=here.engine), tmp_path, [kind]) == replace(claimed, engine=here.engine)
     # what a GPU timing leaves in a profile survives its JSON, and `tandem hardware` says it
-    saved = replace(claimed, gpus=(replace(gpu, engine_rates=((kind.key, 142.5),), handoff_s=0.0004),))
+    saved = replace(claimed, gpus=(replace(gpu, engine_rates=((kind.key, 142.5),), handoff_s=0.0004,
+                                           kv_costs=((f"f16@{kind.key}", 21.0),)),))
     again = HardwareProfile.from_json(saved.to_json())
-    assert again.gpus[0].engine_rate(kind.key) == 142.5 and again.gpus[0].handoff_s == 0.0004
-    assert "Q4_1 in 576-wide layers 142.5 GB/s; a CPU-GPU hand-off 0.40 ms a token (timed on this GPU)" in hardware_text(again)
+    assert again == saved
+    text = hardware_text(again)
+    assert "Q4_1 in 576-wide layers 142.5 GB/s; a CPU-GPU hand-off 0.40 ms a token (timed on this GPU)" in text
+    assert "attention over a filled cache here: Q4_1 in 576-wide layers: f16 21 ns" in text
