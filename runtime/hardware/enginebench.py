@@ -22,7 +22,8 @@ of an AMD EPYC; the same file with every scale set to one value 8.1 ms, a zero s
 its own memory.
 
 In the slice of a model's main type the decode is also timed with a filled cache of each KV type
-(see "the cost of attending over a filled cache" below).
+(see "the cost of attending over a filled cache" below), and where the build can offload, each
+slice is timed on each GPU too (see "the same slice on a GPU" below).
 
 Kept per machine, llama.cpp build, thread count, type and shape in the data folder beside the
 numpy reading: a kind costs its seconds once, when the first model that holds it is loaded.
