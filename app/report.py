@@ -38,10 +38,10 @@ def engine_text(p: HardwareProfile) -> str:
     return ", ".join(shown) + " (timed on this machine, all cores unless said)"
 
 
-def kv_text(p: HardwareProfile, costs: tuple | None = None) -> str:
+def kv_text(p: HardwareProfile, gpu=None) -> str:
     """What a cached position costs a decoded token per KV cache type, as timed on this machine in
-    each kind of layers (costs: a GPU's, else the CPU's)."""
-    costs = p.memory.kv_costs if costs is None else costs
+    each kind of layers (on that GPU, else on the CPU)."""
+    costs = p.memory.kv_costs if gpu is None else gpu.kv_costs
     if not costs:
         return "not timed yet (timed when the first model loads)"
     order = ("f16", "q8_0", "q4_0")
@@ -55,7 +55,8 @@ def kv_text(p: HardwareProfile, costs: tuple | None = None) -> str:
     shown = (f"{where}: " + ", ".join(f"{t} {ns:.0f} ns" for t, ns in
                                       sorted(rows, key=lambda r: order.index(r[0]) if r[0] in order else 9))
              for where, rows in groups.items())
-    return "; ".join(shown) + " per cached position and layer (timed on this machine, all cores unless said)"
+    where = "on this GPU" if gpu is not None else "on this machine, all cores unless said"
+    return "; ".join(shown) + f" per cached position and layer (timed {where})"
 
 
 def kind_label(key: str) -> str:
@@ -104,7 +105,7 @@ def hardware_text(p: HardwareProfile) -> str:
             lines.append("          llama.cpp here: " + ", ".join(f"{kind_label(k)} {gbps} GB/s" for k, gbps in g.engine_rates)
                          + handoff + " (timed on this GPU)")
         if g.kv_costs:
-            lines.append(f"          attention over a filled cache here: {kv_text(p, g.kv_costs)}")
+            lines.append(f"          attention over a filled cache here: {kv_text(p, g)}")
     e = p.engine
     offload = {True: "yes", False: "no (CPU-only build)", None: "unknown"}[e.supports_gpu_offload]
     lines.append(f"Engine    llama-cpp-python GPU offload: {offload}")

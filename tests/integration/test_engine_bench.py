@@ -12,6 +12,7 @@ import pytest
 
 from tandem.app.report import engine_text, hardware_text, kv_text
 from tandem.app.server import ServerThread
+from tandem.runtime import embedded
 from tandem.runtime.hardware import HardwareProfile, enginebench, load_profile, probe
 from tandem.runtime.hardware.probe import with_engine_rates, with_gpu_rates
 from tandem.runtime.model_info import inspect_model
@@ -287,3 +288,31 @@ def test_a_build_that_cannot_offload_times_nothing_on_a_gpu(tmp_path, shapes):
     text = hardware_text(again)
     assert "Q4_1 in 576-wide layers 142.5 GB/s; a CPU-GPU hand-off 0.40 ms a token (timed on this GPU)" in text
     assert "attention over a filled cache here: Q4_1 in 576-wide layers: f16 21 ns" in text
+
+
+def test_the_gpu_timings_steps_run_end_to_end_with_the_cpu_standing_in_for_the_gpu(tmp_path, monkeypatch):
+    """No GPU here: with the build's answer to "can it offload" taken as yes, llama.cpp keeps the
+    slice on the CPU, and every step of the GPU timing runs for real (the slice written, loaded
+    whole and split, the filled caches timed, the readings kept and read back, the files gone).
+    The figures are the CPU's; a GPU host's are what scripts/gpu_validate.py checks."""
+    info = inspect_model(embedded.default_model_path())
+    kinds = enginebench.model_kinds(info)
+    hw = with_engine_rates(probe(tmp_path), tmp_path, kinds)
+    laptop = load_profile(FIXTURES / "laptop-4gb-gpu.json")
+    claimed = replace(hw, gpus=(replace(laptop.gpus[0], index=0), laptop.gpus[1]),
+                      engine=replace(hw.engine, supports_gpu_offload=True))
+    monkeypatch.setattr(enginebench, "gpu_backend", lambda: True)
+    timed = with_gpu_rates(claimed, tmp_path, kinds, kv_kinds=[enginebench.kv_kind(info)])
+    assert timed.problems == claimed.problems
+    gpu, igpu = timed.gpus
+    assert {k for k, _ in gpu.engine_rates} == {k.key for k in kinds} and all(v > 0 for _, v in gpu.engine_rates)
+    assert gpu.handoff_s is not None and gpu.handoff_s >= 0
+    assert {k.partition("@")[0] for k, _ in gpu.kv_costs} == {"f16", "q8_0", "q4_0"}
+    assert igpu == laptop.gpus[1]  # integrated: no plan offloads to it, nothing timed
+    assert not list(tmp_path.glob("tandem-engine-bench-*"))
+
+    def refused(*args, **kw):
+        raise AssertionError("a kind kept for this GPU was timed again")
+
+    monkeypatch.setattr(enginebench, "measure_gpu", refused)
+    assert with_gpu_rates(claimed, tmp_path, kinds, kv_kinds=[enginebench.kv_kind(info)]).gpus == timed.gpus
