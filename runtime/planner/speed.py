@@ -28,7 +28,11 @@ CPU_TYPE_EFFICIENCY = {"Q4_0": 0.95, "Q8_0": 0.75, "F16": 0.7, "F32": 0.7, "Q4_K
 DEFAULT_CPU_EFFICIENCY = 0.6
 THREAD_EXPONENT = 0.75
 CPU_LAYER_S = 18e-6  # graph and barrier cost per layer per token on the CPU
-BASE_S = 0.1e-3  # per token: sampling, Python, graph build
+BASE_S = 0.1e-3  # per token: Python, graph build (what the micro-benchmark's decode loop also spends)
+# Per token and vocabulary entry: llama.cpp's sampler chain builds and scans a candidate for every
+# entry (a 2-core EPYC VM: 0.04-0.05 ms a token for SmolLM2's 49,152 entries, 0.21-0.27 ms for
+# Gemma 3's 262,144, greedy or top-k/top-p); the micro-benchmark's decode does not sample.
+SAMPLE_S_PER_ENTRY = 1.0e-9
 GPU_EFFICIENCY = 0.7
 GPU_LAYER_S = 60e-6  # kernel launches per layer per token (fit to full offload of 7B and 13B Q4_0 on an H200)
 HANDOFF_S = 0.1e-3  # activations crossing between CPU and GPU once per token
@@ -395,8 +399,9 @@ def estimate(info: ModelInfo, hw: HardwareProfile, *, n_gpu_layers: int, gpu, th
     seconds_gpu += max(0, len(used) - 1) * HANDOFF_S
     if used and n_cpu_layers:
         seconds_gpu += used[0].handoff_s if used[0].handoff_s is not None else HANDOFF_S
-    seconds = seconds_cpu + seconds_gpu + BASE_S
-    share = (seconds_cpu + (BASE_S if not seconds_gpu else 0.0)) / seconds
+    base = BASE_S + (info.vocab_size or 0) * SAMPLE_S_PER_ENTRY  # sampling runs on the CPU
+    seconds = seconds_cpu + seconds_gpu + base
+    share = (seconds_cpu + (base if not seconds_gpu else 0.0)) / seconds
     decode = calibrated(1.0 / seconds, share, factors)
 
     params_total = max(1, info.n_params)

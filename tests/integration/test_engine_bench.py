@@ -39,8 +39,10 @@ def test_a_timed_rate_put_back_into_the_speed_model_predicts_the_decode_it_timed
     assert enginebench.kind_for("Q4_0", info) == kind
     timed = replace(hw, memory=replace(hw.memory, engine_rates=((kind.key, reading.rate_gbps),)))
     predicted = estimate(info, timed, n_gpu_layers=0, gpu=None, threads=threads, kv_read_gpu=0, kv_read_cpu=0)
-    # F32 norms (0.01% of the bytes) run at the bandwidth the Q4_0 rate implies: within 1%
-    assert predicted.decode_tps == pytest.approx(1 / reading.seconds_per_token, rel=0.01)
+    # F32 norms (0.01% of the bytes) run at the bandwidth the Q4_0 rate implies: within 1%; a reply
+    # also samples each token, which the timed decode did not
+    sampling = info.vocab_size * speed.SAMPLE_S_PER_ENTRY
+    assert predicted.decode_tps == pytest.approx(1 / (reading.seconds_per_token + sampling), rel=0.01)
 
 
 def test_a_slice_small_enough_to_stay_in_the_caches_is_not_timed(tmp_path):
@@ -242,22 +244,23 @@ def test_a_gpu_timing_put_back_into_the_speed_model_predicts_the_decodes_it_time
         return estimate(info, timed, n_gpu_layers=n_gpu_layers, gpu=gpu, threads=threads, kv_read_gpu=0,
                         kv_read_cpu=0).decode_tps
 
-    assert predict(kind.layers + 1) == pytest.approx(1 / full_s, rel=0.01)
-    assert predict(kind.layers) == pytest.approx(1 / split_s, rel=0.01)
+    sampling = info.vocab_size * speed.SAMPLE_S_PER_ENTRY  # a reply samples each token; the timed decodes did not
+    assert predict(kind.layers + 1) == pytest.approx(1 / (full_s + sampling), rel=0.01)
+    assert predict(kind.layers) == pytest.approx(1 / (split_s + sampling), rel=0.01)
     # a filled cache timed there: each cached position and layer at its type's timed cost
     costs = {"f16": 20.0, "q8_0": 35.0, "q4_0": 50.0}
     kv_timed = replace(gpu, kv_costs=tuple((f"{t}@{kind.key}", ns) for t, ns in costs.items()))
     for kv_type, ns in costs.items():
         got = estimate(info, replace(timed, gpus=(kv_timed,)), n_gpu_layers=kind.layers + 1, gpu=kv_timed,
                        threads=threads, kv_read_gpu=0, kv_read_cpu=0, type_k=kv_type, fill=1024).decode_tps
-        assert 1 / got == pytest.approx(full_s + ns * 1e-9 * 1024 * kind.layers, rel=0.01)
+        assert 1 / got == pytest.approx(full_s + sampling + ns * 1e-9 * 1024 * kind.layers, rel=0.01)
     # one type untimed: the KV bytes read stand for them all, so that the types compared are priced alike
     partial = replace(gpu, kv_costs=tuple((f"{t}@{kind.key}", ns) for t, ns in costs.items() if t != "q4_0"))
     assert speed.gpu_kv_seconds(info, partial, "f16", 1024, range(kind.layers)) is None
     # not timed there: the card's bandwidth and the fitted hand-off, another prediction
     untimed = estimate(info, replace(timed, gpus=hw.gpus), n_gpu_layers=kind.layers + 1, gpu=hw.gpus[0],
                        threads=threads, kv_read_gpu=0, kv_read_cpu=0).decode_tps
-    assert abs(untimed * full_s - 1) > 0.05
+    assert abs(untimed * (full_s + sampling) - 1) > 0.05
     # a GPU timing faster than its launches allow is refused, and no crossing costs less than nothing
     with pytest.raises(ValueError, match="less than its kernel launches"):
         enginebench.gpu_rate_from(1e-4, kind.layers, one_layer, 0)
