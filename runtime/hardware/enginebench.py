@@ -475,10 +475,10 @@ def _filled_decode(llm, type_k: str, threads: int, state: bytes, rounds: int) ->
 # than taken from a table of cards' bandwidths: the slice of each of a model's kinds is loaded
 # wholly on one GPU (its layers and the output), and decoded as above. On the H200 the table's
 # bandwidth x a fitted efficiency put full offloads 15-31% fast on shapes it was not fitted on.
-# The slice is then loaded again with its first layer on the CPU: a token then crosses from the
-# CPU to the GPU and its logits come back, and what that adds beyond the layer's own move (its
-# CPU time at the rate timed here, less its GPU time) is the hand-off's cost. Once per machine,
-# build, GPU and kind, after the CPU's timing of the same kind.
+# The slice is then loaded again with its first layer on the CPU: a token's activations then
+# cross from a CPU layer to the GPU's and the two backends wait on each other, and what that adds
+# beyond the layer's own move (its CPU time at the rate timed here, less its GPU time) is the
+# hand-off's cost. Once per machine, build, GPU and kind, after the CPU's timing of the same kind.
 GPU_HEADROOM = 512 << 20  # VRAM left free beside a slice: llama.cpp's buffers and other programs
 
 
