@@ -171,7 +171,7 @@ def _predicted(info, machine, plan, ngl, m) -> dict:
     fill = m["prompt_tokens"] + m["completion_tokens"] // 2
     tps, share = predict_split(info, machine, p, fill)
     # the same without llama.cpp's timing on the GPU: the card's bandwidth and the fitted constants
-    table = replace(machine, gpus=tuple(replace(g, engine_rates=(), handoff_s=None) for g in machine.gpus))
+    table = replace(machine, gpus=tuple(replace(g, engine_rates=(), handoff_s=None, kv_costs=()) for g in machine.gpus))
     table_tps, _ = predict_split(info, table, p, fill)
     return {"predicted_tps": round(tps, 2), "predicted_table_tps": round(table_tps, 2), "cpu_share": round(share, 4),
             "predicted_gpu_bytes": gpu_bytes(_memory(info, machine, plan.n_ctx, ngl, plan))}

@@ -7,7 +7,7 @@ import threading
 from tandem.app.config import Settings
 from tandem.runtime.hardware import HardwareProfile, load_profile, probe
 from tandem.runtime.hardware.enginebench import cores_of, kv_kind, model_kinds, thread_suffix
-from tandem.runtime.hardware.probe import read_power, with_engine_rates, with_gpu_rates
+from tandem.runtime.hardware.probe import offload_target, read_power, with_engine_rates, with_gpu_rates
 from tandem.runtime.planner.battery import thread_options
 
 
@@ -67,16 +67,28 @@ class HardwareService:
 
     def _on_gpus(self, info, profile: HardwareProfile) -> HardwareProfile:
         """The profile with this model's kinds timed on each GPU llama.cpp can offload to (the
-        hand-off, and a filled cache there, with them), those not timed there yet timed now."""
-        if not profile.gpus or not profile.engine.supports_gpu_offload:
+        hand-off, and a filled cache there in its main kind, with them), those not timed there
+        yet timed now."""
+        targets = [g for g in profile.gpus if offload_target(g)]
+        if not targets or not profile.engine.supports_gpu_offload:
             return profile
+        kv = kv_kind(info)
+        if kv is not None and (f"gpu:kv:{kv.key}" in self._untimed
+                               or all(f"f16@{kv.key}" in dict(g.kv_costs) for g in targets)):
+            kv = None
         kinds = [k for k in model_kinds(info) if f"gpu:{k.key}" not in self._untimed
-                 and any(g.engine_rate(k.key) is None for g in profile.gpus)]
-        if not kinds:
+                 and any(g.engine_rate(k.key) is None for g in targets)]
+        if not kinds and kv is None:
             return profile
         with self._lock:
-            timed = with_gpu_rates(self._profile or profile, self.settings.data_dir, kinds, kv_kinds=[kv_kind(info)])
-            self._untimed.update(f"gpu:{k.key}" for k in kinds if any(g.engine_rate(k.key) is None for g in timed.gpus))
+            timed = with_gpu_rates(self._profile or profile, self.settings.data_dir, kinds,
+                                   kv_kinds=[kv] if kv else [])
+            targets = [g for g in timed.gpus if offload_target(g)]
+            # what could not be timed is said once (the profile's problems), then the card's
+            # bandwidth serves for it
+            self._untimed.update(f"gpu:{k.key}" for k in kinds if any(g.engine_rate(k.key) is None for g in targets))
+            if kv is not None and not all(f"f16@{kv.key}" in dict(g.kv_costs) for g in targets):
+                self._untimed.add(f"gpu:kv:{kv.key}")
             self._profile = timed
             return timed
 

@@ -271,16 +271,20 @@ def _fastest(decoder) -> float:
 
 
 def cached_rates(data_dir: Path | None, machine: str, threads: int, kinds: list[Kind],
-                 remeasure: bool = False, kv_kinds: list[Kind] = ()) -> dict[str, EngineReading]:
+                 remeasure: bool = False, kv_kinds: list[Kind] = (),
+                 failed: list | None = None) -> dict[str, EngineReading]:
     """The readings of these kinds for this machine, llama.cpp build and thread count (by key):
     from data_dir's cache, the missing ones measured now and kept there; those of kv_kinds with
     their KV costs (one kept without them is measured again). With remeasure, every kind the
-    cache holds for this machine is measured again too (with its KV costs if it had them)."""
+    cache holds for this machine is measured again too (with its KV costs if it had them).
+    failed: where a kind that could not be timed is said (the others are still timed); without
+    it, the first failure is raised."""
     return _cached(data_dir, f"{machine}:{build_id()}:{threads}:{WEIGHTS}:", EngineReading, kinds, kv_kinds,
-                   remeasure, lambda kind, kv: measure(kind, threads, workdir=data_dir, kv=kv))
+                   remeasure, lambda kind, kv: measure(kind, threads, workdir=data_dir, kv=kv), failed)
 
 
-def _cached(data_dir: Path | None, prefix: str, reading: type, kinds, kv_kinds, remeasure: bool, timing) -> dict:
+def _cached(data_dir: Path | None, prefix: str, reading: type, kinds, kv_kinds, remeasure: bool, timing,
+            failed: list | None = None) -> dict:
     """cached_rates' and cached_gpu_rates' keeping: the readings kept under `prefix`, and those of
     the kinds wanted that are not (or all, with remeasure) timed now by timing(kind, with_kv)."""
     from tandem.runtime.hardware.bandwidth import read_cache
@@ -301,7 +305,13 @@ def _cached(data_dir: Path | None, prefix: str, reading: type, kinds, kv_kinds, 
         kept = known.get(key)
         if kept is not None and not remeasure and (kept.kv_ns is not None or key not in with_kv):
             continue
-        known[key] = timing(kind, key in with_kv)
+        try:
+            known[key] = timing(kind, key in with_kv)
+        except Exception as err:  # noqa: BLE001 - llama.cpp could not run this slice: the others still
+            if failed is None:
+                raise
+            failed.append(f"{key}: {type(err).__name__}: {err}")
+            continue
         _keep(path, cache, prefix + key, known[key])
     return known
 
@@ -598,14 +608,15 @@ def _measure_gpu(kind: Kind, index: int, threads: int, cpu_gbps: float | None, w
 
 def cached_gpu_rates(data_dir: Path | None, machine: str, gpu, threads: int, kinds: list[Kind],
                      cpu_rates: dict[str, float], remeasure: bool = False,
-                     kv_kinds: list[Kind] = ()) -> dict[str, GpuReading]:
+                     kv_kinds: list[Kind] = (), failed: list | None = None) -> dict[str, GpuReading]:
     """The GPU readings of these kinds on `gpu` (a GpuInfo) for this machine and llama.cpp build
     (by key): from data_dir's cache, the missing ones measured now and kept there (cpu_rates: the
     CPU's GB/s by kind key, for the hand-off; those of kv_kinds with their KV costs, as
-    cached_rates). With remeasure, those kept are measured again."""
+    cached_rates; failed as there). With remeasure, those kept are measured again."""
     return _cached(data_dir, f"{machine}:{build_id()}:gpu{gpu.index}:{gpu.name}:{threads}:", GpuReading, kinds,
                    kv_kinds, remeasure,
-                   lambda kind, kv: measure_gpu(kind, gpu, threads, cpu_rates.get(kind.key), workdir=data_dir, kv=kv))
+                   lambda kind, kv: measure_gpu(kind, gpu, threads, cpu_rates.get(kind.key), workdir=data_dir, kv=kv),
+                   failed)
 
 
 def cores_of(profile) -> int:

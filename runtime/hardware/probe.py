@@ -300,44 +300,57 @@ def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: li
     from tandem.runtime.hardware.enginebench import cached_rates
 
     threads, suffix = _threads(profile, threads)
+    failed: list[str] = []
     try:
         readings = cached_rates(data_dir, profile.machine_id or "unknown", threads, kinds, remeasure=remeasure,
-                                kv_kinds=[k for k in kv_kinds if k is not None])
-    except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice
+                                kv_kinds=[k for k in kv_kinds if k is not None], failed=failed)
+    except Exception as err:  # noqa: BLE001 - llama.cpp could not run at all
         problem = f"engine_rates: {type(err).__name__}: {err}"
         return replace(profile, problems=(*profile.problems, problem))
     rates = _merged(profile.memory.engine_rates, {k: r.rate_gbps for k, r in readings.items()}, suffix)
     kv = {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
     costs = _merged(profile.memory.kv_costs, kv, suffix)
-    return replace(profile, memory=replace(profile.memory, engine_rates=rates, kv_costs=costs))
+    return replace(profile, memory=replace(profile.memory, engine_rates=rates, kv_costs=costs),
+                   problems=(*profile.problems, *(f"engine_rates: {f}" for f in failed)))
+
+
+def offload_target(gpu) -> bool:
+    """Whether a plan may put layers on this GPU (a GpuInfo): dedicated memory, or Apple's unified
+    memory (an integrated GPU's share of RAM is not planned for)."""
+    return not gpu.unified or gpu.vendor == "apple"
 
 
 def with_gpu_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
                    remeasure: bool = False, kv_kinds: list = ()) -> HardwareProfile:
-    """The profile with the rates llama.cpp streams these kinds of layers at on each GPU it can
-    offload to (those a plan may use: dedicated memory, or Apple's), the hand-off's cost
-    (enginebench.measure_gpu) and what a filled cache of each KV type costs there in the
-    kv_kinds, and those timed there before; unchanged where this build cannot offload. A failure is one of the profile's problems: the
-    card's bandwidth and the fitted constants stand in."""
+    """The profile with the rates llama.cpp streams these kinds of layers at on each GPU a plan may
+    use (offload_target), the hand-off's cost (enginebench.measure_gpu) and what a filled cache of
+    each KV type costs there in the kv_kinds, and those timed there before; unchanged where this
+    build cannot offload. The GPUs' free memory is read again first (a slice must fit beside what
+    other programs hold now). A kind that could not be timed is one of the profile's problems:
+    the card's bandwidth and the fitted constants stand in for it."""
     from dataclasses import replace
 
     from tandem.runtime.hardware.enginebench import cached_gpu_rates, cores_of
 
-    if not profile.gpus or not profile.engine.supports_gpu_offload:
+    if not any(offload_target(g) for g in profile.gpus) or not profile.engine.supports_gpu_offload:
         return profile
+    if kinds or remeasure:
+        profile = refresh_memory(profile)
     cpu_rates = dict(profile.memory.engine_rates)
     gpus, problems = [], list(profile.problems)
     for g in profile.gpus:
-        if g.unified and g.vendor != "apple" or not g.memory_free_bytes:  # no plan offloads to it
+        if not offload_target(g):
             gpus.append(g)
             continue
+        failed: list[str] = []
         try:
             readings = cached_gpu_rates(data_dir, profile.machine_id or "unknown", g, cores_of(profile), kinds,
-                                        cpu_rates, remeasure=remeasure, kv_kinds=[k for k in kv_kinds if k])
-        except Exception as err:  # noqa: BLE001 - llama.cpp could not run the slice there
-            problems.append(f"gpu_rates ({g.name}): {type(err).__name__}: {err}")
-            gpus.append(g)
-            continue
+                                        cpu_rates, remeasure=remeasure, kv_kinds=[k for k in kv_kinds if k],
+                                        failed=failed)
+        except Exception as err:  # noqa: BLE001 - llama.cpp could not run at all
+            failed.append(f"{type(err).__name__}: {err}")
+            readings = {}
+        problems += [f"gpu_rates ({g.name}): {f}" for f in failed]
         rates = dict(g.engine_rates) | {k: r.rate_gbps for k, r in readings.items()}
         handoffs = [r.handoff_s for r in readings.values() if r.handoff_s is not None]
         kv = dict(g.kv_costs) | {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
