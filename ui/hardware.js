@@ -14,22 +14,28 @@ function withThreads(key) {
   return [base, count ? ` with ${count} thread${count === "1" ? "" : "s"}` : ""];
 }
 
+// "Q4_1@576x1536x9x3x30" -> "Q4_1 in 576-wide layers"
+function kindLabel(kind) {
+  const [quant, dims] = kind.split("@");
+  return `${quant} in ${(dims || "").split("x")[0]}-wide layers`;
+}
+
 // [["f16@Q4_1@576x...x30", 488], ...] -> "Q4_1 in 576-wide layers: f16 488 ns · q8_0 145 ns ..."
-function kvCosts(costs) {
+function kvCosts(costs, where = "on this machine, all cores unless said") {
   const order = ["f16", "q8_0", "q4_0"];
   const groups = new Map();
   for (const [key, ns] of costs) {
     if (!key.includes("@")) continue;  // a profile saved by an older version
     const [k, threads] = withThreads(key);
-    const [type, quant, dims] = k.split("@");
-    const where = `${quant} in ${(dims || "").split("x")[0]}-wide layers${threads}`;
-    if (!groups.has(where)) groups.set(where, []);
-    groups.get(where).push([type, ns]);
+    const [type, kind] = [k.slice(0, k.indexOf("@")), k.slice(k.indexOf("@") + 1)];
+    const layers = `${kindLabel(kind)}${threads}`;
+    if (!groups.has(layers)) groups.set(layers, []);
+    groups.get(layers).push([type, ns]);
   }
-  const parts = [...groups].map(([where, rows]) => `${where}: ` + rows
+  const parts = [...groups].map(([layers, rows]) => `${layers}: ` + rows
     .sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0]))
     .map(([type, ns]) => `${type} ${Math.round(ns)} ns`).join(" · "));
-  return parts.join("; ") + " per cached position and layer (measured on this machine, all cores unless said)";
+  return parts.join("; ") + ` per cached position and layer (measured ${where})`;
 }
 
 function card(title, rows) {
@@ -145,7 +151,7 @@ export async function renderHardware(view, loadedModelId) {
     ["Read bandwidth", m.read_bandwidth_gbps ? `${m.read_bandwidth_gbps} GB/s (measured)` : "not measured", "How fast the CPU reads memory. Writing a token reads every weight once, so on the CPU this sets the speed."],
     ["llama.cpp's CPU speed", (m.engine_rates || []).length ? m.engine_rates.map(([key, gbps]) => {
       const [k, threads] = withThreads(key);
-      return `${k.split("@")[0]} in ${(k.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s${threads}`;
+      return `${kindLabel(k)}: ${gbps} GB/s${threads}`;
     }).join(" · ") + " (measured on this machine, all cores unless said)" : "not measured yet: speeds are estimated from the read bandwidth",
      "How fast llama.cpp's own CPU kernels stream each weight type, timed on a test slice of layers when the first model holding that type loads. Speed predictions for the CPU rest on these."],
     ["Long-context cost", (m.kv_costs || []).length ? kvCosts(m.kv_costs) : "not measured yet",
@@ -160,13 +166,12 @@ export async function renderHardware(view, loadedModelId) {
       ["PCIe link", g.pcie_gen ? `${g.pcie_gen}.0 x${g.pcie_width} (${g.pcie_gbps} GB/s)` : null],
       ["Power", g.power_limit_w ? `${g.power_draw_w ?? "?"} of ${g.power_limit_w} W` : null],
       ["Driver", g.driver],
-      ["llama.cpp's speed here", (g.engine_rates || []).length ? g.engine_rates.map(([key, gbps]) =>
-        `${key.split("@")[0]} in ${(key.split("@")[1] || "").split("x")[0]}-wide layers: ${gbps} GB/s`).join(" · ")
+      ["llama.cpp's speed here", (g.engine_rates || []).length ? g.engine_rates.map(([key, gbps]) => `${kindLabel(key)}: ${gbps} GB/s`).join(" · ")
         + (g.handoff_s !== null && g.handoff_s !== undefined ? ` · hand-off to the CPU ${(g.handoff_s * 1000).toFixed(2)} ms a token` : "")
         + " (measured on this GPU)" : (hw.engine.supports_gpu_offload && (!g.unified || g.vendor === "apple")
           ? "not measured yet: estimated from the card's memory bandwidth" : null),
        "How fast llama.cpp streams each weight type on this GPU, timed on a test slice of layers when the first model holding that type loads, and what a token's trip between the CPU and this GPU adds when a model is split between them."],
-      ["Long-context cost here", (g.kv_costs || []).length ? kvCosts(g.kv_costs) : null,
+      ["Long-context cost here", (g.kv_costs || []).length ? kvCosts(g.kv_costs, "on this GPU") : null,
        "What each token already in the conversation adds to writing the next one on this GPU, per KV cache type (per cached position and layer), timed in the model's own layers."],
     ]);
     box.classList.add("gpu");

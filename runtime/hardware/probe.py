@@ -308,10 +308,14 @@ def with_engine_rates(profile: HardwareProfile, data_dir: Path | None, kinds: li
         problem = f"engine_rates: {type(err).__name__}: {err}"
         return replace(profile, problems=(*profile.problems, problem))
     rates = _merged(profile.memory.engine_rates, {k: r.rate_gbps for k, r in readings.items()}, suffix)
-    kv = {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
-    costs = _merged(profile.memory.kv_costs, kv, suffix)
+    costs = _merged(profile.memory.kv_costs, _kv_readings(readings), suffix)
     return replace(profile, memory=replace(profile.memory, engine_rates=rates, kv_costs=costs),
                    problems=(*profile.problems, *(f"engine_rates: {f}" for f in failed)))
+
+
+def _kv_readings(readings: dict) -> dict:
+    """{"KV type@kind": ns} of readings (by kind key) timed with a filled cache."""
+    return {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
 
 
 def offload_target(gpu) -> bool:
@@ -353,7 +357,7 @@ def with_gpu_rates(profile: HardwareProfile, data_dir: Path | None, kinds: list,
         problems += [f"gpu_rates ({g.name}): {f}" for f in failed]
         rates = dict(g.engine_rates) | {k: r.rate_gbps for k, r in readings.items()}
         handoffs = [r.handoff_s for r in readings.values() if r.handoff_s is not None]
-        kv = dict(g.kv_costs) | {f"{t}@{k}": ns for k, r in readings.items() for t, ns in (r.kv_ns or {}).items()}
+        kv = dict(g.kv_costs) | _kv_readings(readings)
         gpus.append(replace(g, engine_rates=tuple(sorted(rates.items())), kv_costs=tuple(sorted(kv.items())),
                             handoff_s=statistics.median(handoffs) if handoffs else g.handoff_s))
     return replace(profile, gpus=tuple(gpus), problems=tuple(problems))

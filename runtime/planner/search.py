@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tandem.runtime.errors import RuntimeFailure
+from tandem.runtime.hardware.probe import offload_target
 from tandem.runtime.hardware.profile import GpuInfo, HardwareProfile
 from tandem.runtime.model_info import ModelInfo
 from tandem.runtime.planner.context import context_plan
@@ -52,7 +53,7 @@ def pick_gpu(hw: HardwareProfile) -> tuple[GpuInfo | None, str | None]:
         return None, "no GPU found"
     if hw.engine.supports_gpu_offload is False:
         return None, "this llama-cpp-python build cannot offload to the GPU (see `tandem hardware`)"
-    usable = [g for g in hw.gpus if g.memory_free_bytes and (not g.unified or g.vendor == "apple")]
+    usable = [g for g in hw.gpus if g.memory_free_bytes and offload_target(g)]
     if not usable:
         return None, "the GPU shares system memory and its free memory is unknown"
     return max(usable, key=lambda g: g.memory_free_bytes), None

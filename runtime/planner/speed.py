@@ -248,18 +248,25 @@ def gpu_rate(info: ModelInfo, gpu: GpuInfo) -> float | None:
     x GPU_EFFICIENCY stands in)."""
     from tandem.runtime.hardware.enginebench import kind_for, measurable
 
-    total = sum(info.tensor_types.values())
-    if not gpu.engine_rates or not total:
+    if not gpu.engine_rates or not sum(info.tensor_types.values()):
         return None
     any_type = statistics.median(gbps for _, gbps in gpu.engine_rates)
-    seconds_per_byte = 0.0
-    for quant, nbytes in info.tensor_types.items():
+
+    def rate(quant: str) -> float:
         timed = gpu.engine_rate(kind_for(quant, info).key) if measurable(quant) else None
         if timed is None:
             others = [gbps for k, gbps in gpu.engine_rates if _quant(k) == quant]
             timed = statistics.median(others) if others else any_type
-        seconds_per_byte += nbytes / total / (timed * 1e9)
-    return 1.0 / seconds_per_byte
+        return timed * 1e9
+
+    return _by_bytes(info, rate)
+
+
+def _by_bytes(info: ModelInfo, rate) -> float:
+    """Bytes/s of a model's weights where each weight type streams at rate(type) bytes/s: the
+    types' times add by their bytes."""
+    total = sum(info.tensor_types.values())
+    return 1.0 / sum(nbytes / total / rate(quant) for quant, nbytes in info.tensor_types.items())
 
 
 def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
@@ -270,12 +277,12 @@ def cpu_rate(info: ModelInfo, hw: HardwareProfile, threads: int) -> float:
     if not hw.memory.engine_rates or not total:
         return host_bandwidth(hw, threads) * cpu_efficiency(info)
     base = host_bandwidth(hw, threads)
-    seconds_per_byte = 0.0
-    for quant, nbytes in info.tensor_types.items():
+
+    def rate(quant: str) -> float:
         timed = type_rate(info, hw, quant, threads)
-        rate = timed * 1e9 if timed else base * CPU_TYPE_EFFICIENCY.get(quant, DEFAULT_CPU_EFFICIENCY)
-        seconds_per_byte += nbytes / total / rate
-    return 1.0 / seconds_per_byte
+        return timed * 1e9 if timed else base * CPU_TYPE_EFFICIENCY.get(quant, DEFAULT_CPU_EFFICIENCY)
+
+    return _by_bytes(info, rate)
 
 
 def kv_ns(info: ModelInfo, hw: HardwareProfile, type_k: str, threads: int) -> float | None:
@@ -313,32 +320,39 @@ def kv_seconds(info: ModelInfo, hw: HardwareProfile, type_k: str, fill: int, cpu
     sliding-window layer attends to its window only), the KV bytes read included, at kv_ns's
     cost; None unless every cache type the model can have was timed (the KV bytes read then
     stand for it, so that the types the planner compares are priced alike)."""
+    return _attention_seconds(info, lambda t: kv_ns(info, hw, t, threads), type_k, fill, cpu_layers)
+
+
+def _attention_seconds(info: ModelInfo, ns_of, type_k: str, fill: int, layers) -> float | None:
+    """ns_of(type)'s ns per attended position and layer, over these layers (a sliding-window layer
+    attends to its window only); None unless every cache type the model can have is priced, so
+    that the types the planner compares are priced alike."""
     from tandem.runtime.hardware.enginebench import kv_types
     from tandem.runtime.planner.memory import attended
 
-    priced = {t: kv_ns(info, hw, t, threads) for t in kv_types(info.head_dim_k, info.head_dim_v)}
+    priced = {t: ns_of(t) for t in kv_types(info.head_dim_k, info.head_dim_v)}
     ns = priced.get(type_k)
     if ns is None or any(v is None for v in priced.values()):
         return None
-    return ns * 1e-9 * sum(attended(info, i, fill) for i in cpu_layers)
+    return ns * 1e-9 * sum(attended(info, i, fill) for i in layers)
 
 
 def gpu_kv_seconds(info: ModelInfo, gpu: GpuInfo, type_k: str, fill: int, layers) -> float | None:
     """Seconds a token spends on `gpu` attending over `fill` cached positions in these layers
     (indices), at the cost timed there in the model's main kind (scaled by query dimension where
     the kind's differs); None unless every cache type the model can have was timed there."""
-    from tandem.runtime.hardware.enginebench import kv_kind, kv_types
-    from tandem.runtime.planner.memory import attended
+    from tandem.runtime.hardware.enginebench import kv_kind
 
     kind = kv_kind(info)
     if kind is None or not gpu.kv_costs:
         return None
-    costs = dict(gpu.kv_costs)
-    priced = {t: costs.get(f"{t}@{kind.key}") for t in kv_types(info.head_dim_k, info.head_dim_v)}
-    if priced.get(type_k) is None or any(v is None for v in priced.values()):
-        return None
-    ns = priced[type_k] * info.n_head * info.head_dim_k / kind.query_dim
-    return ns * 1e-9 * sum(attended(info, i, fill) for i in layers)
+    costs, scale = dict(gpu.kv_costs), info.n_head * info.head_dim_k / kind.query_dim
+
+    def ns_of(t: str) -> float | None:
+        timed = costs.get(f"{t}@{kind.key}")
+        return None if timed is None else timed * scale
+
+    return _attention_seconds(info, ns_of, type_k, fill, layers)
 
 
 def cpu_seconds(info: ModelInfo, hw: HardwareProfile, threads: int, layers, output: bool, type_k: str,

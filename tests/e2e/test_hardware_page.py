@@ -35,6 +35,17 @@ def expect_memory_bars(chart, memory):
     expect(chart.locator(".chart-legend .legend-item[data-part]:not([data-part=free])")).to_have_count(len(used))
 
 
+def open_hardware(browser, server, **context_args):
+    """A new browser context on the server's Hardware page: (context, page, the page's errors)."""
+    context = browser.new_context(base_url=server.url, **context_args)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto("/")
+    page.click("#show-hardware")
+    return context, page, errors
+
+
 def test_hardware_page_on_this_machine(page, server, screenshot):
     page.set_viewport_size(WIDE)
     page.click("#show-hardware")
@@ -78,12 +89,7 @@ def test_hardware_page_on_this_machine(page, server, screenshot):
 def test_gpu_bar_and_build_warning(browser, tmp_path):
     settings = make_settings(tmp_path, hardware_profile=CPU_ONLY_BUILD)
     with ServerThread(settings) as server:
-        context = browser.new_context(base_url=server.url)
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto("/")
-        page.click("#show-hardware")
+        context, page, errors = open_hardware(browser, server)
         view = page.locator("#hardware-view")
         expect(view.locator(".warning")).to_contain_text('CMAKE_ARGS="-DGGML_CUDA=on" pip install')
         gpu = view.locator(".hw-card.gpu")
@@ -105,12 +111,7 @@ def test_memory_bars_of_a_laptop_with_a_small_gpu(browser, tmp_path, screenshot)
     with ServerThread(settings) as server:
         memory = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["memory"]
         assert [d["device"] for d in memory] == ["CPU", "GPU0"]
-        context = browser.new_context(base_url=server.url, viewport=WIDE)
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto("/")
-        page.click("#show-hardware")
+        context, page, errors = open_hardware(browser, server, viewport=WIDE)
         chart = page.locator("#hardware-view .hw-card.plan .memory-chart")
         expect_memory_bars(chart, memory)
         expect(chart.locator("g.mem-device[data-device=GPU0] .device-name")).to_have_text(
@@ -143,17 +144,13 @@ def test_a_gpu_timed_by_llama_cpp_says_so_and_its_timing_prices_the_plan(browser
     for name, profile in (("untimed", LAPTOP_GPU), ("timed", timed_path)):
         with ServerThread(make_settings(tmp_path / name, hardware_profile=profile)) as server:
             speeds[name] = httpx.get(f"{server.url}/api/models/{MODEL}/plan", timeout=60).json()["decode_tps"]
-            context = browser.new_context(base_url=server.url, viewport=WIDE)
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto("/")
-            page.click("#show-hardware")
+            context, page, errors = open_hardware(browser, server, viewport=WIDE)
             gpu = page.locator("#hardware-view .hw-card.gpu").first  # the RTX; the laptop's iGPU is the second
             if name == "timed":
                 expect(gpu).to_contain_text("Q4_1 in 576-wide layers: 40 GB/s · hand-off to the CPU 0.40 ms a token "
                                             "(measured on this GPU)")
-                expect(gpu).to_contain_text("Q4_1 in 576-wide layers: f16 30 ns · q8_0 45 ns · q4_0 60 ns")
+                expect(gpu).to_contain_text("Q4_1 in 576-wide layers: f16 30 ns · q8_0 45 ns · q4_0 60 ns per cached "
+                                            "position and layer (measured on this GPU)")
                 screenshot(page, "hardware-gpu-timed")
             else:
                 expect(gpu).to_contain_text("not measured yet: estimated from the card's memory bandwidth")
