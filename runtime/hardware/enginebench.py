@@ -318,15 +318,28 @@ def _cached(data_dir: Path | None, prefix: str, reading: type, kinds, kv_kinds, 
 
 def _kept(cache: dict, prefix: str, kind: type) -> dict:
     """The readings of one kind kept under `prefix` (by the rest of their key); an entry another
-    version wrote is left out (measured again)."""
+    version wrote, or a damaged one (a rate or cost that is no positive number), is left out
+    (measured again)."""
     known = {}
     for key, entry in cache.items():
         if key.startswith(prefix) and isinstance(entry, dict):
             try:
-                known[key[len(prefix):]] = kind(**entry)
+                reading = kind(**entry)
             except TypeError:
-                pass
+                continue
+            if _sound(reading):
+                known[key[len(prefix):]] = reading
     return known
+
+
+def _sound(reading) -> bool:
+    """Whether a kept reading's figures are numbers the speed model can use."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    kv, handoff = reading.kv_ns, getattr(reading, "handoff_s", None)  # handoff_s: a GPU reading's
+    return (number(reading.rate_gbps) and reading.rate_gbps > 0 and (handoff is None or number(handoff))
+            and (kv is None or (isinstance(kv, dict) and all(isinstance(t, str) and number(v) for t, v in kv.items()))))
 
 
 def _keep(path: Path | None, cache: dict, key: str, reading) -> None:

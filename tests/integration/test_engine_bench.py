@@ -330,3 +330,18 @@ def test_the_gpu_timings_steps_run_end_to_end_with_the_cpu_standing_in_for_the_g
     assert service.for_model(info).gpus == timed.gpus  # timed once, in this run
     # and kept: a later run reads them back
     assert with_gpu_rates(claimed, service.settings.data_dir, kinds, kv_kinds=[enginebench.kv_kind(info)]).gpus == timed.gpus
+
+
+def test_a_kept_reading_whose_figures_are_no_numbers_is_timed_again():
+    """A damaged or hand-edited cache file: a rate that is text, a cost that is not finite or a
+    negative hand-off would reach the speed model's arithmetic; such entries are left out (timed
+    again), sound ones kept."""
+    good = dict(key="Q4_0@k", quant="Q4_0", rate_gbps=20.0, seconds_per_token=0.01, layers=2, slice_bytes=1,
+                threads=2, seconds=1.0, build="b", kv_ns={"f16": 120.0})
+    gpu = dict(key="Q4_0@k", quant="Q4_0", gpu=0, rate_gbps=300.0, seconds_per_token=0.001,
+               split_seconds_per_token=0.002, handoff_s=0.0002, layers=2, slice_bytes=1, seconds=1.0, build="b")
+    cache = {"p:good": good, "p:text": {**good, "rate_gbps": "fast"}, "p:zero": {**good, "rate_gbps": 0},
+             "p:nan": {**good, "kv_ns": {"f16": float("nan")}}, "p:list": {**good, "kv_ns": [1, 2]},
+             "p:old": {"rate": 3}, "q:gpu": gpu, "q:back": {**gpu, "handoff_s": -1.0}, "q:none": {**gpu, "handoff_s": None}}
+    assert set(enginebench._kept(cache, "p:", enginebench.EngineReading)) == {"good"}
+    assert set(enginebench._kept(cache, "q:", enginebench.GpuReading)) == {"gpu", "none"}
